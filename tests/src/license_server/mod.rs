@@ -1,0 +1,1 @@
+//! The reference license server (protocol v1).
