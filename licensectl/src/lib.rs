@@ -13,6 +13,7 @@ pub mod client;
 pub mod error;
 pub mod jwt;
 pub mod keys;
+pub mod logging;
 pub mod ops;
 pub mod status;
 pub mod url;

@@ -4,5 +4,7 @@
 //! binaries — privitty-init, privitty-edged, the real `deltachat-rpc-server` engine, and the reference
 //! license server — on port 0 in temp dirs, and print every process's output on failure.
 
+pub mod edged_stack;
+pub mod init_harness;
 pub mod license_server;
 pub mod support;

@@ -1,0 +1,1 @@
+//! Starting privitty-edged (standalone, with the real engine) for system tests.
