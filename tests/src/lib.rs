@@ -7,4 +7,5 @@
 pub mod edged_stack;
 pub mod init_harness;
 pub mod license_server;
+pub mod managed_harness;
 pub mod support;

@@ -1,0 +1,1 @@
+//! Configuration: every option and variable, parsed and validated in one place.

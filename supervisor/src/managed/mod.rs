@@ -1,0 +1,1 @@
+//! Managed mode: activation, license watch, generations.

@@ -1,0 +1,1 @@
+//! Harness for privitty-init managed-mode tests (generations, swaps).
