@@ -1,0 +1,78 @@
+# syntax=docker/dockerfile:1
+# privitty/edge — the Privitty Edge container.
+#
+# Targets:
+#   runtime            (default) builds everything from source; needs registry access for the
+#                      rust and python base images.
+#   runtime-prebuilt   copies binaries built on the host into the same minimal image; needs no
+#                      registry (CI builds this one offline). Stage the context first:
+#                        tests/container/build-image.sh
+#
+# The runtime is FROM scratch: static binaries, the system CA store, passwd/group files and the
+# directory skeleton. No shell: the health check is `privitty-edge health`.
+
+ARG DELTACHAT_RPC_SERVER_VERSION=2.65.0
+ARG DELTACHAT_RPC_SERVER_SHA256=f2ec9f161ad0ebd3352791a7f8a72d5a1a0e4f3babbd3f12ca8cef40ad8b8aa0
+
+# ---------------------------------------------------------------- build from source
+FROM docker.io/library/rust:1-bookworm AS builder
+WORKDIR /src
+COPY . .
+RUN RUSTFLAGS='-C target-feature=+crt-static' \
+    cargo build --locked --release --target x86_64-unknown-linux-gnu \
+      -p supervisor -p edged -p licensectl \
+ && mkdir -p /out/bin /out/skel/var/lib/privitty /out/skel/tmp /out/certs \
+ && for b in privitty-init privitty-edged privitty-edge; do \
+      cp target/x86_64-unknown-linux-gnu/release/$b /out/bin/; done \
+ && cp /etc/ssl/certs/ca-certificates.crt /out/certs/
+
+FROM docker.io/library/python:3.11-slim-bookworm AS engine
+ARG DELTACHAT_RPC_SERVER_VERSION
+ARG DELTACHAT_RPC_SERVER_SHA256
+RUN echo "deltachat-rpc-server==${DELTACHAT_RPC_SERVER_VERSION} --hash=sha256:${DELTACHAT_RPC_SERVER_SHA256}" >/req.txt \
+ && pip download --no-deps --require-hashes --only-binary=:all: -r /req.txt -d /wheel \
+ && python3 -c "import zipfile,glob; zipfile.ZipFile(glob.glob('/wheel/*.whl')[0]).extract('deltachat_rpc_server/deltachat-rpc-server','/x')" \
+ && install -m 0755 /x/deltachat_rpc_server/deltachat-rpc-server /deltachat-rpc-server
+
+# ---------------------------------------------------------------- common runtime settings
+FROM scratch AS base
+ARG DELTACHAT_RPC_SERVER_VERSION
+LABEL org.opencontainers.image.title="privitty-edge" \
+      org.opencontainers.image.description="Privitty Edge: encrypted, revocable file transfer over Delta Chat for edge gateways, gated by a per-device license" \
+      org.opencontainers.image.licenses="MIT OR Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/privitty/privitty-edge" \
+      org.opencontainers.image.version="0.1.0" \
+      com.privitty.engine.version="${DELTACHAT_RPC_SERVER_VERSION}"
+COPY rootfs/ /
+ENV PATH=/usr/local/bin \
+    HOME=/var/lib/privitty \
+    TMPDIR=/tmp \
+    PRIVITTY_ACCOUNTS=/var/lib/privitty \
+    PRIVITTY_LISTEN=0.0.0.0:7200 \
+    PRIVITTY_ENGINE=/usr/local/bin/deltachat-rpc-server
+EXPOSE 7200
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["/usr/local/bin/privitty-edge", "health"]
+ENTRYPOINT ["/usr/local/bin/privitty-init"]
+
+# ---------------------------------------------------------------- image from host-built binaries
+FROM base AS runtime-prebuilt
+COPY target/image/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY target/image/bin/ /usr/local/bin/
+COPY --chown=1000:1000 target/image/skel/var/lib/privitty /var/lib/privitty
+COPY --chmod=1777 target/image/skel/tmp /tmp
+USER 1000:1000
+VOLUME /var/lib/privitty
+WORKDIR /var/lib/privitty
+
+# ---------------------------------------------------------------- image from source (default: last stage)
+FROM base AS runtime
+COPY --from=builder /out/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --from=engine /deltachat-rpc-server /usr/local/bin/deltachat-rpc-server
+COPY --from=builder /out/bin/ /usr/local/bin/
+COPY --from=builder --chown=1000:1000 /out/skel/var/lib/privitty /var/lib/privitty
+COPY --from=builder --chmod=1777 /out/skel/tmp /tmp
+USER 1000:1000
+VOLUME /var/lib/privitty
+WORKDIR /var/lib/privitty
