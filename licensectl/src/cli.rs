@@ -1,6 +1,355 @@
 //! The `privitty-edge` / `licensectl` command line.
+//!
+//! Owns: argument parsing, the output formats (`license status` prints the status word alone on its
+//! first line) and the mapping of errors to the documented exit codes. Builds the one tokio
+//! current-thread runtime the CLI uses. Must not: print the TOKEN or the device secret.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use clap::{Parser, Subcommand};
+
+use crate::keys::KeySources;
+use crate::{
+    AccountsDir, ActivateRequest, DeliveryUrl, Error, ErrorKind, StatusReport, TrustedKeys,
+};
+
+/// Exit codes (documented in the README; scripts and tests depend on them).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const INTERNAL: u8 = 1;
+    pub const USAGE: u8 = 2;
+    /// `license status`: the license does not allow gated calls (expired, no_license).
+    pub const NOT_USABLE: u8 = 3;
+    pub const LOCAL_FILES: u8 = 4;
+    pub const REFUSED: u8 = 5;
+    pub const UNREACHABLE: u8 = 6;
+    pub const STATE: u8 = 7;
+}
+
+/// The exit code for a library error.
+pub fn exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::Usage => exit::USAGE,
+        ErrorKind::LocalFiles => exit::LOCAL_FILES,
+        ErrorKind::Refused => exit::REFUSED,
+        ErrorKind::Unreachable => exit::UNREACHABLE,
+        ErrorKind::State => exit::STATE,
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "privitty-edge",
+    version,
+    about = "Privitty Edge command line: license management and the container health check",
+    after_help = "Environment: PRIVITTY_ACCOUNTS (accounts directory), PRIVITTY_LICENSE_PUBKEY (extra trusted \
+                  license keys: PEM text or a path), SSL_CERT_FILE (extra CA bundle for the license server), \
+                  HTTPS_PROXY/NO_PROXY, PRIVITTY_PROFILE (device name on activation), PRIVITTY_LOG, \
+                  PRIVITTY_LOG_FORMAT.\n\nExit codes: 0 ok; 1 internal error; 2 usage error; 3 license not \
+                  usable (status); 4 local file error; 5 refused by the license server; 6 license server \
+                  unreachable or transient failure; 7 local state does not allow it (not activated)."
+)]
+struct Cli {
+    /// The accounts (data) directory holding the license files [default: $PRIVITTY_ACCOUNTS, else
+    /// /var/lib/privitty].
+    // Not clap's `env`: an empty PRIVITTY_ACCOUNTS means unset here, as in every other binary.
+    #[arg(long, global = true, value_name = "DIR")]
+    accounts: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage this device's license (works on the files in the accounts directory).
+    License {
+        #[command(subcommand)]
+        command: LicenseCommand,
+    },
+    /// Check the local daemon: exit 0 when GET /health answers 200 with status ok, else 1.
+    Health {
+        /// Base URL of privitty-edged.
+        #[arg(long, default_value = "http://127.0.0.1:7200")]
+        url: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LicenseCommand {
+    /// Activate this device with a delivery URL (https://<host>/v1/license/<TOKEN>); `-` reads it
+    /// from standard input. Safe to repeat: a device never takes a second seat.
+    Activate {
+        #[arg(value_name = "URL")]
+        url: String,
+    },
+    /// Show the license status: the status word alone on the first line, then details.
+    /// Exits 0 when the license allows sends (active, grace_period), 3 when not.
+    Status {
+        /// Print the full report as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refresh the license from the server and report usage.
+    Sync,
+    /// Release this device's seat on the server; the license file is kept for inspection.
+    Deactivate {
+        /// Only mark the device deactivated locally, without contacting the server.
+        #[arg(long)]
+        local_only: bool,
+    },
+}
 
 /// Runs the CLI and returns the process exit code (documented in the README).
-pub fn main() -> std::process::ExitCode {
-    todo!("licensectl: cli::main")
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // clap exits 2 for usage errors and 0 for --help/--version.
+        Err(e) => e.exit(),
+    };
+    crate::logging::init("warn");
+    ExitCode::from(run(cli))
+}
+
+fn run(cli: Cli) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::INTERNAL;
+        }
+    };
+    let dir = cli
+        .accounts
+        .map_or_else(AccountsDir::from_env_or_default, AccountsDir::new);
+    let result = match cli.command {
+        Command::Health { url } => return health(&runtime, &url),
+        Command::License { command } => runtime.block_on(license(&dir, command)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(Failure::Lib(e)) => {
+            eprintln!("error: {e}");
+            exit_code(e.kind())
+        }
+        Err(Failure::Internal(msg)) => {
+            eprintln!("error: {msg}");
+            exit::INTERNAL
+        }
+    }
+}
+
+enum Failure {
+    Lib(Error),
+    Internal(String),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::Lib(e)
+    }
+}
+
+fn io_failure(e: std::io::Error) -> Failure {
+    Failure::Internal(format!("cannot write to standard output: {e}"))
+}
+
+fn health(runtime: &tokio::runtime::Runtime, url: &str) -> u8 {
+    match runtime.block_on(crate::client::check_health(url)) {
+        Ok(()) => {
+            println!("ok");
+            exit::OK
+        }
+        Err(problem) => {
+            eprintln!("unhealthy: {problem}");
+            exit::INTERNAL
+        }
+    }
+}
+
+fn keys() -> Result<TrustedKeys, Error> {
+    TrustedKeys::load(&KeySources::from_env())
+}
+
+async fn license(dir: &AccountsDir, command: LicenseCommand) -> Result<u8, Failure> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        LicenseCommand::Activate { url } => {
+            let url = read_url(&url)?;
+            let keys = keys()?;
+            let done = crate::activate(dir, &url, &keys, &ActivateRequest::from_env()).await?;
+            let seat = if done.new_seat {
+                "new seat"
+            } else {
+                "this device already held a seat"
+            };
+            writeln!(out, "activated ({seat})").map_err(io_failure)?;
+            writeln!(out, "license server: {}", url.redacted()).map_err(io_failure)?;
+            writeln!(out, "activation id: {}", done.activation_id).map_err(io_failure)?;
+            writeln!(out, "license jti: {}", done.license.jti).map_err(io_failure)?;
+            writeln!(
+                out,
+                "in the container the daemon picks the license up by itself; a standalone privitty-edged \
+                 loads it at its next start"
+            )
+                .map_err(io_failure)?;
+            Ok(exit::OK)
+        }
+        LicenseCommand::Status { json } => {
+            let keys = keys()?;
+            let report = crate::status::report(dir, &keys, SystemTime::now())?;
+            if json {
+                let text = serde_json::to_string_pretty(&report)
+                    .map_err(|e| Failure::Internal(e.to_string()))?;
+                writeln!(out, "{text}").map_err(io_failure)?;
+            } else {
+                out.write_all(format_status(&report).as_bytes())
+                    .map_err(io_failure)?;
+            }
+            Ok(if report.status.allows_gated() {
+                exit::OK
+            } else {
+                exit::NOT_USABLE
+            })
+        }
+        LicenseCommand::Sync => {
+            let keys = keys()?;
+            let done = crate::sync(dir, &keys).await?;
+            let what = if done.license_changed {
+                "license updated"
+            } else {
+                "license unchanged"
+            };
+            writeln!(
+                out,
+                "synced ({what}; {} usage report(s) acknowledged)",
+                done.acked_reports
+            )
+            .map_err(io_failure)?;
+            writeln!(out, "license jti: {}", done.license.jti).map_err(io_failure)?;
+            Ok(exit::OK)
+        }
+        LicenseCommand::Deactivate { local_only } => {
+            crate::deactivate(dir, local_only).await?;
+            if local_only {
+                writeln!(out, "deactivated locally (the seat is still held on the server until an administrator frees it)")
+            } else {
+                writeln!(out, "deactivated (the seat was released on the server; privitty.lic is kept for inspection)")
+            }
+            .map_err(io_failure)?;
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// The URL argument; `-` reads it from standard input so it stays out of the process list.
+fn read_url(arg: &str) -> Result<DeliveryUrl, Error> {
+    if arg == "-" {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| Error::InvalidUrl {
+                shown: "(standard input)".into(),
+                problem: format!("cannot read it: {e}"),
+            })?;
+        return DeliveryUrl::parse(&line);
+    }
+    DeliveryUrl::parse(arg)
+}
+
+/// The text form of `license status`: the status word alone, then `key: value` lines (`-` when
+/// unknown).
+pub fn format_status(r: &StatusReport) -> String {
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let features = if r.features.is_empty() {
+        "-".to_string()
+    } else {
+        r.features.join(", ")
+    };
+    let lines = [
+        ("license id", dash(&r.license_id)),
+        ("customer", dash(&r.customer)),
+        ("features", features),
+        (
+            "reason",
+            r.reason.map_or_else(|| "-".to_string(), |x| x.to_string()),
+        ),
+        ("expires", dash(&r.expires_at)),
+        ("grace ends", dash(&r.grace_ends_at)),
+        ("device uuid", dash(&r.device_uuid)),
+        ("activation id", dash(&r.activation_id)),
+        ("license server", dash(&r.license_server)),
+        ("last sync ok", dash(&r.last_sync_ok_at)),
+        ("last sync error", dash(&r.last_sync_error)),
+    ];
+    let mut text = format!("{}\n", r.status);
+    for (k, v) in lines {
+        text.push_str(&format!("{k}: {v}\n"));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exit_codes_match_the_documented_table() {
+        assert_eq!(exit_code(ErrorKind::Usage), 2);
+        assert_eq!(exit_code(ErrorKind::LocalFiles), 4);
+        assert_eq!(exit_code(ErrorKind::Refused), 5);
+        assert_eq!(exit_code(ErrorKind::Unreachable), 6);
+        assert_eq!(exit_code(ErrorKind::State), 7);
+    }
+
+    #[test]
+    fn accounts_flag_works_before_and_after_the_subcommand() {
+        let a = Cli::try_parse_from(["privitty-edge", "--accounts", "/a", "license", "status"])
+            .unwrap();
+        assert_eq!(a.accounts, Some(PathBuf::from("/a")));
+        let b = Cli::try_parse_from([
+            "privitty-edge",
+            "license",
+            "status",
+            "--json",
+            "--accounts",
+            "/b",
+        ])
+        .unwrap();
+        assert_eq!(b.accounts, Some(PathBuf::from("/b")));
+        assert!(Cli::try_parse_from(["privitty-edge", "license", "frobnicate"]).is_err());
+    }
+
+    #[test]
+    fn status_text_starts_with_the_word_alone() {
+        let r = StatusReport {
+            status: crate::Status::NoLicense,
+            reason: Some(crate::Reason::NotActivated),
+            license_id: None,
+            customer: None,
+            features: vec![],
+            expires_at: None,
+            grace_ends_at: None,
+            device_uuid: None,
+            activation_id: None,
+            license_server: None,
+            last_sync_ok_at: None,
+            last_sync_error: None,
+        };
+        let text = format_status(&r);
+        assert_eq!(text.lines().next(), Some("no_license"));
+        assert!(text.contains("\nreason: not_activated\n"), "{text}");
+        assert!(text.contains("\nlicense server: -\n"), "{text}");
+    }
 }

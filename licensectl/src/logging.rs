@@ -1,5 +1,7 @@
 //! Logging set-up shared by every binary: `PRIVITTY_LOG` (an `EnvFilter` directive, default `info`)
 //! and `PRIVITTY_LOG_FORMAT` (`text` or `json`), always to stderr so stdout stays for command output.
+//!
+//! Owns: the global subscriber. Must not: be called twice in a process, or from library code.
 
 use tracing_subscriber::EnvFilter;
 
@@ -24,6 +26,9 @@ pub fn init(default: &str) {
         builder.init();
     }
     if let Some(problem) = bad_filter {
-        tracing::warn!("ignoring invalid {}={problem}; using {default:?}", crate::env::LOG);
+        tracing::warn!(
+            "ignoring invalid {}={problem}; using {default:?}",
+            crate::env::LOG
+        );
     }
 }

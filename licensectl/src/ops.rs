@@ -1,8 +1,45 @@
 //! The operations `activate`, `sync`, `deactivate`: protocol calls plus the file commits, under the
-//! directory lock. A transient error never changes local files.
+//! directory lock. A transient error never changes the license files (it is only noted in
+//! `sync_state.json`, which nothing but `status` reads).
+//!
+//! Owns: the order of writes (`privitty.lic`, `license_server.txt`, then `activation.json` as the
+//! commit record) and the rule that a license is verified before anything is written.
+//! Must not: own a runtime (these are `async fn`s on the caller's), or log secrets.
 
-use crate::{AccountsDir, DeliveryUrl, Error, TrustedKeys};
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+
+use crate::accounts::{
+    ACTIVATION_FILE, Activation, ActivationState, DEVICE_UUID_FILE, LICENSE_FILE,
+    LICENSE_SERVER_FILE, rfc3339,
+};
+use crate::client::{ActivateBody, Client, SyncBody};
+use crate::error::TransientCause;
+use crate::jwt::{Binding, LicenseClaims};
 use crate::status::LicenseIdentity;
+use crate::usage::{UsageReport, UsageStore};
+use crate::{AccountsDir, DeliveryUrl, Error, TrustedKeys};
+
+/// The gateway's name, used as the device name on activation.
+pub const PROFILE_ENV: &str = "PRIVITTY_PROFILE";
+/// Transient sync failures are recorded here, never in the license files.
+pub const SYNC_STATE_FILE: &str = "sync_state.json";
+/// Usage reports sent in one sync; the rest go with the next one.
+pub const MAX_REPORTS_PER_SYNC: usize = 50;
+
+/// `sync_state.json`: the last transient sync failure (cleared by a successful sync).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct SyncState {
+    pub last_sync_error: Option<String>,
+    pub last_sync_error_at: Option<String>,
+}
+
+/// Reads `sync_state.json`; anything unreadable counts as absent (it is informational only).
+pub fn read_sync_state(dir: &AccountsDir) -> Option<SyncState> {
+    let bytes = std::fs::read(dir.file(SYNC_STATE_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
 
 #[derive(Clone, Debug)]
 pub struct ActivateRequest {
@@ -15,7 +52,19 @@ pub struct ActivateRequest {
 impl ActivateRequest {
     /// Device name from `PRIVITTY_PROFILE`, else the hostname; this crate's version; `linux-<arch>`.
     pub fn from_env() -> ActivateRequest {
-        todo!("licensectl: ActivateRequest::from_env")
+        let device_name = std::env::var(PROFILE_ENV)
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "privitty-edge".to_string());
+        ActivateRequest {
+            device_name,
+            client_version: env!("CARGO_PKG_VERSION").to_string(),
+            platform: format!("linux-{}", std::env::consts::ARCH),
+        }
     }
 }
 
@@ -35,19 +84,361 @@ pub struct Synced {
     pub acked_reports: usize,
 }
 
-pub async fn activate(dir: &AccountsDir, url: &DeliveryUrl, keys: &TrustedKeys, req: &ActivateRequest) -> Result<Activated, Error> {
-    let _ = (dir, url, keys, req);
-    todo!("licensectl: activate")
+fn identity(bytes: &[u8], claims: &LicenseClaims) -> LicenseIdentity {
+    LicenseIdentity {
+        sha256: hex::encode(Sha256::digest(bytes)),
+        jti: claims.jti.clone(),
+        iat: claims.iat,
+    }
 }
 
+fn new_nonce() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// The license on disk, verified against `binding`, with its bytes.
+fn current_license(
+    dir: &AccountsDir,
+    keys: &TrustedKeys,
+    binding: &Binding<'_>,
+) -> Option<(Vec<u8>, LicenseClaims)> {
+    let bytes = dir.read_license().ok()??.ok()?;
+    let claims = crate::jwt::verify(std::str::from_utf8(&bytes).ok()?, keys, binding).ok()?;
+    Some((bytes, claims))
+}
+
+/// Verifies a license from a response; failure is transient (the server or a proxy sent garbage).
+fn verify_response(
+    client: &Client,
+    operation: &'static str,
+    jwt: &str,
+    keys: &TrustedKeys,
+    binding: &Binding<'_>,
+    nonce: &str,
+) -> Result<LicenseClaims, Error> {
+    let claims = crate::jwt::verify(jwt, keys, binding).map_err(|reason| {
+        client.transient(
+            operation,
+            TransientCause::BadLicense(reason),
+            format!("the license it sent does not verify ({reason})"),
+            None,
+        )
+    })?;
+    if claims.nce.as_deref().is_some_and(|n| n != nonce) {
+        return Err(client.transient(
+            operation,
+            TransientCause::BadResponse,
+            "the license it sent answers another request (nonce mismatch)".into(),
+            None,
+        ));
+    }
+    Ok(claims)
+}
+
+/// Checked before taking the lock, so a never-activated (or missing) directory is reported as such
+/// rather than as a lock-file error; the caller re-reads the file under the lock.
+fn require_activation_file(dir: &AccountsDir) -> Result<(), Error> {
+    match std::fs::symlink_metadata(dir.file(ACTIVATION_FILE)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotActivated {
+            dir: dir.path().into(),
+        }),
+        Err(e) => Err(Error::read(dir.file(ACTIVATION_FILE), e)),
+    }
+}
+
+fn device_uuid_required(dir: &AccountsDir) -> Result<String, Error> {
+    dir.device_uuid()?.ok_or_else(|| Error::MissingFile {
+ path: dir.file(DEVICE_UUID_FILE),
+ remedy: "the activation in activation.json depends on it: restore it from a backup (or move activation.json away to start over as a new device)",
+ })
+}
+
+fn delivery_url(dir: &AccountsDir) -> Result<DeliveryUrl, Error> {
+    let path = dir.file(LICENSE_SERVER_FILE);
+    let text = dir.license_server()?.ok_or_else(|| Error::MissingFile {
+ path: path.clone(),
+ remedy: "the activation in activation.json depends on it: run `privitty-edge license activate <url>` again",
+ })?;
+    DeliveryUrl::parse(&text).map_err(|_| Error::CorruptFile {
+        path,
+        problem: "it does not hold a valid delivery URL".into(),
+        remedy: "run `privitty-edge license activate <url>` again",
+    })
+}
+
+/// Activates this device (idempotent per TOKEN and device): creates `device.uuid` if needed, asks the
+/// server for a seat, verifies the license against this device and the returned activation, then
+/// commits `privitty.lic`, `license_server.txt` and `activation.json`. Also re-activates a device
+/// whose activation was deactivated or revoked.
+pub async fn activate(
+    dir: &AccountsDir,
+    url: &DeliveryUrl,
+    keys: &TrustedKeys,
+    req: &ActivateRequest,
+) -> Result<Activated, Error> {
+    if keys.is_empty() {
+        return Err(Error::NoTrustedKeys {
+            dir: crate::keys::SYSTEM_KEYS_DIR.into(),
+        });
+    }
+    dir.create()?;
+    let _lock = dir.lock().await?;
+    let device_uuid = dir.ensure_device_uuid_locked()?;
+    let previous = dir.activation()?;
+    let client = Client::new(url)?;
+    let nonce = new_nonce();
+    let body = ActivateBody {
+        device_name: &req.device_name,
+        client_version: &req.client_version,
+        platform: &req.platform,
+        nonce: &nonce,
+    };
+    let (new_seat, resp) = client.activate(&device_uuid, &body).await?;
+    let binding = Binding {
+        device_uuid: &device_uuid,
+        activation_id: Some(&resp.activation_id),
+    };
+    let received = verify_response(
+        &client,
+        "activation",
+        &resp.license_jwt,
+        keys,
+        &binding,
+        &nonce,
+    )?;
+
+    // Keep a newer license already on disk for this same activation (a retried activate may be
+    // answered by a replica that is behind).
+    let (lic_bytes, claims) = match current_license(dir, keys, &binding) {
+        Some((bytes, current)) if current.iat > received.iat => (bytes, current),
+        _ => {
+            dir.write_atomic(LICENSE_FILE, resp.license_jwt.trim().as_bytes(), 0o644)?;
+            (resp.license_jwt.trim().as_bytes().to_vec(), received)
+        }
+    };
+    dir.write_atomic(
+        LICENSE_SERVER_FILE,
+        format!("{}\n", url.expose_secret()).as_bytes(),
+        0o600,
+    )?;
+
+    let now = SystemTime::now();
+    let same = previous.filter(|p| p.activation_id == resp.activation_id);
+    let activation = Activation {
+        activation_id: resp.activation_id.clone(),
+        device_secret: resp.device_secret,
+        state: ActivationState::Active,
+        lic_jti: Some(claims.jti.clone()),
+        lic_iat: Some(claims.iat),
+        seq: same.as_ref().map_or(0, |p| p.seq),
+        high_water: resp.server_time,
+        last_sync_ok_at: same.as_ref().and_then(|p| p.last_sync_ok_at.clone()),
+        last_sync_error: None,
+        activated_at: same
+            .as_ref()
+            .and_then(|p| p.activated_at.clone())
+            .or_else(|| Some(rfc3339(now))),
+        deactivated_at: None,
+        extra: same.map(|p| p.extra).unwrap_or_default(),
+    };
+    dir.write_activation(&activation)?;
+    dir.remove(SYNC_STATE_FILE)?;
+    tracing::info!(
+        server = %url.host(),
+        activation_id = %activation.activation_id,
+        new_seat,
+        license_id = %claims.sub,
+        jti = %claims.jti,
+        "license activated"
+    );
+    Ok(Activated {
+        activation_id: activation.activation_id,
+        new_seat,
+        license: identity(&lic_bytes, &claims),
+    })
+}
+
+/// Refreshes the license and sends usage reports. Requires an active activation.
 pub async fn sync(dir: &AccountsDir, keys: &TrustedKeys) -> Result<Synced, Error> {
-    let _ = (dir, keys);
-    todo!("licensectl: sync")
+    require_activation_file(dir)?;
+    let _lock = dir.lock().await?;
+    let mut activation = dir.activation()?.ok_or_else(|| Error::NotActivated {
+        dir: dir.path().into(),
+    })?;
+    if activation.state != ActivationState::Active {
+        return Err(Error::Inactive {
+            dir: dir.path().into(),
+            state: activation.state.as_str(),
+        });
+    }
+    let device_uuid = device_uuid_required(dir)?;
+    let url = delivery_url(dir)?;
+    if keys.is_empty() {
+        return Err(Error::NoTrustedKeys {
+            dir: crate::keys::SYSTEM_KEYS_DIR.into(),
+        });
+    }
+    let binding = Binding {
+        device_uuid: &device_uuid,
+        activation_id: Some(&activation.activation_id),
+    };
+    let current = current_license(dir, keys, &binding);
+
+    // The period is closed into a report and persisted before sending, so a lost response
+    // resends the same report_id rather than counting twice.
+    let now = SystemTime::now();
+    let mut usage = match UsageStore::read(dir) {
+        Ok(store) => Some(store),
+        Err(e) => {
+            tracing::warn!(error = %e, "usage counts are not sent with this sync");
+            None
+        }
+    };
+    if let Some(store) = usage.as_mut()
+        && store.close_period(now)
+    {
+        store.write(dir)?;
+    }
+    let reports: Vec<UsageReport> = usage
+        .as_ref()
+        .map(|s| {
+            s.pending
+                .iter()
+                .take(MAX_REPORTS_PER_SYNC)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+
+    let client = Client::new(&url)?;
+    let nonce = new_nonce();
+    let body = SyncBody {
+        activation_id: &activation.activation_id,
+        current_jti: current.as_ref().map(|(_, c)| c.jti.as_str()),
+        seq: activation.seq,
+        nonce: &nonce,
+        usage: &reports,
+    };
+    let result = match client
+        .sync(&device_uuid, &activation.device_secret, &body)
+        .await
+    {
+        Ok(resp) => verify_response(&client, "sync", &resp.license_jwt, keys, &binding, &nonce)
+            .map(|c| (resp, c)),
+        Err(e) => Err(e),
+    };
+    let (resp, received) = match result {
+        Ok(ok) => ok,
+        Err(e) => return Err(record_sync_failure(dir, &mut activation, e)),
+    };
+
+    let (lic_bytes, claims, license_changed) = match current {
+        Some((bytes, cur)) if cur.iat > received.iat => (bytes, cur, false),
+        Some((bytes, cur)) if bytes.trim_ascii() == resp.license_jwt.trim().as_bytes() => {
+            (bytes, cur, false)
+        }
+        _ => {
+            let bytes = resp.license_jwt.trim().as_bytes().to_vec();
+            dir.write_atomic(LICENSE_FILE, &bytes, 0o644)?;
+            (bytes, received, true)
+        }
+    };
+    activation.seq += 1;
+    activation.lic_jti = Some(claims.jti.clone());
+    activation.lic_iat = Some(claims.iat);
+    activation.high_water = resp.server_time;
+    activation.last_sync_ok_at = Some(rfc3339(SystemTime::now()));
+    activation.last_sync_error = None;
+    dir.write_activation(&activation)?;
+    dir.remove(SYNC_STATE_FILE)?;
+
+    let mut acked_reports = 0;
+    if let Some(mut store) = usage {
+        acked_reports = store.remove_acked(&resp.acked_report_ids);
+        if acked_reports > 0 {
+            store.write(dir)?;
+        }
+    }
+    tracing::info!(license_changed, jti = %claims.jti, acked_reports, "license synced");
+    Ok(Synced {
+        license_changed,
+        license: identity(&lic_bytes, &claims),
+        acked_reports,
+    })
+}
+
+/// Notes a failed sync: a definitive refusal goes into `activation.json` (410 deactivated/revoked
+/// also change its state); a transient one only into `sync_state.json`. Returns the original error
+/// (a failure to record is logged, not reported, as it must not hide the cause).
+fn record_sync_failure(dir: &AccountsDir, activation: &mut Activation, err: Error) -> Error {
+    let now = rfc3339(SystemTime::now());
+    let recorded = match &err {
+        Error::Refused { status, code, .. } => {
+            match (*status, code.as_str()) {
+                (410, "deactivated") => {
+                    activation.state = ActivationState::Deactivated;
+                    activation.deactivated_at = Some(now.clone());
+                }
+                (410, "revoked") => activation.state = ActivationState::Revoked,
+                _ => {}
+            }
+            activation.last_sync_error = Some(format!("{now}: {err}"));
+            dir.write_activation(activation)
+                .and_then(|()| dir.remove(SYNC_STATE_FILE))
+        }
+        _ => {
+            let state = SyncState {
+                last_sync_error: Some(format!("{now}: {err}")),
+                last_sync_error_at: Some(now),
+            };
+            dir.write_atomic(
+                SYNC_STATE_FILE,
+                &serde_json::to_vec(&state).expect("sync state serializes"),
+                0o600,
+            )
+        }
+    };
+    if let Err(e) = recorded {
+        tracing::warn!(error = %e, "could not record the sync failure");
+    }
+    err
 }
 
 /// Releases the seat on the server (unless `local_only`) and marks `activation.json` deactivated;
 /// `privitty.lic` is kept for inspection.
 pub async fn deactivate(dir: &AccountsDir, local_only: bool) -> Result<(), Error> {
-    let _ = (dir, local_only);
-    todo!("licensectl: deactivate")
+    require_activation_file(dir)?;
+    let _lock = dir.lock().await?;
+    let mut activation = dir.activation()?.ok_or_else(|| Error::NotActivated {
+        dir: dir.path().into(),
+    })?;
+    if !local_only {
+        let device_uuid = device_uuid_required(dir)?;
+        let url = delivery_url(dir)?;
+        let client = Client::new(&url)?;
+        client.deactivate(&device_uuid, &activation.device_secret).await.map_err(|e| match e {
+            Error::Refused { host, operation, status, code, message, .. } => Error::Refused {
+                host,
+                operation,
+                status,
+                code,
+                message,
+                hint: "to release this device locally anyway, run `privitty-edge license deactivate --local-only` \
+                       and ask your administrator to free the seat",
+            },
+            other => other,
+        })?;
+    }
+    if activation.state == ActivationState::Active {
+        activation.state = ActivationState::Deactivated;
+    }
+    activation.deactivated_at = Some(rfc3339(SystemTime::now()));
+    dir.write_activation(&activation)?;
+    tracing::info!(activation_id = %activation.activation_id, local_only, "license deactivated");
+    Ok(())
 }
+
+#[cfg(test)]
+#[path = "ops_tests.rs"]
+mod tests;

@@ -9,8 +9,11 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::jwt::LicenseClaims;
-use crate::{AccountsDir, Error, TrustedKeys};
+use sha2::{Digest, Sha256};
+
+use crate::accounts::{Activation, ActivationState, rfc3339_unix, unix_secs};
+use crate::jwt::{Binding, LicenseClaims};
+use crate::{AccountsDir, DeliveryUrl, Error, TrustedKeys};
 
 /// The word users grep for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -111,36 +114,138 @@ pub struct LoadedLicense {
 
 impl LoadedLicense {
     /// Reads `privitty.lic`, `device.uuid` and `activation.json` and verifies the license.
-    /// Errors only when the directory cannot be read (I/O other than "not found").
+    /// Errors only when the directory cannot be read (I/O other than "not found"); unusable
+    /// content (including a corrupt `device.uuid` or `activation.json`) loads as `no_license`.
     pub fn load(dir: &AccountsDir, keys: &TrustedKeys) -> Result<LoadedLicense, Error> {
-        let _ = (dir, keys);
-        todo!("licensectl: LoadedLicense::load")
+        let activation = match dir.activation() {
+            Ok(a) => a,
+            Err(Error::CorruptFile { .. }) => return Ok(LoadedLicense::invalid(Reason::Corrupt)),
+            Err(e) => return Err(e),
+        };
+        let device_uuid = match dir.device_uuid() {
+            Ok(d) => d,
+            Err(Error::CorruptFile { .. }) => {
+                return Ok(LoadedLicense::invalid(Reason::WrongDevice));
+            }
+            Err(e) => return Err(e),
+        };
+        let bytes = match dir.read_license()? {
+            None => return Ok(LoadedLicense::invalid(Reason::NotActivated)),
+            Some(Err(())) => return Ok(LoadedLicense::invalid(Reason::Corrupt)),
+            Some(Ok(b)) => b,
+        };
+        Ok(LoadedLicense::from_parts(
+            &bytes,
+            device_uuid.as_deref(),
+            activation.as_ref(),
+            keys,
+        ))
+    }
+
+    /// Verifies license bytes against the given binding (what [`LoadedLicense::load`] read).
+    pub fn from_parts(
+        license: &[u8],
+        device_uuid: Option<&str>,
+        activation: Option<&Activation>,
+        keys: &TrustedKeys,
+    ) -> LoadedLicense {
+        let Ok(text) = std::str::from_utf8(license) else {
+            return LoadedLicense::invalid(Reason::Corrupt);
+        };
+        let Some(device_uuid) = device_uuid else {
+            return LoadedLicense::invalid(Reason::WrongDevice);
+        };
+        let binding = Binding {
+            device_uuid,
+            activation_id: activation.map(|a| a.activation_id.as_str()),
+        };
+        let claims = match crate::jwt::verify(text, keys, &binding) {
+            Ok(c) => c,
+            Err(reason) => return LoadedLicense::invalid(reason),
+        };
+        let inactive = match activation.map(|a| a.state) {
+            Some(ActivationState::Deactivated) => Some(Reason::Deactivated),
+            Some(ActivationState::Revoked) => Some(Reason::Revoked),
+            Some(ActivationState::Active) | None => None,
+        };
+        let high_water = activation
+            .map_or(i64::MIN, |a| a.high_water)
+            .max(claims.iat);
+        let identity = LicenseIdentity {
+            sha256: hex::encode(Sha256::digest(license)),
+            jti: claims.jti.clone(),
+            iat: claims.iat,
+        };
+        LoadedLicense {
+            identity: inactive.is_none().then_some(identity),
+            invalid: inactive,
+            claims: Some(claims),
+            high_water: AtomicI64::new(high_water),
+        }
+    }
+
+    fn invalid(reason: Reason) -> LoadedLicense {
+        LoadedLicense {
+            claims: None,
+            invalid: Some(reason),
+            identity: None,
+            high_water: AtomicI64::new(i64::MIN),
+        }
     }
 
     /// Evaluates the status at `now`, advancing the in-memory high-water mark.
     pub fn evaluate(&self, now: SystemTime) -> Evaluation {
-        let _ = now;
-        let _ = self.high_water.load(Ordering::Relaxed);
-        todo!("licensectl: LoadedLicense::evaluate")
+        let now = unix_secs(now);
+        let previous = self.high_water.fetch_max(now, Ordering::Relaxed);
+        let t = previous.max(now);
+        let Some(claims) = &self.claims else {
+            return Evaluation {
+                status: Status::NoLicense,
+                reason: Some(self.invalid.unwrap_or(Reason::NotActivated)),
+                expires_at: None,
+                grace_ends_at: None,
+            };
+        };
+        let (status, reason) = match self.invalid {
+            Some(reason) => (Status::NoLicense, Some(reason)),
+            None => (rule(t.max(claims.iat), claims), None),
+        };
+        Evaluation {
+            status,
+            reason,
+            expires_at: Some(claims.sync_by),
+            grace_ends_at: Some(claims.exp),
+        }
     }
 
     pub fn claims(&self) -> Option<&LicenseClaims> {
         self.claims.as_ref()
     }
 
-    /// Why the file on disk did not verify, when it did not.
+    /// Why the license is not usable regardless of time (invalid file, deactivated, revoked).
     pub fn invalid_reason(&self) -> Option<Reason> {
         self.invalid
     }
 
-    /// `None` when there is no valid license.
+    /// `None` when there is no valid license (or its activation is deactivated/revoked).
     pub fn identity(&self) -> Option<&LicenseIdentity> {
         self.identity.as_ref()
     }
 
-    /// The in-memory high-water mark (unix seconds), for persisting.
+    /// The in-memory high-water mark (unix seconds), for persisting. `i64::MIN` without a license.
     pub fn high_water(&self) -> i64 {
         self.high_water.load(Ordering::Relaxed)
+    }
+}
+
+/// The time rules of the status table, at `t` (already `max(now, high_water, iat)`).
+fn rule(t: i64, claims: &LicenseClaims) -> Status {
+    if t >= claims.exp {
+        Status::Expired
+    } else if t >= claims.sync_by {
+        Status::GracePeriod
+    } else {
+        Status::Active
     }
 }
 
@@ -163,8 +268,238 @@ pub struct StatusReport {
     pub last_sync_error: Option<String>,
 }
 
-/// Reads the directory and builds the report (reads only, never writes).
-pub fn report(dir: &AccountsDir, keys: &TrustedKeys, now: SystemTime) -> Result<StatusReport, Error> {
-    let _ = (dir, keys, now);
-    todo!("licensectl: status::report")
+/// Reads the directory and builds the report (reads only, never writes). A corrupt
+/// `activation.json` or `device.uuid` is an error here (the operator must repair it), while
+/// [`LoadedLicense::load`] reports it as `no_license`.
+pub fn report(
+    dir: &AccountsDir,
+    keys: &TrustedKeys,
+    now: SystemTime,
+) -> Result<StatusReport, Error> {
+    let activation = dir.activation()?;
+    let device_uuid = dir.device_uuid()?;
+    let loaded = match dir.read_license()? {
+        None => LoadedLicense::invalid(Reason::NotActivated),
+        Some(Err(())) => LoadedLicense::invalid(Reason::Corrupt),
+        Some(Ok(bytes)) => {
+            LoadedLicense::from_parts(&bytes, device_uuid.as_deref(), activation.as_ref(), keys)
+        }
+    };
+    let eval = loaded.evaluate(now);
+    let license_server = dir
+        .license_server()?
+        .map(|text| match DeliveryUrl::parse(&text) {
+            Ok(url) => url.redacted(),
+            Err(_) => "(not a valid delivery URL)".to_string(),
+        });
+    let sync_state = crate::ops::read_sync_state(dir);
+    let claims = loaded.claims();
+    Ok(StatusReport {
+        status: eval.status,
+        reason: eval.reason,
+        license_id: claims.map(|c| c.sub.clone()),
+        customer: claims.and_then(|c| c.customer.clone()),
+        features: claims.map(|c| c.features.clone()).unwrap_or_default(),
+        expires_at: eval.expires_at.map(rfc3339_unix),
+        grace_ends_at: eval.grace_ends_at.map(rfc3339_unix),
+        device_uuid,
+        activation_id: activation.as_ref().map(|a| a.activation_id.clone()),
+        license_server,
+        last_sync_ok_at: activation.as_ref().and_then(|a| a.last_sync_ok_at.clone()),
+        last_sync_error: sync_state
+            .and_then(|s| s.last_sync_error)
+            .or_else(|| activation.as_ref().and_then(|a| a.last_sync_error.clone())),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounts::{ACTIVATION_FILE, DEVICE_UUID_FILE, LICENSE_FILE};
+    use crate::jwt::tests::{ACT, DEV, claims, new_key, trusted};
+    use std::time::Duration;
+
+    fn at(secs: i64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64)
+    }
+
+    fn activation(state: ActivationState, high_water: i64) -> Activation {
+        Activation {
+            activation_id: ACT.into(),
+            device_secret: "s".into(),
+            state,
+            lic_jti: None,
+            lic_iat: None,
+            seq: 0,
+            high_water,
+            last_sync_ok_at: None,
+            last_sync_error: None,
+            activated_at: None,
+            deactivated_at: None,
+            extra: Default::default(),
+        }
+    }
+
+    /// A directory with a license valid 1000..(sync_by 2000)..(exp 3000).
+    fn setup(activation: Option<Activation>) -> (tempfile::TempDir, AccountsDir, TrustedKeys) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = AccountsDir::new(tmp.path());
+        let key = new_key();
+        std::fs::write(tmp.path().join(DEVICE_UUID_FILE), format!("{DEV}\n")).unwrap();
+        std::fs::write(
+            tmp.path().join(LICENSE_FILE),
+            crate::jwt::sign(&claims(1000, 2000, 3000), &key),
+        )
+        .unwrap();
+        if let Some(a) = activation {
+            dir.write_activation(&a).unwrap();
+        }
+        (tmp, dir, trusted(&key))
+    }
+
+    #[test]
+    fn active_then_grace_period_then_expired() {
+        let (_tmp, dir, keys) = setup(Some(activation(ActivationState::Active, 0)));
+        let lic = LoadedLicense::load(&dir, &keys).unwrap();
+        assert!(lic.identity().is_some());
+        let e = lic.evaluate(at(1500));
+        assert_eq!(
+            (e.status, e.reason, e.expires_at, e.grace_ends_at),
+            (Status::Active, None, Some(2000), Some(3000))
+        );
+        assert_eq!(lic.evaluate(at(1999)).status, Status::Active);
+        assert_eq!(lic.evaluate(at(2000)).status, Status::GracePeriod);
+        assert_eq!(lic.evaluate(at(2999)).status, Status::GracePeriod);
+        assert_eq!(lic.evaluate(at(3000)).status, Status::Expired);
+        assert!(!Status::Expired.allows_gated() && Status::GracePeriod.allows_gated());
+    }
+
+    #[test]
+    fn clock_set_back_never_extends_the_license() {
+        let (_tmp, dir, keys) = setup(Some(activation(ActivationState::Active, 0)));
+        let lic = LoadedLicense::load(&dir, &keys).unwrap();
+        assert_eq!(lic.evaluate(at(2500)).status, Status::GracePeriod);
+        assert_eq!(lic.high_water(), 2500);
+        assert_eq!(
+            lic.evaluate(at(1200)).status,
+            Status::GracePeriod,
+            "rolled back clock"
+        );
+        assert_eq!(lic.high_water(), 2500);
+        // A clock before the license was issued counts as its issue time.
+        let (_tmp, dir, keys) = setup(None);
+        let lic = LoadedLicense::load(&dir, &keys).unwrap();
+        assert_eq!(lic.high_water(), 1000);
+        assert_eq!(lic.evaluate(at(5)).status, Status::Active);
+        // The persisted high-water mark applies from load on.
+        let (_tmp, dir, keys) = setup(Some(activation(ActivationState::Active, 3100)));
+        let lic = LoadedLicense::load(&dir, &keys).unwrap();
+        assert_eq!(lic.evaluate(at(1500)).status, Status::Expired);
+    }
+
+    #[test]
+    fn no_license_reasons() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = AccountsDir::new(tmp.path());
+        let e = LoadedLicense::load(&dir, &TrustedKeys::default())
+            .unwrap()
+            .evaluate(at(1500));
+        assert_eq!(
+            (e.status, e.reason),
+            (Status::NoLicense, Some(Reason::NotActivated))
+        );
+
+        for (state, reason) in [
+            (ActivationState::Deactivated, Reason::Deactivated),
+            (ActivationState::Revoked, Reason::Revoked),
+        ] {
+            let (_tmp, dir, keys) = setup(Some(activation(state, 0)));
+            let lic = LoadedLicense::load(&dir, &keys).unwrap();
+            let e = lic.evaluate(at(1500));
+            assert_eq!((e.status, e.reason), (Status::NoLicense, Some(reason)));
+            assert!(lic.identity().is_none() && lic.claims().is_some());
+        }
+
+        let (_tmp, dir, _keys) = setup(None);
+        let e = LoadedLicense::load(&dir, &TrustedKeys::default())
+            .unwrap()
+            .evaluate(at(1500));
+        assert_eq!(e.reason, Some(Reason::UntrustedKey));
+
+        let (tmp, dir, keys) = setup(None);
+        std::fs::write(
+            tmp.path().join(DEVICE_UUID_FILE),
+            "9b2a4a39-52f9-4a8e-9b5d-0123456789ab\n",
+        )
+        .unwrap();
+        assert_eq!(
+            LoadedLicense::load(&dir, &keys)
+                .unwrap()
+                .evaluate(at(1500))
+                .reason,
+            Some(Reason::WrongDevice)
+        );
+        std::fs::remove_file(tmp.path().join(DEVICE_UUID_FILE)).unwrap();
+        assert_eq!(
+            LoadedLicense::load(&dir, &keys)
+                .unwrap()
+                .evaluate(at(1500))
+                .reason,
+            Some(Reason::WrongDevice)
+        );
+
+        let (tmp, dir, keys) = setup(None);
+        std::fs::write(tmp.path().join(ACTIVATION_FILE), "{broken").unwrap();
+        assert_eq!(
+            LoadedLicense::load(&dir, &keys)
+                .unwrap()
+                .evaluate(at(1500))
+                .reason,
+            Some(Reason::Corrupt)
+        );
+        assert_eq!(
+            report(&dir, &keys, at(1500)).unwrap_err().kind(),
+            crate::ErrorKind::LocalFiles
+        );
+
+        let (tmp, dir, keys) = setup(None);
+        let real = tmp.path().join("elsewhere.lic");
+        std::fs::rename(dir.license_path(), &real).unwrap();
+        std::os::unix::fs::symlink(&real, dir.license_path()).unwrap();
+        assert_eq!(
+            LoadedLicense::load(&dir, &keys)
+                .unwrap()
+                .evaluate(at(1500))
+                .reason,
+            Some(Reason::Corrupt)
+        );
+    }
+
+    #[test]
+    fn report_shows_details_with_the_url_redacted() {
+        let mut a = activation(ActivationState::Active, 0);
+        a.last_sync_ok_at = Some(crate::accounts::rfc3339_unix(1400));
+        let (_tmp, dir, keys) = setup(Some(a));
+        dir.write_atomic(
+            crate::accounts::LICENSE_SERVER_FILE,
+            b"https://lic.example/v1/license/SECRET-TOKEN-123\n",
+            0o600,
+        )
+        .unwrap();
+        let r = report(&dir, &keys, at(1500)).unwrap();
+        assert_eq!(r.status, Status::Active);
+        assert_eq!(r.license_id.as_deref(), Some("lic-42"));
+        assert_eq!(r.customer.as_deref(), Some("ACME"));
+        assert_eq!(r.expires_at.as_deref(), Some("1970-01-01T00:33:20Z"));
+        assert_eq!(r.grace_ends_at.as_deref(), Some("1970-01-01T00:50:00Z"));
+        assert_eq!(r.device_uuid.as_deref(), Some(DEV));
+        assert_eq!(r.activation_id.as_deref(), Some(ACT));
+        assert_eq!(
+            r.license_server.as_deref(),
+            Some("https://lic.example/v1/license/SEC…(redacted)")
+        );
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(!json.contains("SECRET-TOKEN-123"));
+        assert!(json.contains(r#""status":"active""#), "{json}");
+    }
 }
