@@ -55,7 +55,10 @@ pub fn eventually<T>(deadline: Duration, what: &str, mut check: impl FnMut() -> 
         if let Some(v) = check() {
             return v;
         }
-        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
     }
@@ -73,7 +76,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(50));
     }
@@ -172,11 +178,12 @@ pub fn describe_dir(dir: &Path) -> String {
             Err(_) => continue,
         };
         out.push_str(&format!("{} ({} bytes)\n", path.display(), meta.len()));
-        if meta.is_file() && meta.len() < 4096 {
-            if let Ok(text) = std::fs::read_to_string(&path) {
-                out.push_str(&text);
-                out.push('\n');
-            }
+        if meta.is_file()
+            && meta.len() < 4096
+            && let Ok(text) = std::fs::read_to_string(&path)
+        {
+            out.push_str(&text);
+            out.push('\n');
         }
     }
     out
