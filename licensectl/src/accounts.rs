@@ -21,7 +21,7 @@ pub const ACTIVATION_FILE: &str = "activation.json";
 pub const LOCK_FILE: &str = ".privitty-license.lock";
 
 /// Small metadata files are never legitimately larger than this.
-const MAX_META_BYTES: u64 = 1024 * 1024;
+pub(crate) const MAX_META_BYTES: u64 = 1024 * 1024;
 
 /// An accounts directory. Cheap to clone; opening it does no I/O.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +63,11 @@ pub struct Activation {
     pub seq: u64,
     #[serde(default)]
     pub high_water: i64,
+    /// Extension: counts the verified resets of `high_water` (activate, sync). A process that
+    /// loaded the license before the latest reset holds readings from before it and must not
+    /// write them back (see [`crate::LoadedLicense::persist_high_water`]).
+    #[serde(default)]
+    pub high_water_epoch: u64,
     #[serde(default)]
     pub last_sync_ok_at: Option<String>,
     #[serde(default)]
@@ -85,6 +90,7 @@ impl std::fmt::Debug for Activation {
             .field("lic_iat", &self.lic_iat)
             .field("seq", &self.seq)
             .field("high_water", &self.high_water)
+            .field("high_water_epoch", &self.high_water_epoch)
             .finish_non_exhaustive()
     }
 }
@@ -95,19 +101,20 @@ pub struct DirLock {
     _file: File,
 }
 
+/// The last second RFC 3339 text (four-digit years) can show: 9999-12-31T23:59:59Z.
+const MAX_RFC3339_SECS: i64 = 253_402_300_799;
+
 /// RFC 3339 (seconds) text for a time.
 pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+    rfc3339_unix(unix_secs(t))
 }
 
-/// RFC 3339 text for unix seconds.
+/// RFC 3339 text for unix seconds, clamped to 1970-01-01T00:00:00Z ..= 9999-12-31T23:59:59Z: a
+/// license may say "never" with a huge `exp`, and the formatter cannot show times outside that range.
 pub fn rfc3339_unix(secs: i64) -> String {
-    let t = if secs >= 0 {
-        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64)
-    } else {
-        SystemTime::UNIX_EPOCH - std::time::Duration::from_secs(secs.unsigned_abs())
-    };
-    rfc3339(t)
+    let secs = secs.clamp(0, MAX_RFC3339_SECS) as u64;
+    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .to_string()
 }
 
 /// Unix seconds of a time (negative before 1970).
@@ -274,24 +281,47 @@ impl AccountsDir {
             .map_err(|e| Error::write(path, e))
     }
 
+    /// Opens the lock file without following a symlink, and gives it the directory's owner only
+    /// when this call created it: the data volume belongs to the service user, who could plant a
+    /// link to a root-owned file for a root `docker exec` to open and chown.
     fn open_lock_file(&self) -> Result<File, Error> {
+        use std::os::unix::fs::OpenOptionsExt;
         let path = self.file(LOCK_FILE);
-        let file = match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-        {
-            Ok(f) => f,
+        let open = |write: bool, create_new: bool| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(write)
+                .create_new(create_new)
+                .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+                .open(&path)
+        };
+        let refuse = |e: std::io::Error| {
+            if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) {
+                Error::CorruptFile {
+                    path: path.clone(),
+                    problem: "it is a symlink, which is never followed".into(),
+                    remedy: "remove it (it is recreated as needed) and check who can write to the accounts directory",
+                }
+            } else {
+                Error::write(&path, e)
+            }
+        };
+        match open(true, true) {
+            Ok(file) => {
+                match_directory_owner(&self.path, &file).map_err(|e| Error::write(&path, e))?;
+                return Ok(file);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(refuse(e)),
+        }
+        match open(true, false) {
+            Ok(file) => Ok(file),
             // flock works on a read-only descriptor too (a lock file created by another user).
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                File::open(&path).map_err(|_| Error::write(&path, e))?
+                open(false, false).map_err(refuse)
             }
-            Err(e) => return Err(Error::write(path, e)),
-        };
-        match_directory_owner(&self.path, &file).map_err(|e| Error::write(&path, e))?;
-        Ok(file)
+            Err(e) => Err(refuse(e)),
+        }
     }
 
     /// Creates the directory (mode 0700) when it does not exist yet; used by `activate` only.
@@ -346,9 +376,17 @@ impl AccountsDir {
     }
 
     /// Persists a high-water mark into `activation.json` (when it exists) if it is newer than the
-    /// stored one. Takes the lock (blocking: call it from `spawn_blocking` in async code). Called by
-    /// long-running processes at most every 15 min and at shutdown.
+    /// stored one, but never beyond the present clock. Takes the lock (blocking: call it from
+    /// `spawn_blocking` in async code). Called by long-running processes at most every 15 min and
+    /// at shutdown.
+    ///
+    /// A bare value cannot tell a reading taken before the latest verified sync (which reset the
+    /// mark to the server's time) from one taken after it, so a value ahead of the clock is capped:
+    /// otherwise a generation that saw a wrong clock would undo the reset at its next write-back.
+    /// [`crate::LoadedLicense::persist_high_water`] knows when its readings were taken and keeps
+    /// them in full; prefer it.
     pub fn persist_high_water(&self, high_water: i64) -> Result<(), Error> {
+        let high_water = high_water.min(unix_secs(SystemTime::now()));
         if !self.file(ACTIVATION_FILE).exists() {
             return Ok(());
         }
@@ -390,7 +428,7 @@ fn open_nofollow(path: &Path) -> std::io::Result<File> {
 }
 
 /// Reads a whole small file; `None` when it does not exist. Larger than `limit` → corrupt.
-fn read_optional(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, Error> {
+pub(crate) fn read_optional(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, Error> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -424,6 +462,7 @@ mod tests {
             lic_iat: Some(10),
             seq: 1,
             high_water: 100,
+            high_water_epoch: 0,
             last_sync_ok_at: None,
             last_sync_error: None,
             activated_at: Some(rfc3339_unix(100)),
@@ -538,6 +577,53 @@ mod tests {
         dir.persist_high_water(500).unwrap();
         dir.persist_high_water(400).unwrap();
         assert_eq!(dir.activation().unwrap().unwrap().high_water, 500);
+    }
+
+    #[test]
+    fn a_planted_lock_symlink_is_neither_followed_nor_chowned() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, "root's file\n").unwrap();
+        let accounts = tmp.path().join("accounts");
+        std::fs::create_dir(&accounts).unwrap();
+        let dir = AccountsDir::new(&accounts);
+        std::os::unix::fs::symlink(&victim, dir.file(LOCK_FILE)).unwrap();
+        let before = std::fs::metadata(&victim).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            // The data volume belongs to the service user, who could plant the link.
+            std::os::unix::fs::chown(&accounts, Some(1000), Some(1000)).unwrap();
+        }
+        let e = dir.lock_blocking().unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::LocalFiles);
+        assert!(e.to_string().contains(LOCK_FILE), "{e}");
+        assert!(e.to_string().contains("symlink"), "{e}");
+        let after = std::fs::metadata(&victim).unwrap();
+        assert_eq!(
+            (after.uid(), after.gid()),
+            (before.uid(), before.gid()),
+            "the link target changed owner"
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's file\n");
+    }
+
+    #[test]
+    fn oversized_side_files_are_refused_not_read_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = AccountsDir::new(tmp.path());
+        // Valid JSON, padded past any sane size: read whole, it would parse.
+        let mut big = b"{\"pending\":[]}".to_vec();
+        big.resize(2 * MAX_META_BYTES as usize, b' ');
+        std::fs::write(dir.file(crate::usage::USAGE_FILE), &big).unwrap();
+        let e = crate::usage::UsageStore::read(&dir).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::LocalFiles);
+        assert!(e.to_string().contains(crate::usage::USAGE_FILE), "{e}");
+        let state = format!(
+            "{{\"last_sync_error\":\"x\"}}{}",
+            " ".repeat(2 * MAX_META_BYTES as usize)
+        );
+        std::fs::write(dir.file(crate::ops::SYNC_STATE_FILE), state).unwrap();
+        assert!(crate::ops::read_sync_state(&dir).is_none());
     }
 
     #[test]

@@ -106,8 +106,14 @@ enum LicenseCommand {
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        // clap exits 2 for usage errors and 0 for --help/--version.
-        Err(e) => e.exit(),
+        // clap exits 0 for --help/--version.
+        Err(e) if !e.use_stderr() => e.exit(),
+        // Usage errors (exit 2) echo unexpected arguments: a delivery URL typed in the wrong place
+        // must not print its TOKEN.
+        Err(e) => {
+            eprint!("{}", crate::url::redact_in(&e.render().to_string()));
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(exit::USAGE));
+        }
     };
     crate::logging::init("warn");
     ExitCode::from(run(cli))

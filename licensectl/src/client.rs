@@ -241,11 +241,27 @@ impl Client {
             return Ok((status, bytes));
         }
         let parsed: Option<ErrorBody> = serde_json::from_slice(&bytes).ok();
+        // The code is shown and stored like the message, so it is scrubbed the same way.
         let code = parsed
             .as_ref()
-            .and_then(|b| b.error.clone())
-            .filter(|c| !c.is_empty());
+            .and_then(|b| b.error.as_deref())
+            .filter(|c| !c.is_empty())
+            .map(|c| self.url.scrub(&truncate(c)));
         let message = parsed.and_then(|b| b.message).unwrap_or_default();
+        if !status.is_client_error() && !status.is_server_error() {
+            // A redirect (or another status the protocol never sends) comes from something between
+            // the device and the server, e.g. a captive portal: not a refusal by the server. The
+            // target is not shown, as it may repeat the delivery URL.
+            return Err(self.transient(
+                operation,
+                TransientCause::Status(status.as_u16()),
+                format!(
+                    "HTTP {status} instead of an answer (a redirect, which is never followed: is a \
+                     captive portal or proxy in the way, or has the delivery URL changed?)"
+                ),
+                None,
+            ));
+        }
         let transient = matches!(status.as_u16(), 408 | 429) || status.is_server_error();
         if transient {
             let mut detail = format!("HTTP {status}");

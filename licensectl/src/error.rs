@@ -32,7 +32,7 @@ pub enum TransientCause {
     Tls,
     /// Connect (10 s) or whole-request (30 s) timeout.
     Timeout,
-    /// `408`, `429` or `5xx`.
+    /// `408`, `429`, `5xx`, or a status the protocol never sends (a `3xx` redirect, not followed).
     Status(u16),
     /// A success status whose body is not the documented JSON (or is over 64 KiB).
     BadResponse,

@@ -32,14 +32,44 @@ pub struct LicenseClaims {
     pub dev: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // The informational claims never decide whether a license is valid: one of an unexpected
+    // type (`"seats": -1` for "unlimited", say) is read as absent instead of rejecting the file.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "informational"
+    )]
     pub customer: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "informational"
+    )]
     pub seats: Option<u32>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "informational_list"
+    )]
     pub features: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nce: Option<String>,
+}
+
+fn informational<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(value).ok())
+}
+
+fn informational_list<'de, D>(d: D) -> Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(informational(d)?.unwrap_or_default())
 }
 
 /// What the license must be bound to.
@@ -361,6 +391,11 @@ pub(crate) mod tests {
             with_header(|h| drop(h.as_object_mut().unwrap().remove("typ"))),
             Err(Reason::Corrupt)
         );
+        let r = with_header(|h| {
+            let upper = h["kid"].as_str().unwrap().to_ascii_uppercase();
+            h["kid"] = json!(upper);
+        });
+        assert!(r.is_ok(), "hex digits in either case name the key: {r:?}");
         let r = with_header(|h| h["x-extra"] = json!(1));
         assert!(r.is_ok(), "unknown non-crit header fields are fine: {r:?}");
     }
@@ -426,6 +461,16 @@ pub(crate) mod tests {
             with_claims(|p| p["sync_by"] = json!(3000)).is_ok(),
             "sync_by == exp is allowed"
         );
+        // Informational claims of an unexpected type are read as absent, never rejected.
+        let c = with_claims(|p| {
+            p["seats"] = json!(-1);
+            p["customer"] = json!({"name": "ACME"});
+            p["features"] = json!("send_file");
+        })
+        .unwrap();
+        assert_eq!((c.seats, c.customer, c.features), (None, None, vec![]));
+        let c = with_claims(|p| p["seats"] = json!(null)).unwrap();
+        assert_eq!(c.seats, None);
     }
 
     #[test]

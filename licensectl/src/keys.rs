@@ -93,9 +93,12 @@ impl TrustedKeys {
         kid
     }
 
-    /// The raw key for `kid`.
+    /// The raw key for `kid` (hex digits in either case: a server may print them upper case).
     pub fn get(&self, kid: &str) -> Option<&[u8; 32]> {
-        self.keys.iter().find(|(k, _)| k == kid).map(|(_, raw)| raw)
+        self.keys
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(kid))
+            .map(|(_, raw)| raw)
     }
 
     /// The key ids, in load order.

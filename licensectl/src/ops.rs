@@ -37,7 +37,8 @@ pub struct SyncState {
 
 /// Reads `sync_state.json`; anything unreadable counts as absent (it is informational only).
 pub fn read_sync_state(dir: &AccountsDir) -> Option<SyncState> {
-    let bytes = std::fs::read(dir.file(SYNC_STATE_FILE)).ok()?;
+    let path = dir.file(SYNC_STATE_FILE);
+    let bytes = crate::accounts::read_optional(&path, crate::accounts::MAX_META_BYTES).ok()??;
     serde_json::from_slice(&bytes).ok()
 }
 
@@ -224,6 +225,11 @@ pub async fn activate(
     )?;
 
     let now = SystemTime::now();
+    // The mark is reset to the server's time: processes that loaded the license earlier must not
+    // write their older readings back over it.
+    let high_water_epoch = previous
+        .as_ref()
+        .map_or(0, |p| p.high_water_epoch.wrapping_add(1));
     let same = previous.filter(|p| p.activation_id == resp.activation_id);
     let activation = Activation {
         activation_id: resp.activation_id.clone(),
@@ -233,6 +239,7 @@ pub async fn activate(
         lic_iat: Some(claims.iat),
         seq: same.as_ref().map_or(0, |p| p.seq),
         high_water: resp.server_time,
+        high_water_epoch,
         last_sync_ok_at: same.as_ref().and_then(|p| p.last_sync_ok_at.clone()),
         last_sync_error: None,
         activated_at: same
@@ -348,6 +355,7 @@ pub async fn sync(dir: &AccountsDir, keys: &TrustedKeys) -> Result<Synced, Error
     activation.lic_jti = Some(claims.jti.clone());
     activation.lic_iat = Some(claims.iat);
     activation.high_water = resp.server_time;
+    activation.high_water_epoch = activation.high_water_epoch.wrapping_add(1);
     activation.last_sync_ok_at = Some(rfc3339(SystemTime::now()));
     activation.last_sync_error = None;
     dir.write_activation(&activation)?;

@@ -15,7 +15,7 @@ use crate::accounts::ActivationState;
 use crate::client::{ActivateBody, Client};
 use crate::error::TransientCause;
 use crate::jwt::tests::{new_key, trusted};
-use crate::{ErrorKind, Reason, Status, UsageCounters};
+use crate::{ErrorKind, LoadedLicense, Reason, Status, UsageCounters};
 
 const TOKEN: &str = "SECRETTOKEN0123456789";
 
@@ -835,4 +835,135 @@ async fn https_trusts_the_extra_ca_bundle_in_addition_to_the_system_roots() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("missing.pem"), "{e}");
+}
+
+/// A well-behaved sync endpoint: a fresh license for the device, the server's clock, every report acked.
+fn sync_handler(key: SigningKey) -> impl FnMut(&Req) -> Resp + Send {
+    move |r| {
+        let ids: Vec<Value> = r.body["usage"]
+            .as_array()
+            .map(|a| a.iter().map(|u| u["report_id"].clone()).collect())
+            .unwrap_or_default();
+        json_resp(
+            200,
+            json!({"license_jwt": license_for(&key, &device_of(r), "act-1", now(), r.body["nonce"].as_str()),
+                   "server_time": now(), "acked_report_ids": ids}),
+        )
+    }
+}
+
+const TEN_YEARS: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+#[tokio::test]
+async fn a_running_generation_never_undoes_the_high_water_reset_of_a_sync() {
+    let (server, _tmp, dir, key) = activated().await;
+    let keys = trusted(&key);
+    // A generation (edged) loaded now sees the clock jump ten years ahead (a bad NTP answer): its
+    // in-memory mark follows, the license is expired for it.
+    let lic = LoadedLicense::load(&dir, &keys).unwrap();
+    assert_eq!(
+        lic.evaluate(SystemTime::now() + TEN_YEARS).status,
+        Status::Expired
+    );
+    // The clock is fixed and a verified sync resets the mark to the server's time.
+    server.answer(sync_handler(key.clone()));
+    sync(&dir, &keys).await.unwrap();
+    let reset = dir.activation().unwrap().unwrap().high_water;
+    assert!(reset <= now() + 5, "the sync reset the mark: {reset}");
+    // The generation writes its in-memory mark back, periodically and at shutdown, with the
+    // value-only call: the older reading must not come back.
+    dir.persist_high_water(lic.high_water()).unwrap();
+    let stored = dir.activation().unwrap().unwrap().high_water;
+    assert!(
+        stored <= now() + 5,
+        "a pre-sync reading undid the reset: {stored} > now {}",
+        now()
+    );
+    assert_eq!(
+        crate::status::report(&dir, &keys, SystemTime::now())
+            .unwrap()
+            .status,
+        Status::Active
+    );
+    // The generation-aware call does the same, and also brings the running generation back to
+    // the reset mark.
+    lic.persist_high_water(&dir).unwrap();
+    assert!(dir.activation().unwrap().unwrap().high_water <= now() + 5);
+    assert_eq!(lic.evaluate(SystemTime::now()).status, Status::Active);
+    assert!(lic.high_water() <= now() + 5);
+}
+
+#[tokio::test]
+async fn the_generation_aware_persist_keeps_readings_ahead_of_a_clock_set_back() {
+    let (server, _tmp, dir, key) = activated().await;
+    let keys = trusted(&key);
+    let lic = LoadedLicense::load(&dir, &keys).unwrap();
+    // Read an hour ahead, then the clock is set back: without a sync in between the reading is
+    // persisted in full, so a restart does not give the hour back.
+    let ahead = SystemTime::now() + Duration::from_secs(3600);
+    lic.evaluate(ahead);
+    lic.persist_high_water(&dir).unwrap();
+    assert_eq!(
+        dir.activation().unwrap().unwrap().high_water,
+        crate::accounts::unix_secs(ahead)
+    );
+    // Persisting never moves the stored mark back.
+    let stale = LoadedLicense::load(&dir, &keys).unwrap();
+    stale.persist_high_water(&dir).unwrap();
+    assert_eq!(
+        dir.activation().unwrap().unwrap().high_water,
+        crate::accounts::unix_secs(ahead)
+    );
+    // Once activation.json holds another activation, the old generation writes nothing.
+    server.answer(activation_handler(key.clone(), "act-2"));
+    activate(&dir, &server.url(), &keys, &req()).await.unwrap();
+    let fresh = dir.activation().unwrap().unwrap();
+    lic.evaluate(ahead + Duration::from_secs(3600));
+    lic.persist_high_water(&dir).unwrap();
+    assert_eq!(dir.activation().unwrap().unwrap(), fresh);
+    // A license without an activation (file-drop) has nothing to persist into.
+    std::fs::remove_file(dir.file(ACTIVATION_FILE)).unwrap();
+    lic.persist_high_water(&dir).unwrap();
+    assert!(!dir.file(ACTIVATION_FILE).exists());
+}
+
+#[tokio::test]
+async fn a_redirect_is_transient_and_changes_nothing() {
+    let (server, _tmp, dir, key) = activated().await;
+    let before = dir.activation().unwrap().unwrap();
+    let port = server.port;
+    server.answer(move |_| Resp {
+        status: 302,
+        headers: vec![("Location", format!("http://127.0.0.1:{port}/portal/login"))],
+        body: vec![],
+    });
+    let e = sync(&dir, &trusted(&key)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unreachable, "{e}");
+    assert!(e.to_string().contains("redirect"), "{e}");
+    assert_no_token(&e);
+    assert_eq!(
+        dir.activation().unwrap().unwrap(),
+        before,
+        "a redirect (captive portal, proxy) is not a refusal: activation.json stays as it was"
+    );
+    assert_eq!(server.requests().len(), 2, "the redirect is not followed");
+}
+
+#[tokio::test]
+async fn a_refusal_code_that_repeats_the_token_is_scrubbed() {
+    let server = Server::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = AccountsDir::new(tmp.path());
+    server.answer(|_| {
+        json_resp(
+            404,
+            json!({"error": format!("unknown_token:{TOKEN}"), "message": "no such token"}),
+        )
+    });
+    let e = activate(&dir, &server.url(), &trusted(&new_key()), &req())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+    assert_no_token(&e);
+    assert!(!e.refusal_code().unwrap_or_default().contains(TOKEN));
 }

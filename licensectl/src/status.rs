@@ -2,16 +2,17 @@
 //!
 //! Owns: the `Status`/`Reason` words, evaluation against a clock with the high-water rule
 //! `t = max(now, high_water, iat)`, and the license as loaded from an accounts directory at one moment.
-//! Must not: touch the network, or write anything (`LoadedLicense::load` only reads).
+//! Must not: touch the network, or write anything but the high-water mark
+//! (`LoadedLicense::persist_high_water`); `LoadedLicense::load` and `report` only read.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use serde::Serialize;
 
 use sha2::{Digest, Sha256};
 
-use crate::accounts::{Activation, ActivationState, rfc3339_unix, unix_secs};
+use crate::accounts::{ACTIVATION_FILE, Activation, ActivationState, rfc3339_unix, unix_secs};
 use crate::jwt::{Binding, LicenseClaims};
 use crate::{AccountsDir, DeliveryUrl, Error, TrustedKeys};
 
@@ -108,8 +109,13 @@ pub struct LoadedLicense {
     claims: Option<LicenseClaims>,
     invalid: Option<Reason>,
     identity: Option<LicenseIdentity>,
-    /// Highest time seen (unix seconds): starts at `max(activation.json high_water, iat)` and only grows.
+    /// Highest time seen (unix seconds): starts at `max(activation.json high_water, iat)` and only
+    /// grows, except when [`LoadedLicense::persist_high_water`] finds a verified reset.
     high_water: AtomicI64,
+    /// The activation the license was loaded with, when `activation.json` existed.
+    activation_id: Option<String>,
+    /// `activation.json`'s `high_water_epoch` the in-memory mark is relative to.
+    epoch: AtomicU64,
 }
 
 impl LoadedLicense {
@@ -181,6 +187,8 @@ impl LoadedLicense {
             invalid: inactive,
             claims: Some(claims),
             high_water: AtomicI64::new(high_water),
+            activation_id: activation.map(|a| a.activation_id.clone()),
+            epoch: AtomicU64::new(activation.map_or(0, |a| a.high_water_epoch)),
         }
     }
 
@@ -190,6 +198,8 @@ impl LoadedLicense {
             invalid: Some(reason),
             identity: None,
             high_water: AtomicI64::new(i64::MIN),
+            activation_id: None,
+            epoch: AtomicU64::new(0),
         }
     }
 
@@ -235,6 +245,52 @@ impl LoadedLicense {
     /// The in-memory high-water mark (unix seconds), for persisting. `i64::MIN` without a license.
     pub fn high_water(&self) -> i64 {
         self.high_water.load(Ordering::Relaxed)
+    }
+
+    /// Writes the in-memory high-water mark into `dir`'s `activation.json` when it is ahead of the
+    /// stored one. For long-running processes: at most every 15 min and at shutdown. Blocking (the
+    /// directory lock and fsync): call it from `spawn_blocking` in async code.
+    ///
+    /// When a verified activate/sync reset the stored mark after this license was loaded (its
+    /// `high_water_epoch` moved on), the in-memory mark still holds readings from before the reset
+    /// (a clock that was wrong then, say): writing it would undo the reset. The in-memory mark is
+    /// then rebased on the reset mark and the present clock instead, so the running process follows
+    /// the reset too. Without a reset, readings ahead of the present clock (it was set back since)
+    /// are written in full. Nothing is written without a usable license file, without
+    /// `activation.json`, or when `activation.json` now holds another activation.
+    pub fn persist_high_water(&self, dir: &AccountsDir) -> Result<(), Error> {
+        let (Some(claims), Some(activation_id)) = (&self.claims, &self.activation_id) else {
+            return Ok(());
+        };
+        if !dir.file(ACTIVATION_FILE).exists() {
+            return Ok(());
+        }
+        let _lock = dir.lock_blocking()?;
+        let Some(mut stored) = dir.activation()? else {
+            return Ok(());
+        };
+        if stored.activation_id != *activation_id {
+            return Ok(());
+        }
+        if stored.high_water_epoch != self.epoch.load(Ordering::Relaxed) {
+            let rebased = stored
+                .high_water
+                .max(unix_secs(SystemTime::now()))
+                .max(claims.iat);
+            self.high_water.store(rebased, Ordering::Relaxed);
+            self.epoch.store(stored.high_water_epoch, Ordering::Relaxed);
+            tracing::info!(
+                high_water = rebased,
+                epoch = stored.high_water_epoch,
+                "high-water mark follows the reset of a license sync"
+            );
+        }
+        let high_water = self.high_water();
+        if high_water <= stored.high_water {
+            return Ok(());
+        }
+        stored.high_water = high_water;
+        dir.write_activation(&stored)
     }
 }
 
@@ -332,6 +388,7 @@ mod tests {
             lic_iat: None,
             seq: 0,
             high_water,
+            high_water_epoch: 0,
             last_sync_ok_at: None,
             last_sync_error: None,
             activated_at: None,
@@ -473,6 +530,33 @@ mod tests {
                 .reason,
             Some(Reason::Corrupt)
         );
+    }
+
+    #[test]
+    fn report_survives_times_that_rfc3339_cannot_show() {
+        // "Never expires" as JavaScript's largest safe integer, and a license issued before 1970.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = AccountsDir::new(tmp.path());
+        let key = new_key();
+        std::fs::write(tmp.path().join(DEVICE_UUID_FILE), format!("{DEV}\n")).unwrap();
+        for (iat, sync_by, exp) in [
+            (1000, 9_007_199_254_740_990, 9_007_199_254_740_991),
+            (1000, 2000, i64::MAX),
+            (-5000, -4000, 3000),
+        ] {
+            let mut c = claims(iat, sync_by, exp);
+            c.act = None;
+            std::fs::write(tmp.path().join(LICENSE_FILE), crate::jwt::sign(&c, &key)).unwrap();
+            let r = report(&dir, &trusted(&key), at(1500)).unwrap();
+            assert!(
+                r.status.allows_gated() || r.status == Status::Expired,
+                "{r:?}"
+            );
+            for shown in [&r.expires_at, &r.grace_ends_at] {
+                let shown = shown.as_deref().unwrap();
+                assert!(humantime::parse_rfc3339(shown).is_ok(), "{shown}");
+            }
+        }
     }
 
     #[test]

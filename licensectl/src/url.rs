@@ -37,7 +37,8 @@ impl DeliveryUrl {
         let scheme = match scheme_raw.to_ascii_lowercase().as_str() {
             "https" => "https",
             "http" => "http",
-            _ => return Err(bad(format!("{scheme_raw}://…"), "the scheme must be https")),
+            // What precedes "://" is not echoed: pasted text such as "<TOKEN> https://…" would be.
+            _ => return Err(bad("(not shown)".into(), "the scheme must be https")),
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -120,6 +121,26 @@ impl DeliveryUrl {
     pub fn scrub(&self, text: &str) -> String {
         text.replace(&self.token, "(redacted)")
     }
+}
+
+/// Replaces the TOKEN after every `/v1/license/` in `text` by `…(redacted)`: for text that echoes
+/// user input verbatim, such as command-line parse errors.
+pub(crate) fn redact_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(PATH_PREFIX) {
+        let (head, tail) = rest.split_at(i + PATH_PREFIX.len());
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '-')))
+            .unwrap_or(tail.len());
+        if end > 0 {
+            out.push_str("…(redacted)");
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 enum Host {
@@ -253,6 +274,8 @@ mod tests {
             format!("https:///v1/license/{secret}"),
             format!("https://h/v1/license/{secret}%20"),
             format!("https://h/v1/license/{secret}!"),
+            format!("{secret} https://h/v1/license/x"),
+            format!("{secret}://h/v1/license/x"),
             "https://h/v1/license/".to_string(),
             secret.to_string(),
         ] {
@@ -260,6 +283,18 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::Usage, "{bad}");
             assert!(!e.to_string().contains(secret), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn tokens_in_echoed_text_are_redacted() {
+        assert_eq!(
+            redact_in("unrecognized 'https://h/v1/license/SECRET-1.x~y_z' and /v1/license/T2!"),
+            "unrecognized 'https://h/v1/license/…(redacted)' and /v1/license/…(redacted)!"
+        );
+        assert_eq!(
+            redact_in("nothing /v1/license/ here"),
+            "nothing /v1/license/ here"
+        );
     }
 
     #[test]

@@ -101,15 +101,15 @@ impl UsageStore {
     /// Reads the store; absent → empty. A corrupt file is an error (a flush must not erase it).
     pub fn read(dir: &AccountsDir) -> Result<UsageStore, Error> {
         let path = dir.file(USAGE_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::CorruptFile {
-                path,
-                problem: e.to_string(),
-                remedy: "delete it (unsent usage counts are lost) and run the command again",
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(UsageStore::default()),
-            Err(e) => Err(Error::read(path, e)),
-        }
+        let Some(bytes) = crate::accounts::read_optional(&path, crate::accounts::MAX_META_BYTES)?
+        else {
+            return Ok(UsageStore::default());
+        };
+        serde_json::from_slice(&bytes).map_err(|e| Error::CorruptFile {
+            path,
+            problem: e.to_string(),
+            remedy: "delete it (unsent usage counts are lost) and run the command again",
+        })
     }
 
     pub fn write(&self, dir: &AccountsDir) -> Result<(), Error> {

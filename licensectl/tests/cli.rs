@@ -445,3 +445,28 @@ fn accounts_dir_comes_from_the_flag_then_the_environment() {
         .unwrap();
     assert_eq!(code(&out), 3, "the flag wins over the environment");
 }
+
+#[test]
+fn a_misplaced_url_argument_is_a_usage_error_without_the_token() {
+    // clap echoes what it did not expect; forgetting `activate` must not print the TOKEN.
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("https://license.example.com/v1/license/{TOKEN}");
+    for args in [
+        vec!["license", url.as_str()],
+        vec!["license", "activate", url.as_str(), url.as_str()],
+        vec!["license", "status", url.as_str()],
+        vec![url.as_str()],
+    ] {
+        // `run` fails the test when the TOKEN appears in stdout or stderr.
+        let out = run(tmp.path(), None, &args);
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("license.example.com/v1/license/"),
+            "the error still shows where the URL went: {}",
+            stderr(&out)
+        );
+    }
+    let out = run(tmp.path(), None, &["--help"]);
+    assert_eq!(code(&out), 0, "--help still exits 0");
+    assert!(stdout(&out).contains("license"), "--help prints to stdout");
+}
