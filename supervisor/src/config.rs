@@ -1,1 +1,562 @@
-//! Configuration: every option and variable, parsed and validated in one place.
+//! Configuration: every option and variable of `privitty-init`, parsed and validated in one place.
+//!
+//! Owns: the variable names (documented constants), their defaults, the `--help` text (options,
+//! variables, signals, exit codes) and the validation that reports every problem at once. Must not:
+//! touch the process environment (`std::env::set_var`), bind sockets or start anything.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Environment variables read by `privitty-init` (the CLI flags mirror them).
+pub mod env {
+    pub use licensectl::env::ACCOUNTS;
+    /// Address the supervisor binds once and hands to each edged generation.
+    pub const LISTEN: &str = "PRIVITTY_LISTEN";
+    /// Delivery URL for start-up activation (contains the secret TOKEN).
+    pub const LICENSE_URL: &str = "PRIVITTY_LICENSE_URL";
+    /// A file whose trimmed content is the delivery URL (Docker/Kubernetes secrets).
+    pub const LICENSE_URL_FILE: &str = "PRIVITTY_LICENSE_URL_FILE";
+    /// How long a stop waits for the process tree after SIGTERM before SIGKILL.
+    pub const STOP_TIMEOUT: &str = "PRIVITTY_STOP_TIMEOUT";
+    /// How long start-up activation may take.
+    pub const ACTIVATION_TIMEOUT: &str = "PRIVITTY_ACTIVATION_TIMEOUT";
+    /// Period of the license sync (`0` turns it off).
+    pub const LICENSE_SYNC_INTERVAL: &str = "PRIVITTY_LICENSE_SYNC_INTERVAL";
+    /// Period of the license-file poll that backs up inotify.
+    pub const LICENSE_POLL_INTERVAL: &str = "PRIVITTY_LICENSE_POLL_INTERVAL";
+    /// How long a new generation may take to report READY=1.
+    pub const READY_TIMEOUT: &str = "PRIVITTY_READY_TIMEOUT";
+    /// Unexpected exits tolerated within the crash window.
+    pub const CRASH_LIMIT: &str = "PRIVITTY_CRASH_LIMIT";
+    /// The window the crash limit counts in.
+    pub const CRASH_WINDOW: &str = "PRIVITTY_CRASH_WINDOW";
+}
+
+/// The command started when none is given.
+pub const DEFAULT_COMMAND: &str = "privitty-edged";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7200";
+pub const DEFAULT_STOP_TIMEOUT: &str = "8s";
+pub const DEFAULT_ACTIVATION_TIMEOUT: &str = "30s";
+pub const DEFAULT_SYNC_INTERVAL: &str = "24h";
+pub const DEFAULT_POLL_INTERVAL: &str = "2s";
+pub const DEFAULT_READY_TIMEOUT: &str = "30s";
+pub const DEFAULT_CRASH_LIMIT: &str = "5";
+pub const DEFAULT_CRASH_WINDOW: &str = "5m";
+
+/// Exit codes of `privitty-init` itself (besides the child's own code, passed through).
+pub mod exit {
+    /// Internal failure of the supervisor (e.g. it could not install its signal handlers).
+    pub const FAILURE: i32 = 1;
+    /// Invalid options or variables.
+    pub const CONFIG: i32 = 2;
+    /// The command was found but could not be executed.
+    pub const NOT_EXECUTABLE: i32 = 126;
+    /// The command was not found.
+    pub const NOT_FOUND: i32 = 127;
+}
+
+const HELP_TAIL: &str = "\
+Modes:
+  default   managed mode: start-up license activation, license watch, generation swaps,
+            crash restarts and periodic sync around privitty-edged
+  --plain   minimal init: runs CMD, reaps zombies, forwards signals, exits when CMD exits
+
+Signals (sent to privitty-init):
+  TERM, INT, QUIT      stop: TERM to the child's process group, wait up to PRIVITTY_STOP_TIMEOUT
+                       for the whole process tree, SIGKILL what is left; returns as soon as
+                       everything has exited
+  HUP                  plain: forwarded to the child's group; managed: reload (new generation)
+  USR1 USR2 WINCH CONT ALRM TSTP ABRT URG XCPU XFSZ VTALRM PROF IO PWR STKFLT
+                       forwarded to the child's process group
+  TTIN, TTOU           ignored (they never stop privitty-init)
+  CHLD                 reaps every exited child, including orphans re-parented to privitty-init
+  PIPE                 ignored
+  KILL, STOP           cannot be caught
+
+Exit codes:
+  N        the child's exit code
+  128+N    the child was killed by signal N (e.g. 137 after SIGKILL, 143 after SIGTERM)
+  1        internal failure of privitty-init
+  2        invalid options or variables (every problem is listed)
+  126      CMD was found but could not be executed (permissions, not an executable, ...)
+  127      CMD was not found
+
+Durations take units: 500ms, 8s, 2m, 24h.";
+
+/// The command line, mirroring the variables; validated into [`Config`] by [`Config::from_cli`].
+#[derive(Debug, Parser)]
+#[command(
+    name = "privitty-init",
+    version,
+    about = "PID 1 of the Privitty Edge container: reaps zombies, forwards signals, stops the \
+             process tree, and (unless --plain) supervises privitty-edged and its license",
+    after_help = HELP_TAIL
+)]
+pub struct Cli {
+    /// Minimal init: no license work, no restarts; exits when CMD exits.
+    #[arg(long)]
+    pub plain: bool,
+
+    /// Accounts (data) directory holding the license files.
+    #[arg(long, value_name = "DIR", env = env::ACCOUNTS,
+          default_value = licensectl::accounts::DEFAULT_ACCOUNTS_DIR)]
+    pub accounts: PathBuf,
+
+    /// Address to bind once and hand to each privitty-edged generation (socket activation).
+    #[arg(long, value_name = "ADDR:PORT", env = env::LISTEN, default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+
+    /// Delivery URL for start-up activation. It contains a secret: prefer the variable or
+    /// --license-url-file, since arguments are visible to every process.
+    #[arg(long, value_name = "URL", env = env::LICENSE_URL, hide_env_values = true)]
+    pub license_url: Option<String>,
+
+    /// File whose trimmed content is the delivery URL (e.g. a Docker or Kubernetes secret).
+    #[arg(long, value_name = "PATH", env = env::LICENSE_URL_FILE)]
+    pub license_url_file: Option<PathBuf>,
+
+    /// How long a stop waits after SIGTERM before SIGKILL (keep it under Docker's 10s).
+    #[arg(long, value_name = "DURATION", env = env::STOP_TIMEOUT, default_value = DEFAULT_STOP_TIMEOUT)]
+    pub stop_timeout: String,
+
+    /// How long start-up activation may take.
+    #[arg(long, value_name = "DURATION", env = env::ACTIVATION_TIMEOUT,
+          default_value = DEFAULT_ACTIVATION_TIMEOUT)]
+    pub activation_timeout: String,
+
+    /// Period of the license sync (a random jitter is added); 0 turns it off.
+    #[arg(long, value_name = "DURATION", env = env::LICENSE_SYNC_INTERVAL,
+          default_value = DEFAULT_SYNC_INTERVAL)]
+    pub license_sync_interval: String,
+
+    /// Period of the license-file poll (inotify is silent on NFS and some bind mounts).
+    #[arg(long, value_name = "DURATION", env = env::LICENSE_POLL_INTERVAL,
+          default_value = DEFAULT_POLL_INTERVAL)]
+    pub license_poll_interval: String,
+
+    /// How long a new privitty-edged generation may take to report ready.
+    #[arg(long, value_name = "DURATION", env = env::READY_TIMEOUT, default_value = DEFAULT_READY_TIMEOUT)]
+    pub ready_timeout: String,
+
+    /// Unexpected exits tolerated within --crash-window before giving up (exit non-zero).
+    #[arg(long, value_name = "N", env = env::CRASH_LIMIT, default_value = DEFAULT_CRASH_LIMIT)]
+    pub crash_limit: String,
+
+    /// The window --crash-limit counts in.
+    #[arg(long, value_name = "DURATION", env = env::CRASH_WINDOW, default_value = DEFAULT_CRASH_WINDOW)]
+    pub crash_window: String,
+
+    /// The command to run and its arguments [default: privitty-edged next to privitty-init, else on PATH].
+    #[arg(
+        value_name = "CMD",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<OsString>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `--plain`: minimal init (no license work, no restarts).
+    pub plain: bool,
+    /// CMD and its arguments; never empty.
+    pub command: Vec<OsString>,
+    pub stop_timeout: Duration,
+    pub managed: ManagedConfig,
+}
+
+/// Options only managed mode uses (validated in plain mode too, so a typo never waits for a switch).
+#[derive(Debug, Clone)]
+pub struct ManagedConfig {
+    pub accounts: PathBuf,
+    pub listen: SocketAddr,
+    pub license_url: Option<licensectl::DeliveryUrl>,
+    pub activation_timeout: Duration,
+    /// `None` when the sync is off (`0`).
+    pub sync_interval: Option<Duration>,
+    pub poll_interval: Duration,
+    pub ready_timeout: Duration,
+    pub crash_limit: u32,
+    pub crash_window: Duration,
+}
+
+/// One invalid option or variable. Never shows the license URL's TOKEN.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    #[error(
+        "{name}: {value:?} is not a duration ({source}); write it with a unit, e.g. 500ms, 8s, 2m, 24h"
+    )]
+    Duration {
+        name: String,
+        value: String,
+        source: humantime::DurationError,
+    },
+    #[error("{name}: {value:?} must not be 0")]
+    ZeroDuration { name: String, value: String },
+    #[error(
+        "{name}: {value:?} is not a socket address ({source}); write it as ADDR:PORT, e.g. 0.0.0.0:7200"
+    )]
+    Listen {
+        name: String,
+        value: String,
+        source: std::net::AddrParseError,
+    },
+    #[error("{name}: {value:?} is not a whole number of exits; write e.g. 5")]
+    CrashLimit { name: String, value: String },
+    #[error(
+        "both {} and {} are set; set only one of them",
+        env::LICENSE_URL,
+        env::LICENSE_URL_FILE
+    )]
+    BothLicenseUrls,
+    #[error("cannot read {} ({}): {source}; check the path and its permissions", path.display(), env::LICENSE_URL_FILE)]
+    LicenseUrlFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {source}")]
+    LicenseUrl {
+        origin: String,
+        source: licensectl::Error,
+    },
+    #[error("the command is empty: give CMD after `--`, or nothing to run {DEFAULT_COMMAND}")]
+    EmptyCommand,
+}
+
+/// Why the configuration was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Unknown option, missing value, `--help` or `--version` (clap prints and picks the exit code).
+    #[error(transparent)]
+    Usage(#[from] clap::Error),
+    /// Every invalid value, listed at once.
+    #[error("invalid configuration:{}", list(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("\n  - {p}")).collect()
+}
+
+impl Config {
+    /// Parses this process's arguments and environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_cli(Cli::try_parse()?)
+    }
+
+    /// Parses the given arguments (the first is the program name); variables come from the
+    /// process environment, as clap reads them.
+    pub fn try_parse_from<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        Config::from_cli(Cli::try_parse_from(args)?)
+    }
+
+    /// Validates every value, collecting all problems.
+    pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut duration =
+            |var: &str, flag: &str, value: &str, zero_ok: bool| -> Option<Duration> {
+                let name = origin(var, flag);
+                match parse_duration(value) {
+                    Ok(d) if d.is_zero() && !zero_ok => {
+                        problems.push(Problem::ZeroDuration {
+                            name: name.clone(),
+                            value: value.to_string(),
+                        });
+                        None
+                    }
+                    Ok(d) => Some(d),
+                    Err(source) => {
+                        problems.push(Problem::Duration {
+                            name,
+                            value: value.to_string(),
+                            source,
+                        });
+                        None
+                    }
+                }
+            };
+        let stop_timeout = duration(env::STOP_TIMEOUT, "--stop-timeout", &cli.stop_timeout, true);
+        let activation_timeout = duration(
+            env::ACTIVATION_TIMEOUT,
+            "--activation-timeout",
+            &cli.activation_timeout,
+            false,
+        );
+        let sync_interval = duration(
+            env::LICENSE_SYNC_INTERVAL,
+            "--license-sync-interval",
+            &cli.license_sync_interval,
+            true,
+        );
+        let poll_interval = duration(
+            env::LICENSE_POLL_INTERVAL,
+            "--license-poll-interval",
+            &cli.license_poll_interval,
+            false,
+        );
+        let ready_timeout = duration(
+            env::READY_TIMEOUT,
+            "--ready-timeout",
+            &cli.ready_timeout,
+            false,
+        );
+        let crash_window = duration(
+            env::CRASH_WINDOW,
+            "--crash-window",
+            &cli.crash_window,
+            false,
+        );
+
+        let listen = match cli.listen.trim().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(source) => {
+                problems.push(Problem::Listen {
+                    name: origin(env::LISTEN, "--listen"),
+                    value: cli.listen.clone(),
+                    source,
+                });
+                None
+            }
+        };
+        let crash_limit = match cli.crash_limit.trim().parse::<u32>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                problems.push(Problem::CrashLimit {
+                    name: origin(env::CRASH_LIMIT, "--crash-limit"),
+                    value: cli.crash_limit.clone(),
+                });
+                None
+            }
+        };
+        let license_url = license_url(
+            cli.license_url.as_deref(),
+            cli.license_url_file.as_deref(),
+            &mut problems,
+        );
+        let command = if cli.command.is_empty() {
+            vec![default_command()]
+        } else {
+            cli.command
+        };
+        if command[0].is_empty() {
+            problems.push(Problem::EmptyCommand);
+        }
+
+        match (
+            stop_timeout,
+            activation_timeout,
+            sync_interval,
+            poll_interval,
+            ready_timeout,
+            crash_window,
+            listen,
+            crash_limit,
+        ) {
+            (
+                Some(stop_timeout),
+                Some(activation_timeout),
+                Some(sync_interval),
+                Some(poll_interval),
+                Some(ready_timeout),
+                Some(crash_window),
+                Some(listen),
+                Some(crash_limit),
+            ) if problems.is_empty() => Ok(Config {
+                plain: cli.plain,
+                command,
+                stop_timeout,
+                managed: ManagedConfig {
+                    accounts: cli.accounts,
+                    listen,
+                    license_url,
+                    activation_timeout,
+                    sync_interval: (!sync_interval.is_zero()).then_some(sync_interval),
+                    poll_interval,
+                    ready_timeout,
+                    crash_limit,
+                    crash_window,
+                },
+            }),
+            _ => Err(ConfigError::Invalid(problems)),
+        }
+    }
+}
+
+/// How a problem names its value: both ways it can be given.
+fn origin(var: &str, flag: &str) -> String {
+    format!("{var} ({flag})")
+}
+
+/// A humantime duration; a bare `0` means zero (no unit needed for nothing).
+fn parse_duration(value: &str) -> Result<Duration, humantime::DurationError> {
+    let value = value.trim();
+    if value == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(value)
+}
+
+fn license_url(
+    inline: Option<&str>,
+    file: Option<&Path>,
+    problems: &mut Vec<Problem>,
+) -> Option<licensectl::DeliveryUrl> {
+    let inline = inline.map(str::trim).filter(|s| !s.is_empty());
+    let (text, origin) = match (inline, file) {
+        (Some(_), Some(_)) => {
+            problems.push(Problem::BothLicenseUrls);
+            return None;
+        }
+        (None, None) => return None,
+        (Some(text), None) => (text.to_string(), env::LICENSE_URL.to_string()),
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(text) => (
+                text.trim().to_string(),
+                format!("{} ({})", env::LICENSE_URL_FILE, path.display()),
+            ),
+            Err(source) => {
+                problems.push(Problem::LicenseUrlFile {
+                    path: path.to_path_buf(),
+                    source,
+                });
+                return None;
+            }
+        },
+    };
+    match licensectl::DeliveryUrl::parse(&text) {
+        Ok(url) => Some(url),
+        Err(source) => {
+            problems.push(Problem::LicenseUrl { origin, source });
+            None
+        }
+    }
+}
+
+/// `privitty-edged` next to our own executable (the image's layout), else the bare name for a
+/// PATH search at spawn time.
+fn default_command() -> OsString {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(DEFAULT_COMMAND)))
+        .filter(|candidate| candidate.is_file())
+        .map(OsString::from)
+        .unwrap_or_else(|| OsString::from(DEFAULT_COMMAND))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        Config::try_parse_from(std::iter::once("privitty-init").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_and_trailing_command() {
+        let c = parse(&["--plain", "--", "sleep", "-x", "1"]).unwrap();
+        assert!(c.plain);
+        assert_eq!(c.command, vec!["sleep", "-x", "1"]);
+        let c = parse(&["--plain", "ls", "-l"]).unwrap();
+        assert_eq!(c.command, vec!["ls", "-l"]);
+    }
+
+    #[test]
+    fn default_command_is_edged() {
+        let c = parse(&["--stop-timeout", "1s"]).unwrap();
+        assert!(
+            c.command[0].to_string_lossy().ends_with(DEFAULT_COMMAND),
+            "{:?}",
+            c.command
+        );
+        assert_eq!(c.command.len(), 1);
+    }
+
+    #[test]
+    fn durations_and_zero_sync() {
+        let c = parse(&[
+            "--stop-timeout",
+            "250ms",
+            "--license-sync-interval",
+            "0",
+            "--crash-limit",
+            "3",
+            "--listen",
+            "0.0.0.0:7300",
+        ])
+        .unwrap();
+        assert_eq!(c.stop_timeout, Duration::from_millis(250));
+        assert_eq!(c.managed.sync_interval, None);
+        assert_eq!(c.managed.crash_limit, 3);
+        assert_eq!(c.managed.listen, "0.0.0.0:7300".parse().unwrap());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = parse(&[
+            "--stop-timeout",
+            "8",
+            "--listen",
+            "nowhere",
+            "--crash-limit",
+            "-1",
+            "--ready-timeout",
+            "0",
+            "--",
+            "x",
+        ])
+        .unwrap_err();
+        let ConfigError::Invalid(problems) = &err else {
+            panic!("expected Invalid, got {err:?}");
+        };
+        assert_eq!(problems.len(), 4, "{err}");
+        let text = err.to_string();
+        for needle in [
+            env::STOP_TIMEOUT,
+            env::LISTEN,
+            env::CRASH_LIMIT,
+            env::READY_TIMEOUT,
+        ] {
+            assert!(text.contains(needle), "{needle} missing from: {text}");
+        }
+    }
+
+    #[test]
+    fn unreadable_license_url_file_is_a_problem() {
+        let err =
+            parse(&["--license-url-file", "/nonexistent/privitty/url", "--", "x"]).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/privitty/url"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn help_documents_signals_and_exit_codes() {
+        let err = parse(&["--help"]).unwrap_err();
+        let ConfigError::Usage(e) = err else {
+            panic!("expected clap help")
+        };
+        let text = e.to_string();
+        for needle in [
+            "PRIVITTY_STOP_TIMEOUT",
+            "PRIVITTY_LICENSE_URL_FILE",
+            "PRIVITTY_CRASH_WINDOW",
+            "SIGKILL",
+            "127",
+            "126",
+            "128+N",
+            "TTIN",
+        ] {
+            assert!(text.contains(needle), "--help lacks {needle}:\n{text}");
+        }
+    }
+}

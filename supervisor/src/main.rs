@@ -1,1 +1,54 @@
-fn main() {}
+use std::process::ExitCode;
+
+use supervisor::config::{Config, ConfigError, exit};
+use supervisor::pid1::Pid1;
+
+fn main() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        // --help, --version and usage errors: clap prints and exits 0 or 2.
+        Err(ConfigError::Usage(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("privitty-init: {e}");
+            return code(exit::CONFIG);
+        }
+    };
+    licensectl::logging::init("info");
+
+    // Plain mode has nothing to run concurrently: one thread keeps PID 1 small.
+    let runtime = if config.plain {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("privitty-init: cannot start the async runtime: {e}");
+            return code(exit::FAILURE);
+        }
+    };
+    code(runtime.block_on(async {
+        let mut pid1 = match Pid1::install() {
+            Ok(pid1) => pid1,
+            Err(e) => {
+                tracing::error!("{e}");
+                return exit::FAILURE;
+            }
+        };
+        if config.plain {
+            supervisor::plain::run(&config, &mut pid1).await
+        } else {
+            supervisor::managed::run(&config, &mut pid1).await
+        }
+    }))
+}
+
+fn code(c: i32) -> ExitCode {
+    ExitCode::from(c.clamp(0, 255) as u8)
+}

@@ -48,17 +48,22 @@ pub fn engine() -> PathBuf {
 }
 
 /// Polls `check` until it returns `Some`, or panics after `deadline` saying what was awaited.
-pub fn eventually<T>(deadline: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn eventually<T>(deadline: Duration, what: &str, check: impl FnMut() -> Option<T>) -> T {
+    poll_until(deadline, check)
+        .unwrap_or_else(|| panic!("timed out after {deadline:?} waiting for {what}"))
+}
+
+/// Polls `check` (with a short, growing pause) until it returns `Some`; `None` after `deadline`.
+pub fn poll_until<T>(deadline: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(2);
     loop {
         if let Some(v) = check() {
-            return v;
+            return Some(v);
         }
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
+        if start.elapsed() >= deadline {
+            return None;
+        }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
     }
@@ -144,11 +149,9 @@ impl Proc {
         let _ = nix::sys::signal::kill(pid, sig);
     }
 
-    /// Waits for exit up to `deadline`; `None` if still running.
+    /// Waits for exit up to `deadline`; `None` if it is still running then.
     pub fn wait_timeout(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
-        eventually(deadline, &format!("{} to exit", self.name), || {
-            Some(self.child.try_wait().expect("try_wait"))
-        })
+        poll_until(deadline, || self.child.try_wait().expect("try_wait"))
     }
 }
 

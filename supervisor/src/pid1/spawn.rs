@@ -1,0 +1,252 @@
+//! Starting a child: PATH resolution, the environment with the socket-activation variables, and
+//! the mapping of failures to 127/126. Must not wait for the child (the reaper reports its exit).
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::RawFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::unistd::{AccessFlags, Pid, access};
+
+use super::sys::{self, ForkExecError, Prepared, Stage};
+use crate::config::exit;
+
+/// What to start.
+#[derive(Debug, Clone, Default)]
+pub struct SpawnSpec {
+    /// Resolved against `PATH` when it has no `/`.
+    pub program: OsString,
+    /// argv[1..].
+    pub args: Vec<OsString>,
+    /// Added to (overriding) our environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// Handed over as fd 3.. with `LISTEN_FDS`, `LISTEN_PID` (the child's own pid) and
+    /// `LISTEN_FDNAMES`.
+    pub listen_fds: Vec<(RawFd, String)>,
+    /// Give the child's process group the terminal's foreground (stdin must be a terminal).
+    pub foreground_tty: bool,
+}
+
+/// Why a child could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error(
+        "command {program:?} not found on PATH ({path}): install it, or give its full path after `--`"
+    )]
+    NotFoundOnPath { program: OsString, path: String },
+    #[error("command {} does not exist: check the path given after `--`", path.display())]
+    NotFound { path: PathBuf },
+    #[error(
+        "command {} is not executable ({source}): make it executable (chmod +x) and check that its \
+         file system is not mounted noexec and that it is a binary or script for this machine",
+        path.display()
+    )]
+    NotExecutable { path: PathBuf, source: Errno },
+    #[error("cannot hand the listening sockets to {}: {source}", path.display())]
+    Fds { path: PathBuf, source: Errno },
+    #[error("{what} contains a NUL byte: {value:?}")]
+    Nul { what: &'static str, value: OsString },
+    #[error("cannot start {}: {source}; the system may be out of processes or memory", path.display())]
+    Fork { path: PathBuf, source: Errno },
+}
+
+impl SpawnError {
+    /// 127 when the command was not found, 126 when it could not be executed, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SpawnError::NotFoundOnPath { .. } | SpawnError::NotFound { .. } => exit::NOT_FOUND,
+            SpawnError::NotExecutable { .. } | SpawnError::Nul { .. } => exit::NOT_EXECUTABLE,
+            SpawnError::Fds { .. } | SpawnError::Fork { .. } => exit::FAILURE,
+        }
+    }
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Starts `spec` in its own process group with default signal mask and dispositions and no fds
+/// beyond 0-2 and the listen fds. Returns once the program runs; never waits for it.
+pub fn spawn(spec: &SpawnSpec) -> Result<Pid, SpawnError> {
+    let env = environment(spec)?;
+    let path_var = env
+        .iter()
+        .find_map(|e| e.as_bytes().strip_prefix(b"PATH="))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_else(|| DEFAULT_PATH.to_string());
+    let path = resolve(&spec.program, &path_var)?;
+    let c_path = cstring("the command path", path.as_os_str())?;
+    let mut argv = vec![cstring("the command", &spec.program)?];
+    for a in &spec.args {
+        argv.push(cstring("an argument", a)?);
+    }
+    let fds = spec.listen_fds.iter().map(|(fd, _)| *fd).collect();
+    let mut prepared = Prepared::new(c_path, argv, env, fds, spec.foreground_tty);
+    match sys::fork_exec(&mut prepared) {
+        Ok(pid) => Ok(pid),
+        Err(ForkExecError::Pipe(source) | ForkExecError::Fork(source)) => {
+            Err(SpawnError::Fork { path, source })
+        }
+        Err(ForkExecError::Child {
+            stage: Stage::Fds,
+            errno,
+            ..
+        }) => Err(SpawnError::Fds {
+            path,
+            source: errno,
+        }),
+        Err(ForkExecError::Child {
+            stage: Stage::Exec,
+            errno,
+            ..
+        }) => Err(match errno {
+            Errno::ENOENT => SpawnError::NotFound { path },
+            source => SpawnError::NotExecutable { path, source },
+        }),
+    }
+}
+
+/// Our environment, overridden by `spec.env`, without inherited socket-activation variables
+/// (they describe our fds, not the child's), plus fresh ones when fds are handed over.
+fn environment(spec: &SpawnSpec) -> Result<Vec<CString>, SpawnError> {
+    const ACTIVATION: [&str; 3] = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
+    let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| !ACTIVATION.iter().any(|a| k == a))
+        .filter(|(k, _)| !spec.env.iter().any(|(o, _)| o == k))
+        .collect();
+    vars.extend(
+        spec.env
+            .iter()
+            .filter(|(k, _)| !ACTIVATION.iter().any(|a| k == a))
+            .cloned(),
+    );
+    if !spec.listen_fds.is_empty() {
+        vars.push((
+            "LISTEN_FDS".into(),
+            spec.listen_fds.len().to_string().into(),
+        ));
+        let names: Vec<&str> = spec.listen_fds.iter().map(|(_, n)| n.as_str()).collect();
+        vars.push(("LISTEN_FDNAMES".into(), names.join(":").into()));
+        // LISTEN_PID is added by the child itself: only it knows its pid before exec.
+    }
+    vars.into_iter()
+        .map(|(k, v)| {
+            let mut entry = k.into_vec();
+            entry.push(b'=');
+            entry.extend(v.into_vec());
+            CString::new(entry).map_err(|e| SpawnError::Nul {
+                what: "an environment variable",
+                value: OsString::from_vec(e.into_vec()),
+            })
+        })
+        .collect()
+}
+
+fn cstring(what: &'static str, s: &OsStr) -> Result<CString, SpawnError> {
+    CString::new(s.as_bytes()).map_err(|_| SpawnError::Nul {
+        what,
+        value: s.to_os_string(),
+    })
+}
+
+/// A program with a `/` is used as is (exec reports problems); otherwise the first executable
+/// match on PATH, else 126 for a match that is not executable, else 127.
+fn resolve(program: &OsStr, path_var: &str) -> Result<PathBuf, SpawnError> {
+    if program.as_bytes().contains(&b'/') {
+        return Ok(PathBuf::from(program));
+    }
+    let mut not_executable = None;
+    if !program.is_empty() {
+        for dir in path_var.split(':') {
+            let dir = if dir.is_empty() { "." } else { dir };
+            let candidate = Path::new(dir).join(program);
+            if !candidate.is_file() {
+                continue;
+            }
+            match access(&candidate, AccessFlags::X_OK) {
+                Ok(()) => return Ok(candidate),
+                Err(source) => {
+                    not_executable.get_or_insert(SpawnError::NotExecutable {
+                        path: candidate,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    Err(
+        not_executable.unwrap_or_else(|| SpawnError::NotFoundOnPath {
+            program: program.to_os_string(),
+            path: path_var.to_string(),
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_finds_executables_and_classifies_failures() {
+        assert_eq!(
+            resolve(OsStr::new("sh"), "/nonexistent:/bin:/usr/bin").unwrap(),
+            PathBuf::from("/bin/sh")
+        );
+        let e = resolve(OsStr::new("no-such-privitty-cmd"), "/bin").unwrap_err();
+        assert_eq!(e.exit_code(), 127, "{e}");
+        assert!(e.to_string().contains("not found"), "{e}");
+        assert_eq!(
+            resolve(OsStr::new("./x"), "/bin").unwrap(),
+            PathBuf::from("./x")
+        );
+    }
+
+    #[test]
+    fn hands_over_listen_fds_with_the_childs_own_pid() {
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let out = std::env::temp_dir().join(format!("privitty-spawn-{}", std::process::id()));
+        let script = format!(
+            "echo \"$LISTEN_PID $$ $LISTEN_FDS $LISTEN_FDNAMES $(readlink /proc/$$/fd/3) \
+             $(ls /proc/$$/fd | wc -l)\" > {}",
+            out.display()
+        );
+        let spec = SpawnSpec {
+            program: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            listen_fds: vec![(listener.as_raw_fd(), "http".into())],
+            ..SpawnSpec::default()
+        };
+        let pid = spawn(&spec).expect("spawn sh");
+        let status = nix::sys::wait::waitpid(pid, None).expect("waitpid");
+        assert_eq!(status, nix::sys::wait::WaitStatus::Exited(pid, 0));
+        let line = std::fs::read_to_string(&out).expect("sh's report");
+        let _ = std::fs::remove_file(&out);
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f.len(), 6, "{line}");
+        assert_eq!(f[0], f[1], "LISTEN_PID is not the child's pid: {line}");
+        assert_eq!(f[0], pid.to_string(), "{line}");
+        assert_eq!(&f[2..4], ["1", "http"], "{line}");
+        assert!(
+            f[4].starts_with("socket:"),
+            "fd 3 is not the socket: {line}"
+        );
+        // 0, 1, 2 and 3; `ls` itself may hold one more while listing.
+        assert!(f[5] == "4" || f[5] == "5", "unexpected fds: {line}");
+    }
+
+    #[test]
+    fn environment_carries_activation_variables() {
+        let spec = SpawnSpec {
+            program: "x".into(),
+            env: vec![("PRIVITTY_TEST_VAR".into(), "1".into())],
+            listen_fds: vec![(7, "http".into())],
+            ..SpawnSpec::default()
+        };
+        let env = environment(&spec).unwrap();
+        let has = |s: &str| env.iter().any(|e| e.as_bytes() == s.as_bytes());
+        assert!(has("PRIVITTY_TEST_VAR=1"));
+        assert!(has("LISTEN_FDS=1"));
+        assert!(has("LISTEN_FDNAMES=http"));
+        assert!(!env.iter().any(|e| e.as_bytes().starts_with(b"LISTEN_PID=")));
+    }
+}

@@ -1,0 +1,272 @@
+//! The crate's only unsafe code: fork and the child's side of exec.
+//!
+//! Owns: the fork, everything the child does before `execve` (new process group, terminal
+//! foreground, the listen-fd hand-over, closing every other fd, `LISTEN_PID`, default signal
+//! dispositions and mask), and the exec-error pipe that tells the parent why an exec failed.
+//! Must not: allocate, lock or log in the child — the parent is multi-threaded, so between fork and
+//! exec only async-signal-safe calls on memory prepared before the fork are allowed.
+#![allow(unsafe_code)]
+
+use std::ffi::{CString, c_char, c_int, c_uint};
+use std::os::fd::{AsRawFd, RawFd};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::libc;
+use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
+use nix::unistd::Pid;
+
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+
+/// What the child failed at, as reported through the exec-error pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Moving the listen fds into place or closing the others.
+    Fds,
+    /// `execve` itself.
+    Exec,
+}
+
+#[derive(Debug)]
+pub(crate) enum ForkExecError {
+    Pipe(Errno),
+    Fork(Errno),
+    /// The child (already exiting with 127) could not get as far as running the program.
+    Child {
+        stage: Stage,
+        errno: Errno,
+    },
+}
+
+/// Everything the child needs, built before the fork so the child never allocates.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    path: CString,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const c_char>,
+    _env: Vec<CString>,
+    /// `LISTEN_PID=` followed by room for the digits and the NUL, filled in by the child.
+    _listen_pid: Option<Box<[u8]>>,
+    listen_pid_ptr: *mut u8,
+    env_ptrs: Vec<*const c_char>,
+    listen_fds: Vec<RawFd>,
+    /// Scratch space for the listen fds' temporary copies (the child writes into its own copy).
+    temp_fds: Vec<RawFd>,
+    foreground_tty: bool,
+    /// Upper bound for the close loop on kernels without close_range (before 5.9).
+    max_fd: c_int,
+}
+
+impl Prepared {
+    /// `env` must not contain a `LISTEN_PID` entry; one is added (with the child's own pid) when
+    /// `listen_fds` is not empty.
+    pub(crate) fn new(
+        path: CString,
+        argv: Vec<CString>,
+        env: Vec<CString>,
+        listen_fds: Vec<RawFd>,
+        foreground_tty: bool,
+    ) -> Prepared {
+        let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut env_ptrs: Vec<*const c_char> = env.iter().map(|e| e.as_ptr()).collect();
+        let (listen_pid, listen_pid_ptr) = if listen_fds.is_empty() {
+            (None, std::ptr::null_mut())
+        } else {
+            let mut buf = vec![0u8; LISTEN_PID_PREFIX.len() + 21].into_boxed_slice();
+            buf[..LISTEN_PID_PREFIX.len()].copy_from_slice(LISTEN_PID_PREFIX);
+            let ptr = buf.as_mut_ptr();
+            env_ptrs.push(ptr as *const c_char);
+            (Some(buf), ptr)
+        };
+        env_ptrs.push(std::ptr::null());
+        let max_fd = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map(|(soft, _)| soft.min(1 << 20) as c_int)
+            .unwrap_or(1024);
+        Prepared {
+            path,
+            _argv: argv,
+            argv_ptrs,
+            _env: env,
+            _listen_pid: listen_pid,
+            listen_pid_ptr,
+            env_ptrs,
+            temp_fds: vec![-1; listen_fds.len()],
+            listen_fds,
+            foreground_tty,
+            max_fd,
+        }
+    }
+}
+
+/// Forks and execs `p`. Returns once the child has exec'd (or failed to); never waits for it.
+pub(crate) fn fork_exec(p: &mut Prepared) -> Result<Pid, ForkExecError> {
+    let (read_end, write_end) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(ForkExecError::Pipe)?;
+    // Blocking everything around the fork keeps our signal handlers (which write to the shared
+    // signal pipe) from running in the child before it resets them.
+    let mut old = SigSet::empty();
+    pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut old),
+    )
+    .map_err(ForkExecError::Fork)?;
+    // SAFETY: the child branch calls only `child`, which is async-signal-safe and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        child(p, write_end.as_raw_fd());
+    }
+    let fork_errno = Errno::last();
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    drop(write_end);
+    if pid < 0 {
+        return Err(ForkExecError::Fork(fork_errno));
+    }
+    let pid = Pid::from_raw(pid);
+    // The child does this too; doing it here as well means the group exists whichever runs first.
+    let _ = nix::unistd::setpgid(pid, pid);
+
+    let mut report = [0u8; 8];
+    let mut got = 0;
+    while got < report.len() {
+        match nix::unistd::read(&read_end, &mut report[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    if got < report.len() {
+        // EOF: the CLOEXEC write end closed, so the exec succeeded.
+        return Ok(pid);
+    }
+    let stage = match u32::from_ne_bytes(report[..4].try_into().expect("4 bytes")) {
+        0 => Stage::Exec,
+        _ => Stage::Fds,
+    };
+    let errno = Errno::from_raw(i32::from_ne_bytes(report[4..].try_into().expect("4 bytes")));
+    Err(ForkExecError::Child { stage, errno })
+}
+
+/// The child between fork and exec. Async-signal-safe calls only, on memory prepared before fork.
+fn child(p: &mut Prepared, err_fd: RawFd) -> ! {
+    // SAFETY: every call below is async-signal-safe (setpgid, getpid, tcsetpgrp, fcntl, dup2,
+    // close, close_range, sigaction, sigprocmask, execve, write, _exit) and touches only memory
+    // owned by `p`, which was fully built before the fork; this process has a single thread.
+    unsafe {
+        libc::setpgid(0, 0);
+        if p.foreground_tty {
+            // Allowed from a background group because every signal (SIGTTOU too) is blocked.
+            libc::tcsetpgrp(0, libc::getpid());
+        }
+
+        let n = p.listen_fds.len() as c_int;
+        let first_free = 3 + n;
+        // Copies above the target range first, so no listen fd is clobbered by another's dup2.
+        for i in 0..p.listen_fds.len() {
+            let t = libc::fcntl(p.listen_fds[i], libc::F_DUPFD, first_free);
+            if t < 0 {
+                fail(err_fd, Stage::Fds);
+            }
+            p.temp_fds[i] = t;
+        }
+        let err_fd = {
+            let moved = libc::fcntl(err_fd, libc::F_DUPFD_CLOEXEC, first_free);
+            if moved < 0 {
+                fail(err_fd, Stage::Fds);
+            }
+            moved
+        };
+        for (i, t) in p.temp_fds.iter().enumerate() {
+            // dup2 leaves the new fd without CLOEXEC, which is what the hand-over needs.
+            if libc::dup2(*t, 3 + i as c_int) < 0 {
+                fail(err_fd, Stage::Fds);
+            }
+        }
+        if err_fd > first_free {
+            close_from_to(first_free, err_fd - 1, p.max_fd);
+        }
+        close_from_to(err_fd + 1, c_int::MAX, p.max_fd);
+
+        if !p.listen_pid_ptr.is_null() {
+            let mut pid = libc::getpid() as u32;
+            let mut digits = [0u8; 10];
+            let mut len = 0;
+            loop {
+                digits[len] = b'0' + (pid % 10) as u8;
+                len += 1;
+                pid /= 10;
+                if pid == 0 {
+                    break;
+                }
+            }
+            let base = p.listen_pid_ptr.add(LISTEN_PID_PREFIX.len());
+            for i in 0..len {
+                *base.add(i) = digits[len - 1 - i];
+            }
+            *base.add(len) = 0;
+        }
+
+        // Default dispositions: exec keeps ignored signals ignored (Rust ignores SIGPIPE, and
+        // our own parent may have ignored anything, the C library's internal signals included,
+        // which its sigaction wrapper refuses to touch). The raw syscall takes a kernel
+        // sigaction; all zeroes (at least as large as any architecture's) is SIG_DFL, no
+        // flags, empty mask.
+        let dfl = [0u64; 4];
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    dfl.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                );
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+
+        libc::execve(p.path.as_ptr(), p.argv_ptrs.as_ptr(), p.env_ptrs.as_ptr());
+        fail(err_fd, Stage::Exec)
+    }
+}
+
+/// Reports `errno` for `stage` to the parent and exits 127. Async-signal-safe.
+fn fail(err_fd: RawFd, stage: Stage) -> ! {
+    let errno = Errno::last_raw();
+    let mut report = [0u8; 8];
+    let tag: u32 = match stage {
+        Stage::Exec => 0,
+        Stage::Fds => 1,
+    };
+    report[..4].copy_from_slice(&tag.to_ne_bytes());
+    report[4..].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: write and _exit are async-signal-safe; `report` lives on this stack.
+    unsafe {
+        libc::write(err_fd, report.as_ptr().cast(), report.len());
+        libc::_exit(127)
+    }
+}
+
+/// Closes fds `first..=last`; falls back to a loop bounded by the fd limit without close_range.
+fn close_from_to(first: c_int, last: c_int, max_fd: c_int) {
+    // SAFETY: raw syscalls on fd numbers only; async-signal-safe.
+    unsafe {
+        let r = libc::syscall(
+            libc::SYS_close_range,
+            first as c_uint,
+            last as c_uint,
+            0 as c_uint,
+        );
+        if r != 0 {
+            let mut fd = first;
+            while fd <= last && fd < max_fd {
+                libc::close(fd);
+                fd += 1;
+            }
+        }
+    }
+}

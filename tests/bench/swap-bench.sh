@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Generation-swap benchmark for privitty-init managed mode, with the real privitty-edged, engine and
+# reference license server. Prints, from one run:
+#   - license drop -> new generation ready (median, max)
+#   - SIGHUP -> new generation ready (median, max)
+#   - request latency p50/p99/max in steady state and during swaps, and the failed-request count
+# Usage: tests/bench/swap-bench.sh [--release] [SWAPS]   (default 20 swaps, debug build)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+profile=()
+if [[ "${1:-}" == "--release" ]]; then
+    profile=(--release)
+    shift
+fi
+export SWAP_BENCH_SWAPS="${1:-20}"
+
+tests/scripts/fetch-engine.sh >/dev/null
+cargo build --locked "${profile[@]}" --workspace --bins
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+if ! cargo test --locked "${profile[@]}" -p privitty-tests --test init_managed swap_benchmark \
+    -- --ignored --exact --nocapture >"$out" 2>&1; then
+    cat "$out"
+    exit 1
+fi
+grep '^swap-bench:' "$out"

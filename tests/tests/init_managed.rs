@@ -1,0 +1,579 @@
+//! privitty-init in managed mode, with the real privitty-edged, the real engine and the real
+//! reference license server: start-up activation, license drops, SIGHUP, crash restarts, a crash
+//! loop, activation on a running stack, and swaps under load with zero failed requests.
+//!
+//! Every process's output is printed when a test fails, and the accounts dir is listed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::Signal;
+use privitty_tests::init_harness::can_unshare;
+use privitty_tests::license_server::{Fault, LicenseServer, LicenseSpec};
+use privitty_tests::managed_harness::{
+    ClientKind, ClientReport, LICENSE_REQUIRED, Stack, StackSpec, TestDirs, get, jti, load_client,
+    log_time, msg, percentiles, provision_device, wall_ms,
+};
+use privitty_tests::support;
+
+/// A license server with one license, and `accounts` provisioned with an offline license for it.
+fn offline_licensed(dirs: &TestDirs) -> (LicenseServer, String, String, String) {
+    let server = LicenseServer::start(&dirs.server);
+    let url = new_license(&server);
+    let device = provision_device(&dirs.accounts);
+    let jwt = server.issue_offline(&url, &device);
+    std::fs::write(dirs.accounts.join("privitty.lic"), &jwt).expect("write privitty.lic");
+    (server, url, device, jwt)
+}
+
+/// A new license's delivery URL, with a TOKEN the admin CLI cannot mistake for an option (one
+/// starting with `-` is taken as a flag by `admin issue-offline --license <TOKEN>`).
+fn new_license(server: &LicenseServer) -> String {
+    loop {
+        let url = server.create_license(&LicenseSpec::default());
+        if !url.rsplit('/').next().unwrap_or("").starts_with('-') {
+            return url;
+        }
+    }
+}
+
+fn assert_licensed(stack: &Stack) {
+    let code = stack.gated_call_code();
+    assert_ne!(
+        code,
+        Some(LICENSE_REQUIRED),
+        "the gated call was refused for lack of a license"
+    );
+}
+
+fn assert_unlicensed(stack: &Stack) {
+    assert_eq!(stack.gated_call_code(), Some(LICENSE_REQUIRED));
+    let health = get(stack.addr(), "/health").expect("/health");
+    assert_eq!(
+        health.status, 200,
+        "read-only calls keep working unlicensed"
+    );
+}
+
+#[test]
+fn startup_activation_installs_the_license_before_the_first_generation_serves() {
+    let dirs = TestDirs::new();
+    let server = LicenseServer::start(&dirs.server);
+    let url = server.create_license(&LicenseSpec::default());
+    let stack = Stack::start(
+        "init",
+        &dirs,
+        StackSpec::default()
+            .trusting(&server)
+            .env("PRIVITTY_LICENSE_URL", &url),
+    );
+    stack.wait_generation(1);
+    let activated = stack.wait_log(msg::ACTIVATED, 1);
+    let started = stack.wait_log(msg::STARTED, 1);
+    assert!(
+        log_time(&activated) <= log_time(&started),
+        "edged started before activation finished"
+    );
+    assert!(dirs.accounts.join("privitty.lic").is_file());
+    assert_licensed(&stack);
+    assert_eq!(
+        stack.generations_started(),
+        1,
+        "no swap was needed after start-up activation"
+    );
+    let token = url.rsplit('/').next().unwrap();
+    assert!(
+        !stack.init.proc.stderr().contains(token),
+        "the TOKEN leaked into the log"
+    );
+}
+
+#[test]
+fn startup_activation_with_the_server_down_serves_unlicensed_then_activates_in_the_background() {
+    let dirs = TestDirs::new();
+    let mut server = LicenseServer::start(&dirs.server);
+    let url = server.create_license(&LicenseSpec::default());
+    server.stop();
+    let stack = Stack::start(
+        "init",
+        &dirs,
+        StackSpec::default()
+            .trusting(&server)
+            .env("PRIVITTY_LICENSE_URL", &url)
+            .env("PRIVITTY_ACTIVATION_TIMEOUT", "1s"),
+    );
+    stack.wait_generation(1);
+    stack.wait_log(msg::ACTIVATION_LATE, 1);
+    assert_unlicensed(&stack);
+    stack.wait_log(msg::ACTIVATION_RETRY, 2);
+    server.restart();
+    stack.wait_log(msg::ACTIVATED, 1);
+    stack.wait_generation(2);
+    assert_licensed(&stack);
+}
+
+#[test]
+fn startup_activation_retries_transient_errors_within_the_timeout() {
+    let dirs = TestDirs::new();
+    let server = LicenseServer::start(&dirs.server);
+    let url = server.create_license(&LicenseSpec::default());
+    server.fault(
+        Fault::TooManyRequests {
+            retry_after: Duration::from_secs(1),
+        },
+        2,
+    );
+    let stack = Stack::start(
+        "init",
+        &dirs,
+        StackSpec::default()
+            .trusting(&server)
+            .env("PRIVITTY_LICENSE_URL", &url)
+            .env("PRIVITTY_ACTIVATION_TIMEOUT", "20s"),
+    );
+    stack.wait_generation(1);
+    stack.wait_log(msg::ACTIVATED, 1);
+    let retry = stack.wait_log(msg::ACTIVATION_RETRY, 2);
+    assert_eq!(
+        retry["retry_in_ms"].as_u64(),
+        Some(1000),
+        "Retry-After is honoured: {retry}"
+    );
+    assert!(stack.lines(msg::ACTIVATION_LATE).is_empty());
+    assert_licensed(&stack);
+    assert_eq!(stack.generations_started(), 1);
+}
+
+#[test]
+fn a_definitive_refusal_starts_unlicensed_and_stops_retrying() {
+    let dirs = TestDirs::new();
+    let server = LicenseServer::start(&dirs.server);
+    let url = format!("{}/v1/license/no-such-token", server.base_url());
+    let stack = Stack::start(
+        "init",
+        &dirs,
+        StackSpec::default()
+            .trusting(&server)
+            .env("PRIVITTY_LICENSE_URL", &url),
+    );
+    let refused = stack.wait_log(msg::ACTIVATION_REFUSED, 1);
+    stack.wait_generation(1);
+    assert_unlicensed(&stack);
+    // A SIGHUP generation later, still exactly one attempt: nothing retried meanwhile.
+    stack.signal(Signal::SIGHUP);
+    stack.wait_generation(2);
+    assert_eq!(stack.lines(msg::ACTIVATION_REFUSED).len(), 1);
+    assert!(stack.lines(msg::ACTIVATION_RETRY).is_empty());
+    assert!(server.activations().is_empty());
+    assert!(
+        refused["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "the refusal says why: {refused}"
+    );
+    assert!(
+        !stack.init.proc.stderr().contains("no-such-token"),
+        "the TOKEN leaked into the log"
+    );
+}
+
+#[test]
+fn a_periodic_sync_that_brings_a_new_license_swaps_to_it() {
+    let dirs = TestDirs::new();
+    let server = LicenseServer::start(&dirs.server);
+    let url = server.create_license(&LicenseSpec::default());
+    let stack = Stack::start(
+        "init",
+        &dirs,
+        StackSpec::default()
+            .trusting(&server)
+            .env("PRIVITTY_LICENSE_URL", &url)
+            .env("PRIVITTY_LICENSE_SYNC_INTERVAL", "1s"),
+    );
+    let first = stack.wait_generation(1);
+    let synced = stack.wait_log(msg::SYNCED, 1);
+    if synced["changed"].as_bool() == Some(true) {
+        let second = stack.wait_generation(2);
+        assert_ne!(first["license"], second["license"]);
+        assert_eq!(second["license"], synced["license"]);
+    } else {
+        assert_eq!(first["license"], synced["license"]);
+    }
+    assert_licensed(&stack);
+}
+
+#[test]
+fn an_existing_license_skips_startup_activation() {
+    let dirs = TestDirs::new();
+    let (mut server, url, _, _) = offline_licensed(&dirs);
+    // Activation would fail now: proof that it is not attempted.
+    server.stop();
+    let stack = Stack::start(
+        "init",
+        &dirs,
+        StackSpec::default()
+            .trusting(&server)
+            .env("PRIVITTY_LICENSE_URL", &url),
+    );
+    stack.wait_log(msg::ACTIVATION_SKIPPED, 1);
+    stack.wait_generation(1);
+    assert_licensed(&stack);
+    assert!(stack.lines(msg::ACTIVATION_RETRY).is_empty());
+}
+
+#[test]
+fn license_drops_swap_only_for_a_new_valid_license() {
+    let dirs = TestDirs::new();
+    let (server, url, device, first) = offline_licensed(&dirs);
+    let stack = Stack::start(
+        "init",
+        &dirs,
+        StackSpec::default()
+            .trusting(&server)
+            .env("PRIVITTY_LICENSE_POLL_INTERVAL", "1h"),
+    );
+    let ready = stack.wait_generation(1);
+    assert_eq!(ready["license"].as_str(), Some(jti(&first).as_str()));
+
+    // The same content again: checked, no swap.
+    stack.drop_license_atomically(&first);
+    stack.wait_log(msg::UNCHANGED, 1);
+    assert_eq!(stack.generations_started(), 1);
+
+    // An invalid file: logged with its reason, the running generation stays.
+    stack.drop_license_atomically("this is not a license");
+    let invalid = stack.wait_log(msg::INVALID, 1);
+    assert!(invalid["reason"].is_string(), "{invalid}");
+    assert_eq!(stack.generations_started(), 1);
+    assert_licensed(&stack);
+
+    // A new valid license by rename: generation 2 (so the drops above started none).
+    let second = server.issue_offline(&url, &device);
+    stack.drop_license_atomically(&second);
+    let ready = stack.wait_generation(2);
+    assert_eq!(ready["license"].as_str(), Some(jti(&second).as_str()));
+
+    // A slow, non-atomic copy: partial content is ignored, the complete file swaps once.
+    let third = server.issue_offline(&url, &device);
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(dirs.accounts.join("privitty.lic")).unwrap();
+        for chunk in third.as_bytes().chunks(third.len() / 4 + 1) {
+            f.write_all(chunk).unwrap();
+            f.flush().unwrap();
+            // A slow writer, not a wait: the watch must cope with gaps between writes.
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+    let ready = stack.wait_generation(3);
+    assert_eq!(ready["license"].as_str(), Some(jti(&third).as_str()));
+    assert_licensed(&stack);
+    assert_eq!(stack.generations_started(), 3, "one swap per new license");
+}
+
+#[test]
+fn inotify_and_a_fast_poll_swap_once_per_new_license() {
+    let dirs = TestDirs::new();
+    let (server, url, device, _) = offline_licensed(&dirs);
+    let stack = Stack::start(
+        "init",
+        &dirs,
+        StackSpec::default()
+            .trusting(&server)
+            .env("PRIVITTY_LICENSE_POLL_INTERVAL", "100ms"),
+    );
+    stack.wait_generation(1);
+    let second = server.issue_offline(&url, &device);
+    stack.drop_license_atomically(&second);
+    let ready = stack.wait_generation(2);
+    assert_eq!(ready["license"].as_str(), Some(jti(&second).as_str()));
+    assert_eq!(
+        stack.generations_started(),
+        2,
+        "inotify and the poll swap once"
+    );
+}
+
+#[test]
+fn sighup_starts_a_new_generation_and_stops_the_old_one() {
+    let dirs = TestDirs::new();
+    let (server, ..) = offline_licensed(&dirs);
+    let stack = Stack::start("init", &dirs, StackSpec::default().trusting(&server));
+    let old = stack.edged_pid(1);
+    stack.signal(Signal::SIGHUP);
+    let new = stack.edged_pid(2);
+    assert_ne!(old, new);
+    support::eventually(Duration::from_secs(30), "the old edged to be gone", || {
+        (nix::sys::signal::kill(old, None).is_err()).then_some(())
+    });
+    assert_licensed(&stack);
+}
+
+#[test]
+fn a_crashed_edged_is_restarted() {
+    let dirs = TestDirs::new();
+    let (server, ..) = offline_licensed(&dirs);
+    let stack = Stack::start("init", &dirs, StackSpec::default().trusting(&server));
+    let pid = stack.edged_pid(1);
+    nix::sys::signal::kill(pid, Signal::SIGKILL).unwrap();
+    let exit = stack.wait_log(msg::UNEXPECTED_EXIT, 1);
+    assert!(
+        exit["status"]
+            .as_str()
+            .is_some_and(|s| s.contains("SIGKILL")),
+        "the exit status is logged: {exit}"
+    );
+    stack.wait_generation(2);
+    assert_licensed(&stack);
+}
+
+#[test]
+fn a_crash_loop_ends_pid1_with_code_70() {
+    if !can_unshare("a_crash_loop_ends_pid1_with_code_70") {
+        return;
+    }
+    let dirs = TestDirs::new();
+    let mut stack = Stack::start(
+        "init",
+        &dirs,
+        StackSpec {
+            command: vec!["sh".into(), "-c".into(), "exit 3".into()],
+            pid_namespace: true,
+            no_wait: true,
+            ..StackSpec::default()
+        }
+        .env("PRIVITTY_CRASH_LIMIT", "3")
+        .env("PRIVITTY_CRASH_WINDOW", "1m"),
+    );
+    let code = stack.init.wait_exit();
+    assert_eq!(code, 70, "crash-loop exit code");
+    // three tolerated, the fourth ends it
+    assert_eq!(stack.lines(msg::UNEXPECTED_EXIT).len(), 4);
+    assert_eq!(stack.lines(msg::CRASH_LOOP).len(), 1);
+}
+
+#[test]
+fn sigterm_stops_every_generation_and_pid1_exits_with_edged_code() {
+    if !can_unshare("sigterm_stops_every_generation_and_pid1_exits_with_edged_code") {
+        return;
+    }
+    let dirs = TestDirs::new();
+    let (server, ..) = offline_licensed(&dirs);
+    let mut stack = Stack::start(
+        "init",
+        &dirs,
+        StackSpec {
+            pid_namespace: true,
+            ..StackSpec::default()
+        }
+        .trusting(&server),
+    );
+    stack.wait_generation(1);
+    stack.signal(Signal::SIGTERM);
+    assert_eq!(stack.init.wait_exit(), 0, "edged's clean exit code");
+}
+
+#[test]
+fn cli_activation_on_a_running_stack_unlocks_gated_calls_without_a_restart() {
+    let dirs = TestDirs::new();
+    let server = LicenseServer::start(&dirs.server);
+    let url = server.create_license(&LicenseSpec::default());
+    let stack = Stack::start("init", &dirs, StackSpec::default().trusting(&server));
+    stack.wait_generation(1);
+    assert_unlicensed(&stack);
+    let out = std::process::Command::new(support::bin("privitty-edge"))
+        .arg("--accounts")
+        .arg(&dirs.accounts)
+        .args(["license", "activate", &url])
+        .env("PRIVITTY_LICENSE_PUBKEY", server.pubkey_path())
+        .output()
+        .expect("run privitty-edge");
+    assert!(
+        out.status.success(),
+        "privitty-edge license activate failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let activated = Instant::now();
+    let pid = nix::unistd::Pid::from_raw(stack.init.pid.as_raw());
+    // The documented promise: gated calls work within 2 s, and the container is not restarted.
+    support::eventually(
+        Duration::from_secs(2),
+        "a gated call to pass after activation",
+        || (stack.gated_call_code() != Some(LICENSE_REQUIRED)).then_some(()),
+    );
+    eprintln!(
+        "gated calls unlocked {} ms after `license activate` returned",
+        activated.elapsed().as_millis()
+    );
+    assert!(
+        nix::sys::signal::kill(pid, None).is_ok(),
+        "init kept running"
+    );
+    assert!(!stack.exited());
+}
+
+/// Runs load clients while `swaps` SIGHUP swaps happen; returns the clients' reports.
+fn swaps_under_load(stack: &Stack, swaps: u64) -> (Vec<(ClientKind, ClientReport)>, Vec<f64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let kinds = [
+        ClientKind::Fresh,
+        ClientKind::Fresh,
+        ClientKind::KeepAlive,
+        ClientKind::KeepAlive,
+    ];
+    let addr = stack.addr();
+    let clients: Vec<_> = kinds
+        .iter()
+        .map(|&kind| {
+            let stop = stop.clone();
+            (
+                kind,
+                std::thread::spawn(move || load_client(addr, kind, stop)),
+            )
+        })
+        .collect();
+    let first = stack.lines(msg::READY).len() as u64;
+    let mut swap_ms = Vec::new();
+    for n in 1..=swaps {
+        let sent = SystemTime::now();
+        stack.signal(Signal::SIGHUP);
+        let ready = stack.wait_generation(first + n);
+        swap_ms.push(wall_ms(sent, log_time(&ready)));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reports = clients
+        .into_iter()
+        .map(|(kind, h)| (kind, h.join().expect("load client")))
+        .collect();
+    (reports, swap_ms)
+}
+
+#[test]
+fn twenty_swaps_under_load_fail_no_request() {
+    let dirs = TestDirs::new();
+    let (server, ..) = offline_licensed(&dirs);
+    let stack = Stack::start("init", &dirs, StackSpec::default().trusting(&server));
+    stack.wait_generation(1);
+    let (reports, _) = swaps_under_load(&stack, 20);
+    let mut failures = Vec::new();
+    for (kind, r) in &reports {
+        eprintln!(
+            "{kind:?} client: {} ok, {} keep-alive retries, {} failed",
+            r.ok,
+            r.retries,
+            r.failures.len()
+        );
+        assert!(r.ok > 0, "{kind:?} client made no successful request");
+        failures.extend(r.failures.iter().map(|f| format!("{kind:?}: {f}")));
+    }
+    eprintln!(
+        "swaps: {}, generations started: {}",
+        20,
+        stack.generations_started()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed requests during swaps:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// The swap benchmark (`tests/bench/swap-bench.sh`): license drop → new generation serving, and
+/// request latency during swaps versus steady state, in one run. Prints figures; asserts nothing
+/// about speed.
+#[test]
+#[ignore = "benchmark: run with tests/bench/swap-bench.sh"]
+fn swap_benchmark() {
+    let swaps: u64 = std::env::var("SWAP_BENCH_SWAPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let dirs = TestDirs::new();
+    let (server, url, device, _) = offline_licensed(&dirs);
+    let stack = Stack::start("init", &dirs, StackSpec::default().trusting(&server));
+    stack.wait_generation(1);
+
+    // License drop → new generation serving.
+    let mut drop_ms = Vec::new();
+    for n in 0..swaps.min(10) {
+        let jwt = server.issue_offline(&url, &device);
+        let sent = SystemTime::now();
+        stack.drop_license_atomically(&jwt);
+        let ready = stack.wait_generation(2 + n);
+        drop_ms.push(wall_ms(sent, log_time(&ready)));
+    }
+
+    // Steady state, then swaps, with the same clients' measure.
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = stack.addr();
+    let steady_clients: Vec<_> = [ClientKind::Fresh, ClientKind::KeepAlive]
+        .into_iter()
+        .map(|k| {
+            let stop = stop.clone();
+            std::thread::spawn(move || load_client(addr, k, stop))
+        })
+        .collect();
+    // A measuring window, not a wait for something to happen.
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let mut steady: Vec<Duration> = steady_clients
+        .into_iter()
+        .flat_map(|h| h.join().unwrap().latencies)
+        .map(|(_, d)| d)
+        .collect();
+    let (reports, swap_ms) = swaps_under_load(&stack, swaps);
+    let mut during: Vec<Duration> = reports
+        .iter()
+        .flat_map(|(_, r)| r.latencies.iter().map(|(_, d)| *d))
+        .collect();
+    let failed: usize = reports.iter().map(|(_, r)| r.failures.len()).sum();
+
+    // The service gap: the old generation is asked to stop (and stops accepting) → the new one is ready.
+    let stops = stack.lines(msg::STOPPING_PREVIOUS);
+    let mut gap_ms: Vec<f64> = stack
+        .lines(msg::READY)
+        .iter()
+        .filter_map(|ready| {
+            let n = ready["generation"].as_u64()?;
+            let stop = stops.iter().find(|s| s["next"].as_u64() == Some(n))?;
+            Some(wall_ms(log_time(stop), log_time(ready)))
+        })
+        .collect();
+    gap_ms.sort_by(f64::total_cmp);
+
+    let (s50, s99, smax) = percentiles(&mut steady);
+    let (d50, d99, dmax) = percentiles(&mut during);
+    let mut drop_sorted = drop_ms.clone();
+    drop_sorted.sort_by(f64::total_cmp);
+    let mut swap_sorted = swap_ms.clone();
+    swap_sorted.sort_by(f64::total_cmp);
+    let med = |v: &[f64]| v.get(v.len() / 2).copied().unwrap_or(0.0);
+    let max = |v: &[f64]| v.last().copied().unwrap_or(0.0);
+    println!(
+        "swap-bench: license drop -> new generation ready: median {:.1} ms, max {:.1} ms ({} drops)",
+        med(&drop_sorted),
+        max(&drop_sorted),
+        drop_sorted.len()
+    );
+    println!(
+        "swap-bench: SIGHUP -> new generation ready:       median {:.1} ms, max {:.1} ms ({} swaps)",
+        med(&swap_sorted),
+        max(&swap_sorted),
+        swap_sorted.len()
+    );
+    println!(
+        "swap-bench: service gap (old told to stop -> new ready): median {:.1} ms, max {:.1} ms ({} swaps)",
+        med(&gap_ms),
+        max(&gap_ms),
+        gap_ms.len()
+    );
+    println!(
+        "swap-bench: latency steady state: p50 {s50:.2} ms  p99 {s99:.2} ms  max {smax:.2} ms  ({} requests)",
+        steady.len()
+    );
+    println!(
+        "swap-bench: latency during swaps: p50 {d50:.2} ms  p99 {d99:.2} ms  max {dmax:.2} ms  ({} requests, {failed} failed)",
+        during.len()
+    );
+}
