@@ -53,6 +53,9 @@ pub mod exit {
     pub const FAILURE: i32 = 1;
     /// Invalid options or variables.
     pub const CONFIG: i32 = 2;
+    /// Managed mode: privitty-edged exited unexpectedly more than PRIVITTY_CRASH_LIMIT times
+    /// within PRIVITTY_CRASH_WINDOW; the orchestrator should see the crash loop.
+    pub const CRASH_LOOP: i32 = 70;
     /// The command was found but could not be executed.
     pub const NOT_EXECUTABLE: i32 = 126;
     /// The command was not found.
@@ -66,12 +69,15 @@ Modes:
   --plain   minimal init: runs CMD, reaps zombies, forwards signals, exits when CMD exits
 
 Signals (sent to privitty-init):
-  TERM, INT, QUIT      stop: TERM to the child's process group, wait up to PRIVITTY_STOP_TIMEOUT
-                       for the whole process tree, SIGKILL what is left; returns as soon as
-                       everything has exited
-  HUP                  plain: forwarded to the child's group; managed: reload (new generation)
+  TERM, INT, QUIT      stop: TERM to the child (plain: its process group; managed: each
+                       privitty-edged, which drains and stops its engine), wait up to
+                       PRIVITTY_STOP_TIMEOUT for the whole process tree, SIGKILL what is left;
+                       returns as soon as everything has exited
+  HUP                  plain: forwarded to the child's group; managed: re-check the license and
+                       start a new generation
   USR1 USR2 WINCH CONT ALRM TSTP ABRT URG XCPU XFSZ VTALRM PROF IO PWR STKFLT
-                       forwarded to the child's process group
+                       plain: forwarded to the child's process group; managed: to the running
+                       privitty-edged
   TTIN, TTOU           ignored (they never stop privitty-init)
   CHLD                 reaps every exited child, including orphans re-parented to privitty-init
   PIPE                 ignored
@@ -82,6 +88,8 @@ Exit codes:
   128+N    the child was killed by signal N (e.g. 137 after SIGKILL, 143 after SIGTERM)
   1        internal failure of privitty-init
   2        invalid options or variables (every problem is listed)
+  70       managed: crash loop (privitty-edged exited unexpectedly more than
+           PRIVITTY_CRASH_LIMIT times within PRIVITTY_CRASH_WINDOW)
   126      CMD was found but could not be executed (permissions, not an executable, ...)
   127      CMD was not found
 

@@ -22,7 +22,7 @@ use super::backoff::{Backoff, CrashBudget};
 
 /// Exit code when generations exit unexpectedly more than `crash_limit` times within
 /// `crash_window` (EX_SOFTWARE).
-pub const EXIT_CRASH_LOOP: i32 = 70;
+pub const EXIT_CRASH_LOOP: i32 = crate::config::exit::CRASH_LOOP;
 
 /// Generation number; the first is 1.
 pub type Gen = u64;
