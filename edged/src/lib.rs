@@ -1,1 +1,181 @@
-//! placeholder
+//! privitty-edged: Delta Chat's JSON-RPC API over HTTP, with the Privitty license gate, Server-Sent
+//! Events, and the Privitty protected-file methods.
+//!
+//! Owns: the daemon's life — take the socket and the data-directory lock, load the license once,
+//! start the engine, serve, and stop gracefully. Must not: exit the process (only `main.rs` does),
+//! write license files other than usage counters and the high-water mark, or run two engines on one
+//! data directory.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod engine;
+pub mod events;
+pub mod gate;
+pub mod host;
+pub mod http;
+pub mod license;
+pub mod privitty;
+pub mod rpc;
+pub mod service;
+pub mod signals;
+#[cfg(test)]
+mod test_util;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::{Args, Config, ConfigError};
+pub use license::License;
+
+/// Why edged stopped with an error (exit code 1).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Host(#[from] host::HostError),
+    #[error(transparent)]
+    License(#[from] license::LoadError),
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot install the SIGTERM/SIGINT handlers")]
+    Signals(#[source] std::io::Error),
+    #[error("cannot use the listening socket")]
+    Listener(#[source] std::io::Error),
+    #[error("cannot open the Privitty key store in {path}")]
+    KeyStore {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<privitty::PrivittyError>,
+    },
+    #[error("start-up failed inside privitty-edged: {0}")]
+    Panicked(String),
+}
+
+/// Where the license comes from.
+#[derive(Debug)]
+pub enum LicenseSource {
+    /// The license files of the data directory, read once (production).
+    Files,
+    /// A license given by the caller (tests, embedding).
+    Given(Arc<dyn License>),
+}
+
+/// Runs edged as a process: takes the socket (inherited or bound), builds the runtime, stops on
+/// SIGTERM/SIGINT. The socket is taken before any thread starts.
+pub fn run_standalone(config: Config) -> Result<(), RunError> {
+    let (listener, source) = host::take_listener(config.listen)?;
+    let addr = listener.local_addr().map_err(RunError::Listener)?;
+    tracing::info!(%addr, socket = source, "listening");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    let result = rt.block_on(async move {
+        let stop = signals::stop_requested().map_err(RunError::Signals)?;
+        let listener = TcpListener::from_std(listener).map_err(RunError::Listener)?;
+        run(config, listener, LicenseSource::Files, stop).await
+    });
+    // A thread still blocked on the data-directory lock must not hold up the exit.
+    rt.shutdown_timeout(Duration::from_millis(200));
+    result
+}
+
+/// Serves on `listener` until `shutdown` resolves, then stops gracefully. Start-up loads the
+/// license, then waits for the data-directory lock (another generation may still hold it); a
+/// shutdown during start-up returns Ok.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    license: LicenseSource,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    tokio::pin!(shutdown);
+    // The license is read before the lock: during a generation swap the old generation still holds
+    // the lock, and loading now keeps the verification out of the gap in service.
+    let license: Arc<dyn License> = match license {
+        LicenseSource::Given(l) => l,
+        LicenseSource::Files => {
+            let dir = config.accounts.clone();
+            let loaded = tokio::task::spawn_blocking(move || license::Loaded::load(&dir))
+                .await
+                .map_err(|e| RunError::Panicked(e.to_string()))??;
+            Arc::new(loaded)
+        }
+    };
+    let lock = tokio::select! {
+        l = host::lock_data_dir(&config.accounts, config.wait_for_lock) => l?,
+        _ = &mut shutdown => return Ok(()),
+    };
+    let eval = license.evaluate(SystemTime::now());
+    tracing::info!(
+        status = eval.status.as_str(),
+        reason = eval.reason.map(|r| r.as_str()),
+        expires_at = eval.expires_at,
+        "license loaded"
+    );
+    let dir = config.accounts.clone();
+    let files = tokio::task::spawn_blocking(move || privitty::Privitty::open(&dir))
+        .await
+        .map_err(|e| RunError::Panicked(e.to_string()))?
+        .map_err(|source| RunError::KeyStore {
+            path: config.accounts.clone(),
+            source: Box::new(source),
+        })?;
+    let hub = events::Hub::new(config.sse_buffer);
+    let (engine_stop_tx, engine_stop) = watch::channel(false);
+    let engine_config = engine::EngineConfig {
+        program: config.engine.clone(),
+        data_dir: config.accounts.clone(),
+        profile: config.profile.clone(),
+    };
+    let engine_deadline = config.stop_timeout * 2 / 5;
+    let (engine, keeper) = tokio::select! {
+        r = engine::Engine::start(engine_config, hub.clone(), engine_stop, engine_deadline) => r?,
+        _ = &mut shutdown => return Ok(()),
+    };
+    let service = Arc::new(service::Service {
+        engine,
+        license: license.clone(),
+        hub,
+        files: Some(Arc::new(files)),
+    });
+    let (write_back_stop_tx, write_back_stop) = watch::channel(false);
+    let write_back = tokio::spawn(license::write_back(license.clone(), write_back_stop));
+    let addr = listener.local_addr().map_err(RunError::Listener)?;
+    host::notify_ready(&format!("serving on {addr}; license {}", eval.status));
+    tracing::info!(%addr, license = eval.status.as_str(), "ready");
+    let http_config = http::HttpConfig {
+        cors: config.cors,
+        max_connections: config.max_connections,
+        header_timeout: config.header_timeout,
+        body_timeout: config.body_timeout,
+        sse_ping_interval: config.sse_ping_interval,
+        stop_timeout: config.stop_timeout * 3 / 5,
+    };
+    http::serve(listener, service, http_config, shutdown).await;
+    host::notify_stopping();
+    let _ = engine_stop_tx.send(true);
+    if tokio::time::timeout(engine_deadline + Duration::from_millis(100), keeper)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the engine keeper did not finish in time");
+    }
+    let _ = write_back_stop_tx.send(true);
+    let _ = write_back.await;
+    drop(lock);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves once a stop flag turns true (or its sender is gone). Holds no borrow of the flag, so
+/// `select!` arms using it stay `Send`.
+pub(crate) async fn stopped(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|s| *s).await;
+}

@@ -1,1 +1,36 @@
-fn main() {}
+//! `privitty-edged`: parse, set up logging, run, map the outcome to the documented exit code
+//! (0 clean stop, 1 runtime failure, 2 configuration or usage error).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = match edged::Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    licensectl::logging::init("info");
+    let path = std::env::var_os("PATH");
+    let config = match edged::Config::from_args(args, path.as_deref(), edged::config::hostname()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("privitty-edged: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match edged::run_standalone(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("privitty-edged: {:#}", anyhow::Error::from(e));
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Micro-benchmark of the license gate: the cost `gate::check` adds to one call, for an open
+//! method (table lookup only), a gated method and an unknown `privitty_*` method (lookup plus a
+//! status evaluation against the clock).
+//!
+//! `cargo run --release -p edged --example gate_bench [ACCOUNTS_DIR]`: with a data directory the
+//! real license files are loaded (trusting `PRIVITTY_LICENSE_PUBKEY`), else a fixed `active` status.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use edged::gate;
+use edged::license::{Fixed, License, Loaded};
+use licensectl::{Evaluation, Status};
+
+const ROUNDS: u32 = 1_000_000;
+
+fn main() {
+    let license: Arc<dyn License> = match std::env::args_os().nth(1) {
+        Some(dir) => {
+            Arc::new(Loaded::load(std::path::Path::new(&dir)).expect("loading the license files"))
+        }
+        None => Arc::new(Fixed(Evaluation {
+            status: Status::Active,
+            reason: None,
+            expires_at: Some(i64::MAX),
+            grace_ends_at: Some(i64::MAX),
+        })),
+    };
+    let status = license.evaluate(SystemTime::now()).status;
+    println!("gate micro-benchmark, license status {status}, {ROUNDS} calls each");
+    for method in [
+        "get_config",
+        "privitty_send_file",
+        "privitty_unknown_method",
+    ] {
+        // Warm up, then measure; SystemTime::now() is part of every gated check, as in edged.
+        for _ in 0..10_000 {
+            let _ = black_box(gate::check(black_box(method), &*license, SystemTime::now()));
+        }
+        let start = Instant::now();
+        for _ in 0..ROUNDS {
+            let _ = black_box(gate::check(black_box(method), &*license, SystemTime::now()));
+        }
+        let per_call = start.elapsed().as_nanos() as f64 / f64::from(ROUNDS);
+        println!("gate {method:<26} {per_call:>8.1} ns/call");
+    }
+    // A rejection also builds the -32001 error (only on the unlicensed path).
+    let expired = Fixed(Evaluation {
+        status: Status::Expired,
+        reason: None,
+        expires_at: Some(1),
+        grace_ends_at: Some(2),
+    });
+    let start = Instant::now();
+    for _ in 0..ROUNDS {
+        let _ = black_box(gate::check(
+            black_box("privitty_send_file"),
+            &expired,
+            SystemTime::now(),
+        ));
+    }
+    let per_call = start.elapsed().as_nanos() as f64 / f64::from(ROUNDS);
+    println!("gate {:<26} {per_call:>8.1} ns/call", "rejection (expired)");
+}

@@ -1,0 +1,494 @@
+//! The bridge to the Delta Chat engine (`deltachat-rpc-server`): one child process at a time, JSON
+//! lines over its stdio, concurrent calls multiplexed by rewriting ids, restarts with backoff, and the
+//! event pump (`get_next_event`) into the SSE hub.
+//!
+//! Owns: the engine process (spawn, stdin writer, stdout reader, stderr to our log, stop) and the
+//! pending-call table. Must not: know about HTTP or the license, or let a call wait on a dead engine:
+//! when the engine dies every pending call fails at once.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::events::Hub;
+use crate::rpc::RpcError;
+
+/// Where the engine keeps its accounts, inside the data directory (it manages the directory itself).
+pub const ENGINE_ACCOUNTS_SUBDIR: &str = "accounts";
+/// The account an edge device uses.
+pub const ACCOUNT_ID: u64 = 1;
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// The first engine must answer and set up account 1 within this (it takes ~10 ms to answer).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// An engine that ran this long counts as healthy: the next restart starts from the short backoff.
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
+
+/// How to start the engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub program: PathBuf,
+    /// The data directory; the engine gets `DC_ACCOUNTS_PATH=<data>/accounts`.
+    pub data_dir: PathBuf,
+    /// Display name set on account 1.
+    pub profile: String,
+}
+
+/// Errors of one engine call.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The engine answered with a JSON-RPC error; passed to the client unchanged.
+    #[error("engine error {}: {}", .0.code, .0.message)]
+    Rpc(RpcError),
+    #[error("the messaging engine is not running (restarting); retry shortly")]
+    Unavailable,
+    #[error("the messaging engine exited before answering; it is being restarted, retry shortly")]
+    Died,
+    #[error("cannot start the messaging engine {program}")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the messaging engine {program} did not set up account {ACCOUNT_ID}: {detail}")]
+    Setup { program: PathBuf, detail: String },
+}
+
+impl EngineError {
+    /// The JSON-RPC error the client sees.
+    pub fn to_rpc(&self) -> RpcError {
+        match self {
+            EngineError::Rpc(e) => e.clone(),
+            other => RpcError::internal(other.to_string()),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Value, EngineError>>;
+
+/// One running engine process: its stdin queue and the calls waiting for its answers.
+#[derive(Debug)]
+struct Generation {
+    number: u64,
+    lines: mpsc::UnboundedSender<String>,
+    /// `None` once the process is gone: later calls fail at once instead of waiting.
+    pending: Mutex<Option<HashMap<u64, Reply>>>,
+}
+
+impl Generation {
+    fn fail_all(&self) {
+        let drained = self.pending.lock().expect("pending lock").take();
+        for (_, reply) in drained.into_iter().flatten() {
+            let _ = reply.send(Err(EngineError::Died));
+        }
+    }
+}
+
+/// Handle to the engine; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: EngineConfig,
+    next_id: AtomicU64,
+    current: Mutex<Option<Arc<Generation>>>,
+    /// Number of the running generation (0 = none yet); waiters watch it.
+    generation: watch::Sender<u64>,
+    pid: Mutex<Option<u32>>,
+    restarts: AtomicU64,
+}
+
+impl Engine {
+    /// Starts the engine, sets up account 1, and keeps the engine running (restarting it with backoff)
+    /// until `stop` turns true. Returns once the first engine answered and account 1 is set up; the
+    /// returned task ends after the engine stopped.
+    pub async fn start(
+        config: EngineConfig,
+        hub: Hub,
+        stop: watch::Receiver<bool>,
+        stop_timeout: Duration,
+    ) -> Result<(Engine, tokio::task::JoinHandle<()>), EngineError> {
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                config,
+                next_id: AtomicU64::new(1),
+                current: Mutex::new(None),
+                generation: watch::channel(0).0,
+                pid: Mutex::new(None),
+                restarts: AtomicU64::new(0),
+            }),
+        };
+        let first = engine.spawn_generation(1)?;
+        let set_up = tokio::time::timeout(START_TIMEOUT, engine.set_up_account())
+            .await
+            .unwrap_or_else(|_| {
+                Err(EngineError::Setup {
+                    program: engine.inner.config.program.clone(),
+                    detail: format!("it did not answer within {START_TIMEOUT:?}"),
+                })
+            });
+        if let Err(e) = set_up {
+            first.stop(stop_timeout).await;
+            return Err(match e {
+                EngineError::Died | EngineError::Unavailable => EngineError::Setup {
+                    program: engine.inner.config.program.clone(),
+                    detail:
+                        "it exited during start-up; is it deltachat-rpc-server, and can it write \
+                             the accounts directory? (its stderr is in this log at debug level)"
+                            .to_string(),
+                },
+                other => other,
+            });
+        }
+        let keeper = tokio::spawn(engine.clone().keep_running(first, hub, stop, stop_timeout));
+        Ok((engine, keeper))
+    }
+
+    /// Calls an engine method with positional params.
+    pub async fn call(&self, method: &str, params: &[Value]) -> Result<Value, EngineError> {
+        let generation = self
+            .inner
+            .current
+            .lock()
+            .expect("current lock")
+            .clone()
+            .ok_or(EngineError::Unavailable)?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let line = serde_json::to_string(
+            &json!({"jsonrpc":"2.0","method":method,"params":params,"id":id}),
+        )
+        .expect("request serializes");
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = generation.pending.lock().expect("pending lock");
+            match pending.as_mut() {
+                Some(map) => map.insert(id, tx),
+                None => return Err(EngineError::Died),
+            };
+        }
+        if generation.lines.send(line).is_err() {
+            if let Some(map) = generation.pending.lock().expect("pending lock").as_mut() {
+                map.remove(&id);
+            }
+            return Err(EngineError::Died);
+        }
+        rx.await.unwrap_or(Err(EngineError::Died))
+    }
+
+    /// The engine's pid, while one runs.
+    pub fn pid(&self) -> Option<u32> {
+        *self.inner.pid.lock().expect("pid lock")
+    }
+
+    /// How often the engine was restarted after dying.
+    pub fn restarts(&self) -> u64 {
+        self.inner.restarts.load(Ordering::Relaxed)
+    }
+
+    async fn set_up_account(&self) -> Result<(), EngineError> {
+        let setup = |detail: String| EngineError::Setup {
+            program: self.inner.config.program.clone(),
+            detail,
+        };
+        let ids = self.call("get_all_account_ids", &[]).await?;
+        let has_one = ids
+            .as_array()
+            .is_some_and(|a| a.iter().any(|v| v.as_u64() == Some(ACCOUNT_ID)));
+        if !has_one {
+            let created = self.call("add_account", &[]).await?;
+            if created.as_u64() != Some(ACCOUNT_ID) {
+                return Err(setup(format!(
+                    "add_account created account {created}, and account {ACCOUNT_ID} is missing; \
+                     the engine's accounts directory holds other accounts"
+                )));
+            }
+            tracing::info!(account_id = ACCOUNT_ID, "created the messaging account");
+        }
+        self.call(
+            "set_config",
+            &[
+                json!(ACCOUNT_ID),
+                json!("displayname"),
+                json!(self.inner.config.profile),
+            ],
+        )
+        .await?;
+        // Lets a configured account send and receive; a no-op for an unconfigured one.
+        self.call("start_io_for_all_accounts", &[]).await?;
+        Ok(())
+    }
+
+    fn spawn_generation(&self, number: u64) -> Result<Running, EngineError> {
+        let cfg = &self.inner.config;
+        let mut cmd = Command::new(&cfg.program);
+        cmd.env(
+            "DC_ACCOUNTS_PATH",
+            cfg.data_dir.join(ENGINE_ACCOUNTS_SUBDIR),
+        )
+        // Ours, not the engine's: it must not answer the service manager or see our socket.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|source| EngineError::Spawn {
+            program: cfg.program.clone(),
+            source,
+        })?;
+        let pid = child.id();
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (lines_tx, lines_rx) = mpsc::unbounded_channel();
+        let generation = Arc::new(Generation {
+            number,
+            lines: lines_tx,
+            pending: Mutex::new(Some(HashMap::new())),
+        });
+        tokio::spawn(write_lines(stdin, lines_rx));
+        let reader = tokio::spawn(read_answers(stdout, generation.clone()));
+        tokio::spawn(log_stderr(stderr, pid));
+        *self.inner.pid.lock().expect("pid lock") = pid;
+        *self.inner.current.lock().expect("current lock") = Some(generation.clone());
+        self.inner.generation.send_replace(number);
+        tracing::info!(generation = number, pid, program = %cfg.program.display(), "engine started");
+        Ok(Running {
+            generation,
+            child,
+            reader,
+            started: Instant::now(),
+        })
+    }
+
+    async fn keep_running(
+        self,
+        first: Running,
+        hub: Hub,
+        mut stop: watch::Receiver<bool>,
+        stop_timeout: Duration,
+    ) {
+        let pump = tokio::spawn(pump_events(self.clone(), hub, stop.clone()));
+        let mut running = first;
+        let mut backoff = BACKOFF_START;
+        loop {
+            let exited = tokio::select! {
+                status = running.child.wait() => Some(status),
+                _ = crate::stopped(&mut stop) => None,
+            };
+            let Some(status) = exited else {
+                self.detach(&running.generation);
+                running.stop(stop_timeout).await;
+                break;
+            };
+            self.detach(&running.generation);
+            // Answers already read still count; only then fail the rest.
+            let _ = (&mut running.reader).await;
+            running.generation.fail_all();
+            let status = status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|e| e.to_string());
+            tracing::warn!(generation = running.generation.number, %status, "engine exited; restarting");
+            if running.started.elapsed() >= HEALTHY_RUN {
+                backoff = BACKOFF_START;
+            }
+            // Restart after the backoff unless asked to stop; give up never: the service depends on it.
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = crate::stopped(&mut stop) => { let _ = pump.await; return; }
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                let number = *self.inner.generation.borrow() + 1;
+                match self.spawn_generation(number) {
+                    Ok(r) => {
+                        running = r;
+                        self.inner.restarts.fetch_add(1, Ordering::Relaxed);
+                        if let Err(e) = self.set_up_account().await {
+                            tracing::warn!(generation = number, error = %e, "restarted engine failed account set-up");
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, ?backoff, "cannot restart the engine; will retry")
+                    }
+                }
+            }
+        }
+        let _ = pump.await;
+    }
+
+    fn detach(&self, generation: &Arc<Generation>) {
+        let mut current = self.inner.current.lock().expect("current lock");
+        if current.as_ref().is_some_and(|g| Arc::ptr_eq(g, generation)) {
+            *current = None;
+            *self.inner.pid.lock().expect("pid lock") = None;
+        }
+    }
+}
+
+struct Running {
+    generation: Arc<Generation>,
+    child: Child,
+    reader: tokio::task::JoinHandle<()>,
+    started: Instant,
+}
+
+impl Running {
+    /// Closes stdin (the engine exits on EOF), waits up to `timeout`, then kills.
+    async fn stop(mut self, timeout: Duration) {
+        let number = self.generation.number;
+        // An empty line tells the writer task to close stdin.
+        let _ = self.generation.lines.send(String::new());
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => {
+                let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                tracing::info!(generation = number, %status, "engine stopped")
+            }
+            Err(_) => {
+                tracing::warn!(
+                    generation = number,
+                    ?timeout,
+                    "engine did not exit after stdin closed; killing it"
+                );
+                let _ = self.child.kill().await;
+            }
+        }
+        let _ = (&mut self.reader).await;
+        self.generation.fail_all();
+    }
+}
+
+async fn write_lines(
+    stdin: tokio::process::ChildStdin,
+    mut lines: mpsc::UnboundedReceiver<String>,
+) {
+    let mut out = BufWriter::new(stdin);
+    while let Some(first) = lines.recv().await {
+        if first.is_empty() {
+            break;
+        }
+        let mut batch = Some(first);
+        // Write everything queued, then flush once: many concurrent calls cost one syscall.
+        while let Some(line) = batch.take() {
+            if out.write_all(line.as_bytes()).await.is_err() || out.write_all(b"\n").await.is_err()
+            {
+                return;
+            }
+            match lines.try_recv() {
+                Ok(next) if !next.is_empty() => batch = Some(next),
+                Ok(_) => {
+                    let _ = out.flush().await;
+                    return;
+                }
+                Err(_) => {}
+            }
+        }
+        if out.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = out.shutdown().await;
+}
+
+async fn read_answers(stdout: tokio::process::ChildStdout, generation: Arc<Generation>) {
+    let mut lines = BufReader::new(stdout).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let msg: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "engine wrote a line that is not JSON; ignoring it");
+                continue;
+            }
+        };
+        let Some(id) = msg.get("id").and_then(Value::as_u64) else {
+            tracing::debug!("engine message without a call id; ignoring it");
+            continue;
+        };
+        let reply = generation
+            .pending
+            .lock()
+            .expect("pending lock")
+            .as_mut()
+            .and_then(|m| m.remove(&id));
+        let Some(reply) = reply else { continue };
+        let outcome = match msg {
+            Value::Object(mut m) => match (m.remove("result"), m.remove("error")) {
+                (_, Some(err)) => Err(EngineError::Rpc(engine_error(err))),
+                (Some(result), None) => Ok(result),
+                (None, None) => Ok(Value::Null),
+            },
+            _ => Ok(Value::Null),
+        };
+        let _ = reply.send(outcome);
+    }
+    // No answer can come any more: fail what is still waiting now, not when the exit is noticed.
+    generation.fail_all();
+}
+
+fn engine_error(err: Value) -> RpcError {
+    let code = err
+        .get("code")
+        .and_then(Value::as_i64)
+        .unwrap_or(crate::rpc::INTERNAL_ERROR);
+    let message = err
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("engine error without a message")
+        .to_string();
+    let e = RpcError::new(code, message);
+    match err.get("data") {
+        Some(d) if !d.is_null() => e.with_data(d.clone()),
+        _ => e,
+    }
+}
+
+async fn log_stderr(stderr: tokio::process::ChildStderr, pid: Option<u32>) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.contains("ERROR") || line.contains("WARN") {
+            tracing::warn!(engine_pid = pid, "engine: {line}");
+        } else {
+            tracing::debug!(engine_pid = pid, "engine: {line}");
+        }
+    }
+}
+
+/// Pulls events with `get_next_event` and publishes them, across engine restarts, until stop.
+async fn pump_events(engine: Engine, hub: Hub, mut stop: watch::Receiver<bool>) {
+    let mut generations = engine.inner.generation.subscribe();
+    loop {
+        let asked_of = *generations.borrow_and_update();
+        let next = tokio::select! {
+            r = engine.call("get_next_event", &[]) => r,
+            _ = crate::stopped(&mut stop) => return,
+        };
+        match next {
+            Ok(Value::Null) => {}
+            Ok(event) => hub.publish_engine(&event),
+            Err(EngineError::Rpc(e)) => {
+                tracing::warn!(code = e.code, message = %e.message, "get_next_event failed")
+            }
+            Err(_) => {
+                // That engine is gone: wait for the next one (or stop) instead of spinning.
+                tokio::select! {
+                    _ = generations.wait_for(|g| *g != asked_of) => {}
+                    _ = crate::stopped(&mut stop) => return,
+                }
+            }
+        }
+    }
+}

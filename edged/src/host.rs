@@ -1,0 +1,164 @@
+//! What edged takes from its host: the listening socket (inherited through systemd socket
+//! activation, or bound here), the exclusive lock on the data directory, and the readiness message.
+//!
+//! Owns: `LISTEN_FDS` handling, `<accounts>/.edged.lock`, `NOTIFY_SOCKET` messages. Must not:
+//! change the process environment itself (the socket-activation crate clears `LISTEN_*` so the
+//! engine does not inherit them) or hold the lock anywhere but for edged's whole life.
+
+use std::fs::File;
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+
+/// Backlog of a socket edged binds itself (the kernel caps it at `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// The lock file that keeps two edged (and so two engines) off one data directory.
+pub const LOCK_FILE: &str = ".edged.lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("cannot take the inherited listening socket (LISTEN_FDS, fd 3)")]
+    Inherited(#[source] std::io::Error),
+    #[error("cannot listen on {addr} (is another service using it? pick another --listen)")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the data directory {path} (check --accounts and its owner)")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot lock {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "another privitty-edged is running on {path} (it holds {LOCK_FILE}); stop it, or start without --no-wait-lock to wait for it"
+    )]
+    Busy { path: PathBuf },
+}
+
+/// The listener from `LISTEN_FDS` (fd 3) when present, else `addr` bound here. Call before any
+/// thread starts: taking the inherited socket clears `LISTEN_FDS`/`LISTEN_PID`.
+pub fn take_listener(addr: SocketAddr) -> Result<(TcpListener, &'static str), HostError> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() > 0 {
+        if fds.len() > 1 {
+            tracing::warn!(
+                count = fds.len(),
+                "several sockets inherited; serving on the first (fd 3)"
+            );
+        }
+        if let Some(l) = fds.take_tcp_listener(0).map_err(HostError::Inherited)? {
+            l.set_nonblocking(true).map_err(HostError::Inherited)?;
+            return Ok((l, "inherited"));
+        }
+        return Err(HostError::Inherited(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            "fd 3 is not a TCP listening socket",
+        )));
+    }
+    let bind = || -> std::io::Result<TcpListener> {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        // A restarted edged must be able to bind while old connections sit in TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        // Connections beyond the connection cap wait here, so make room for bursts.
+        socket.listen(LISTEN_BACKLOG)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket.into())
+    };
+    let l = bind().map_err(|source| HostError::Bind { addr, source })?;
+    Ok((l, "bound"))
+}
+
+/// Held for edged's whole life; dropping it releases the data directory.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+    pub path: PathBuf,
+}
+
+/// Creates the data directory and locks it. When another edged holds it: waits for it to exit
+/// (`wait = true`, how the supervisor hands over between generations) or fails with [`HostError::Busy`].
+pub async fn lock_data_dir(dir: &Path, wait: bool) -> Result<DataDirLock, HostError> {
+    std::fs::create_dir_all(dir).map_err(|source| HostError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let path = dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| HostError::Lock {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => return Ok(DataDirLock { _file: file, path }),
+        Err(std::fs::TryLockError::Error(source)) => return Err(HostError::Lock { path, source }),
+        Err(std::fs::TryLockError::WouldBlock) if !wait => {
+            return Err(HostError::Busy {
+                path: dir.to_path_buf(),
+            });
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {}
+    }
+    tracing::info!(path = %path.display(), "waiting for the previous privitty-edged to release the data directory");
+    let p = path.clone();
+    let file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+        .await
+        .map_err(|e| HostError::Lock {
+            path: p.clone(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(|source| HostError::Lock { path: p, source })?;
+    Ok(DataDirLock { _file: file, path })
+}
+
+/// Tells the service manager (when `NOTIFY_SOCKET` is set) that edged is ready.
+pub fn notify_ready(status: &str) {
+    let pid = std::process::id();
+    let states = [
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::MainPid(pid),
+        sd_notify::NotifyState::Status(status),
+    ];
+    if let Err(e) = sd_notify::notify(false, &states) {
+        tracing::warn!(error = %e, "cannot send READY=1 to NOTIFY_SOCKET");
+    }
+}
+
+/// Tells the service manager edged is stopping.
+pub fn notify_stopping() {
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn second_locker_is_refused_without_wait_and_admitted_after_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_data_dir(dir.path(), true).await.unwrap();
+        let err = lock_data_dir(dir.path(), false).await.unwrap_err();
+        assert!(matches!(err, HostError::Busy { .. }), "{err}");
+        assert!(err.to_string().contains("another privitty-edged"));
+        let waiter = tokio::spawn({
+            let p = dir.path().to_path_buf();
+            async move { lock_data_dir(&p, true).await }
+        });
+        drop(first);
+        waiter.await.unwrap().expect("lock after release");
+    }
+}

@@ -1,0 +1,412 @@
+//! The HTTP/1.1 server: routes (`POST /rpc`, `GET /events`, `GET /health`), limits, CORS, and the
+//! graceful stop of connections.
+//!
+//! Owns: the accept loop with its connection cap (excess connections wait in the kernel backlog:
+//! they are never refused), header/idle and body timeouts, the 1 MiB body cap, the HTTP status of
+//! each JSON-RPC answer (200, or 204 when there is nothing to return). Must not: know what a
+//! method does (that is [`crate::service`]).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::config::MAX_BODY_BYTES;
+use crate::rpc::{self, Body, Item, RpcError};
+use crate::service::Service;
+
+pub type ResponseBody = BoxBody<Bytes, Infallible>;
+
+/// The limits and switches of the HTTP side.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    pub cors: bool,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub sse_ping_interval: Duration,
+    pub stop_timeout: Duration,
+}
+
+/// Shared by every connection.
+#[derive(Debug)]
+struct Shared {
+    service: Arc<Service>,
+    config: HttpConfig,
+    /// Turns true at shutdown: ends SSE streams and asks connections to close.
+    stop: watch::Receiver<bool>,
+    /// Turns true at the stop deadline: connections still open are dropped.
+    kill: watch::Receiver<bool>,
+    requests: AtomicU64,
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish, ends SSE
+/// streams and returns once every connection closed (or `stop_timeout` passed).
+pub async fn serve(
+    listener: TcpListener,
+    service: Arc<Service>,
+    config: HttpConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop_tx, stop) = watch::channel(false);
+    let (kill_tx, kill) = watch::channel(false);
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let max = config.max_connections;
+    let stop_timeout = config.stop_timeout;
+    let shared = Arc::new(Shared {
+        service,
+        config,
+        stop,
+        kill,
+        requests: AtomicU64::new(0),
+    });
+    tokio::pin!(shutdown);
+    loop {
+        // Taking a permit before accepting keeps excess connections in the kernel backlog.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            _ = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: pause instead of spinning; the connection waits in the backlog.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, peer, shared).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("stopping: no new connections; finishing in-flight requests");
+    let _ = stop_tx.send(true);
+    let all_closed = permits.acquire_many(max as u32);
+    if tokio::time::timeout(stop_timeout, all_closed)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?stop_timeout,
+            "connections still open at the stop deadline; closing them"
+        );
+        let _ = kill_tx.send(true);
+    }
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    shared: Arc<Shared>,
+) {
+    let mut stop = shared.stop.clone();
+    let mut kill = shared.kill.clone();
+    // A connection accepted just before a stop has usually had its request sent already, but hyper
+    // counts a connection whose first request it has not read yet as idle, and a graceful shutdown
+    // would close it unanswered. So a connection waits for its first request before it is shut.
+    let first_request = Arc::new(FirstRequest::default());
+    let svc_shared = shared.clone();
+    let svc_first = first_request.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        svc_first.arrived();
+        let shared = svc_shared.clone();
+        async move { Ok::<_, Infallible>(route(req, shared).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        // hyper starts this timer whenever it waits for a request's head, so it also closes idle
+        // keep-alive connections.
+        .header_read_timeout(shared.config.header_timeout)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = crate::stopped(&mut stop) => {
+            if !first_request.seen() {
+                tokio::select! {
+                    r = conn.as_mut() => return log_end(peer, r),
+                    _ = first_request.wait() => {}
+                    _ = tokio::time::sleep(shared.config.header_timeout) => {}
+                    _ = crate::stopped(&mut kill) => return,
+                }
+            }
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                r = conn.as_mut() => r,
+                // Dropping the connection closes it.
+                _ = crate::stopped(&mut kill) => return,
+            }
+        }
+    };
+    log_end(peer, result);
+}
+
+fn log_end(peer: std::net::SocketAddr, result: Result<(), hyper::Error>) {
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Whether a connection has started serving its first request.
+#[derive(Debug, Default)]
+struct FirstRequest {
+    seen: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl FirstRequest {
+    fn arrived(&self) {
+        if !self.seen.swap(true, Ordering::AcqRel) {
+            self.notify.notify_one();
+        }
+    }
+
+    fn seen(&self) -> bool {
+        self.seen.load(Ordering::Acquire)
+    }
+
+    async fn wait(&self) {
+        // notify_one stores a permit when nobody waits yet, so an arrival between `seen()` and
+        // this call is not lost.
+        self.notify.notified().await;
+    }
+}
+
+async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<ResponseBody> {
+    shared.requests.fetch_add(1, Ordering::Relaxed);
+    let mut resp = match (req.method(), req.uri().path()) {
+        (&Method::OPTIONS, _) if shared.config.cors => preflight(),
+        (&Method::POST, "/rpc") => rpc_request(req, &shared).await,
+        (&Method::GET, "/health") => health(&shared),
+        (&Method::GET, "/events") => events(&shared),
+        (_, "/rpc") => not_allowed("POST"),
+        (_, "/health" | "/events") => not_allowed("GET"),
+        (_, path) => json_status(
+            StatusCode::NOT_FOUND,
+            &json!({"error": format!("no such endpoint: {path}; use POST /rpc, GET /events or GET /health")}),
+        ),
+    };
+    if shared.config.cors {
+        resp.headers_mut().insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+    }
+    resp
+}
+
+fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    Full::new(bytes.into()).boxed()
+}
+
+fn json_text(status: StatusCode, text: String) -> Response<ResponseBody> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(text))
+        .expect("valid response")
+}
+
+fn json_status(status: StatusCode, value: &Value) -> Response<ResponseBody> {
+    json_text(status, value.to_string())
+}
+
+fn no_content() -> Response<ResponseBody> {
+    Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .body(full(Bytes::new()))
+        .expect("valid response")
+}
+
+fn not_allowed(allow: &'static str) -> Response<ResponseBody> {
+    let mut r = json_status(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &json!({"error": format!("method not allowed; use {allow}")}),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+fn preflight() -> Response<ResponseBody> {
+    Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .header(header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS")
+        .header(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            "content-type, authorization",
+        )
+        .header(header::ACCESS_CONTROL_MAX_AGE, "600")
+        .body(full(Bytes::new()))
+        .expect("valid response")
+}
+
+/// The `/health` body: the documented fields first, then what monitoring may use.
+#[derive(serde::Serialize)]
+struct Health {
+    status: &'static str,
+    service: &'static str,
+    version: &'static str,
+    license: licensectl::Evaluation,
+    engine: EngineHealth,
+    sse_clients: usize,
+    requests: u64,
+}
+
+#[derive(serde::Serialize)]
+struct EngineHealth {
+    running: bool,
+    restarts: u64,
+}
+
+fn health(shared: &Shared) -> Response<ResponseBody> {
+    let service = &shared.service;
+    let body = Health {
+        status: "ok",
+        service: "privitty-edged",
+        version: env!("CARGO_PKG_VERSION"),
+        license: service.license.evaluate(SystemTime::now()),
+        engine: EngineHealth {
+            running: service.engine.pid().is_some(),
+            restarts: service.engine.restarts(),
+        },
+        sse_clients: service.hub.clients(),
+        requests: shared.requests.load(Ordering::Relaxed),
+    };
+    json_text(
+        StatusCode::OK,
+        serde_json::to_string(&body).expect("health serializes"),
+    )
+}
+
+fn events(shared: &Shared) -> Response<ResponseBody> {
+    let body = crate::events::sse_body(
+        &shared.service.hub,
+        shared.config.sse_ping_interval,
+        shared.stop.clone(),
+    );
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(body)
+        .expect("valid response")
+}
+
+fn rpc_error_response(status: StatusCode, error: RpcError) -> Response<ResponseBody> {
+    json_text(status, rpc::response(&rpc::null_id(), &Err(error)))
+}
+
+fn too_large() -> Response<ResponseBody> {
+    rpc_error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        RpcError::new(
+            rpc::INVALID_REQUEST,
+            format!(
+                "request body exceeds {MAX_BODY_BYTES} bytes; send smaller requests or split the batch"
+            ),
+        ),
+    )
+}
+
+async fn rpc_request(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<ResponseBody> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return too_large();
+    }
+    let collect = Limited::new(req.into_body(), MAX_BODY_BYTES).collect();
+    let body = match tokio::time::timeout(shared.config.body_timeout, collect).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "reading a request body failed");
+            return rpc_error_response(
+                StatusCode::BAD_REQUEST,
+                RpcError::new(rpc::INVALID_REQUEST, "the request body could not be read"),
+            );
+        }
+        Err(_) => {
+            return rpc_error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                RpcError::new(
+                    rpc::INVALID_REQUEST,
+                    format!(
+                        "the request body did not arrive within {:?}",
+                        shared.config.body_timeout
+                    ),
+                ),
+            );
+        }
+    };
+    match rpc::parse(&body) {
+        Body::Broken(err) => json_text(StatusCode::OK, rpc::response(&rpc::null_id(), &Err(err))),
+        Body::Single(Item::Invalid { id, error }) => {
+            json_text(StatusCode::OK, rpc::response(&id, &Err(error)))
+        }
+        Body::Single(Item::Call(call)) => {
+            tracing::debug!(method = %call.method, "rpc call");
+            let outcome = shared.service.call(&call.method, call.params).await;
+            match (call.id, outcome) {
+                // A notification, or a method that returns nothing: HTTP 204 (documented).
+                (None, _) | (Some(_), Ok(Value::Null)) => no_content(),
+                (Some(id), outcome) => json_text(StatusCode::OK, rpc::response(&id, &outcome)),
+            }
+        }
+        Body::Batch(items) => batch(items, shared).await,
+    }
+}
+
+/// Runs a batch's calls concurrently and answers in request order; nothing to answer → 204.
+async fn batch(items: Vec<Item>, shared: &Arc<Shared>) -> Response<ResponseBody> {
+    let mut answers: Vec<Option<String>> = vec![None; items.len()];
+    let mut running = JoinSet::new();
+    for (i, item) in items.into_iter().enumerate() {
+        match item {
+            Item::Invalid { id, error } => answers[i] = Some(rpc::response(&id, &Err(error))),
+            Item::Call(call) => {
+                let service = shared.service.clone();
+                running.spawn(async move {
+                    let outcome = service.call(&call.method, call.params).await;
+                    (i, call.id.map(|id| rpc::response(&id, &outcome)))
+                });
+            }
+        }
+    }
+    while let Some(done) = running.join_next().await {
+        match done {
+            Ok((i, answer)) => answers[i] = answer,
+            Err(e) => tracing::error!(error = %e, "a batch call failed inside privitty-edged"),
+        }
+    }
+    let parts: Vec<String> = answers.into_iter().flatten().collect();
+    if parts.is_empty() {
+        return no_content();
+    }
+    json_text(StatusCode::OK, format!("[{}]", parts.join(",")))
+}

@@ -1,0 +1,108 @@
+//! What one JSON-RPC call does: the gate first, then edged's own methods, the Privitty file methods,
+//! or the engine, and the usage count of a licensed call that succeeded.
+//!
+//! Owns: the routing order (gate before "method not found", so unknown `privitty_*` names are gated).
+//! Must not: parse HTTP or JSON-RPC envelopes, or hold locks across an await.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde_json::{Value, json};
+
+use crate::engine::Engine;
+use crate::events::Hub;
+use crate::gate;
+use crate::license::License;
+use crate::rpc::{Outcome, RpcError};
+
+/// Methods served by a module inside edged with blocking file I/O (the Privitty file methods).
+/// Every method it names is licensed.
+pub trait FileMethods: Send + Sync + std::fmt::Debug + 'static {
+    fn has(&self, method: &str) -> bool;
+    /// Runs a method (blocking). `None` = not a method of this module.
+    fn call(&self, method: &str, params: &[Value]) -> Option<Result<FileOutcome, RpcError>>;
+}
+
+/// A file method's result and the events (documented SSE shape) it caused.
+#[derive(Debug)]
+pub struct FileOutcome {
+    pub result: Value,
+    pub events: Vec<Value>,
+}
+
+/// edged's own method: the license status as the gate sees it now (open, for monitoring).
+pub const LICENSE_STATUS_METHOD: &str = "privitty_license_status";
+
+/// Everything a call may need; shared by all connections.
+#[derive(Debug)]
+pub struct Service {
+    pub engine: Engine,
+    pub license: Arc<dyn License>,
+    pub hub: Hub,
+    pub files: Option<Arc<dyn FileMethods>>,
+}
+
+impl Service {
+    /// Runs one call to its outcome.
+    pub async fn call(&self, method: &str, params: Vec<Value>) -> Outcome {
+        let licensed = gate::check(method, &*self.license, SystemTime::now())?;
+        let outcome = if method == LICENSE_STATUS_METHOD {
+            Ok(json!(self.license.evaluate(SystemTime::now())))
+        } else if let Some(files) = self.files.as_ref().filter(|f| f.has(method)) {
+            self.call_files(files.clone(), method, params).await
+        } else if method.starts_with(gate::PRIVITTY_PREFIX) {
+            Err(RpcError::method_not_found(method))
+        } else {
+            self.engine
+                .call(method, &params)
+                .await
+                .map_err(|e| e.to_rpc())
+        };
+        if licensed && outcome.is_ok() {
+            self.license.record_use(method);
+        }
+        outcome
+    }
+
+    async fn call_files(
+        &self,
+        files: Arc<dyn FileMethods>,
+        method: &str,
+        params: Vec<Value>,
+    ) -> Outcome {
+        let name = method.to_string();
+        let joined = tokio::task::spawn_blocking(move || files.call(&name, &params)).await;
+        match joined {
+            Ok(Some(Ok(out))) => {
+                for ev in &out.events {
+                    self.hub.publish(ev);
+                }
+                Ok(out.result)
+            }
+            Ok(Some(Err(e))) => Err(e),
+            Ok(None) => Err(RpcError::method_not_found(method)),
+            Err(e) => {
+                tracing::error!(method, error = %e, "file method panicked");
+                Err(RpcError::internal(format!(
+                    "{method} failed inside privitty-edged; see its log"
+                )))
+            }
+        }
+    }
+}
+
+impl FileMethods for crate::privitty::Privitty {
+    fn has(&self, method: &str) -> bool {
+        Self::METHODS.contains(&method)
+    }
+
+    fn call(&self, method: &str, params: &[Value]) -> Option<Result<FileOutcome, RpcError>> {
+        crate::privitty::Privitty::call(self, method, params).map(|r| {
+            r.map(|o| FileOutcome {
+                result: o.result,
+                events: o.events,
+            })
+            .map_err(|e| RpcError::new(e.rpc_code(), e.to_string()))
+        })
+    }
+}

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Benchmarks privitty-edged (release build) against a minimal hyper server in the same run:
+# /health, a gate-rejected /rpc call and an engine-forwarded get_config at 1, 16 and 64
+# connections; idle and loaded RSS; the gate micro-benchmark. Prints figures for edged/README.md.
+#
+#   tests/bench/edged-bench.sh            # builds release binaries first
+#   NO_BUILD=1 PROFILE=debug DURATION=2s CONNECTIONS="1 4" tests/bench/edged-bench.sh   # smoke run
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+top=$(pwd)
+duration=${DURATION:-5s}
+conns_list=${CONNECTIONS:-"1 16 64"}
+
+if [ -z "${NO_BUILD:-}" ]; then
+  cargo build --release -p edged -p privitty-tests --bin privitty-edged --bin privitty-load
+  cargo build --release -p edged --example gate_bench
+fi
+engine=$(tests/scripts/fetch-engine.sh)
+rel="$top/target/${PROFILE:-release}"
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Waits (up to 30 s) for a log line matching $2 in file $1, then prints the first match.
+wait_log() {
+  local file=$1 pattern=$2 i
+  for i in $(seq 1 600); do
+    if grep -q -- "$pattern" "$file" 2>/dev/null; then grep -m1 -- "$pattern" "$file"; return 0; fi
+    sleep 0.05
+  done
+  echo "timed out waiting for $pattern in $file" >&2; cat "$file" >&2; return 1
+}
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+engine_pid_of() { cat "/proc/$1/task/"*/children 2>/dev/null | tr ' ' '\n' | grep -m1 . ; }
+
+"$rel/privitty-load" baseline-server --listen 127.0.0.1:0 2>"$work/baseline.err" &
+pids+=($!)
+baseline_addr=$(wait_log "$work/baseline.err" 'listening addr=' | sed 's/.*addr=//')
+
+PRIVITTY_ENGINE="$engine" PRIVITTY_LOG=warn,edged=info PRIVITTY_LOG_FORMAT=json PRIVITTY_PROFILE=bench \
+  "$rel/privitty-edged" --listen 127.0.0.1:0 --accounts "$work/data" 2>"$work/edged.err" &
+edged_pid=$!
+pids+=($edged_pid)
+wait_log "$work/edged.err" '"message":"ready"' >/dev/null
+edged_addr=$(grep -m1 '"message":"listening"' "$work/edged.err" | sed 's/.*"addr":"\([^"]*\)".*/\1/')
+engine_pid=$(engine_pid_of "$edged_pid")
+
+echo "== privitty-edged benchmark ($(date -u +%FT%TZ), $(nproc) cores, ${duration} per run)"
+echo "edged $edged_addr (pid $edged_pid, engine pid $engine_pid), baseline $baseline_addr"
+echo "idle RSS: edged $(rss_kb "$edged_pid") kB, engine $(rss_kb "$engine_pid") kB"
+
+rejected='{"jsonrpc":"2.0","method":"privitty_send_file","params":[1,10,10,"/tmp/x",true,true,1],"id":1}'
+get_config='{"jsonrpc":"2.0","method":"get_config","params":[1,"displayname"],"id":1}'
+load() { "$rel/privitty-load" run --duration "$duration" "$@"; }
+
+for c in $conns_list; do
+  load --label "baseline_health" --connections "$c" --url "http://$baseline_addr/health"
+  load --label "edged_health    " --connections "$c" --url "http://$edged_addr/health"
+  load --label "edged_rejected  " --connections "$c" --url "http://$edged_addr/rpc" --body "$rejected"
+  if [ "$c" = "$(echo $conns_list | awk '{print $NF}')" ]; then
+    load --label "edged_get_config" --connections "$c" --url "http://$edged_addr/rpc" --body "$get_config" &
+    lp=$!
+    sleep "$(( ${duration%s} / 2 ))"
+    loaded="edged $(rss_kb "$edged_pid") kB, engine $(rss_kb "$engine_pid") kB"
+    wait "$lp"
+  else
+    load --label "edged_get_config" --connections "$c" --url "http://$edged_addr/rpc" --body "$get_config"
+  fi
+done
+echo "loaded RSS (during get_config at the highest connection count): $loaded"
+
+echo "== gate micro-benchmark (release)"
+mkdir -p "$work/lic"
+"$rel/privitty-load" make-license --accounts "$work/lic" --pubkey-out "$work/lic.pem"
+PRIVITTY_LICENSE_PUBKEY="$work/lic.pem" "$rel/examples/gate_bench" "$work/lic"
+"$rel/examples/gate_bench"

@@ -1,0 +1,222 @@
+//! privitty-load: an HTTP/1.1 load generator for privitty-edged's benchmarks, and the minimal hyper
+//! server they compare against.
+//!
+//! `privitty-load run --url URL [--connections N] [--duration 5s] [--body JSON]` keeps N keep-alive
+//! connections busy (each sends its next request when the previous answer arrived) and prints one
+//! line: throughput and p50/p99 latency. `privitty-load baseline-server [--listen ADDR]` serves a
+//! constant `/health` with the same hyper set-up and no application logic. `privitty-load
+//! make-license --accounts DIR --pubkey-out FILE [--state active]` writes a test license (for the
+//! gate micro-benchmark). Only for measuring: it never runs in production.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use privitty_tests::edged_stack::{LicenseState, TestKey, install_license};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "privitty-load",
+    about = "Load generator and baseline server for privitty-edged benchmarks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Load a URL with N concurrent keep-alive connections and print throughput and latency.
+    Run {
+        /// e.g. http://127.0.0.1:7200/health or http://127.0.0.1:7200/rpc
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        #[arg(long, default_value = "5s")]
+        duration: humantime::Duration,
+        /// POST this body (JSON) instead of a GET.
+        #[arg(long)]
+        body: Option<String>,
+        /// Printed first on the result line.
+        #[arg(long, default_value = "load")]
+        label: String,
+    },
+    /// Serve a constant /health (the baseline: hyper alone, same runtime set-up as edged).
+    BaselineServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+    /// Write device.uuid and a privitty.lic signed by a fresh test key; the key's PEM goes to --pubkey-out.
+    MakeLicense {
+        #[arg(long)]
+        accounts: PathBuf,
+        #[arg(long)]
+        pubkey_out: PathBuf,
+        /// active, grace_period or expired
+        #[arg(long, default_value = "active")]
+        state: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Cmd::Run {
+            url,
+            connections,
+            duration,
+            body,
+            label,
+        } => rt.block_on(run(url, connections.max(1), duration.into(), body, label)),
+        Cmd::BaselineServer { listen } => rt.block_on(baseline(listen)),
+        Cmd::MakeLicense {
+            accounts,
+            pubkey_out,
+            state,
+        } => {
+            let state = match state.as_str() {
+                "active" => LicenseState::Active,
+                "grace_period" => LicenseState::GracePeriod,
+                "expired" => LicenseState::Expired,
+                other => bail!("unknown --state {other:?}: use active, grace_period or expired"),
+            };
+            let key = TestKey::generate();
+            install_license(&accounts, &key, state);
+            std::fs::write(&pubkey_out, key.public_pem())
+                .with_context(|| format!("writing {}", pubkey_out.display()))?;
+            Ok(())
+        }
+    }
+}
+
+struct Target {
+    addr: String,
+    path: String,
+    host: String,
+}
+
+fn parse_url(url: &str) -> anyhow::Result<Target> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url}: only http:// URLs"))?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    Ok(Target {
+        addr: host.to_string(),
+        path,
+        host: host.to_string(),
+    })
+}
+
+async fn run(
+    url: String,
+    connections: usize,
+    duration: Duration,
+    body: Option<String>,
+    label: String,
+) -> anyhow::Result<()> {
+    let target = std::sync::Arc::new(parse_url(&url)?);
+    let body = body.map(Bytes::from);
+    let deadline = Instant::now() + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let target = target.clone();
+        let body = body.clone();
+        tasks.spawn(async move { one_connection(&target, body, deadline).await });
+    }
+    let mut latencies: Vec<u32> = Vec::new();
+    let mut errors = 0u64;
+    while let Some(r) = tasks.join_next().await {
+        let (lat, errs) = r??;
+        latencies.extend(lat);
+        errors += errs;
+    }
+    latencies.sort_unstable();
+    let n = latencies.len();
+    let pct = |p: f64| {
+        latencies
+            .get(((n as f64 * p) as usize).min(n.saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "{label} conns={connections} requests={n} rps={:.0} p50_us={} p99_us={} errors={errors}",
+        n as f64 / duration.as_secs_f64(),
+        pct(0.50),
+        pct(0.99),
+    );
+    Ok(())
+}
+
+/// One keep-alive connection sending requests back to back until `deadline`.
+async fn one_connection(
+    target: &Target,
+    body: Option<Bytes>,
+    deadline: Instant,
+) -> anyhow::Result<(Vec<u32>, u64)> {
+    let stream = tokio::net::TcpStream::connect(&target.addr)
+        .await
+        .with_context(|| format!("connecting to {}", target.addr))?;
+    stream.set_nodelay(true)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut lat = Vec::with_capacity(100_000);
+    let mut errors = 0;
+    while Instant::now() < deadline {
+        let req = match &body {
+            Some(b) => Request::post(&target.path)
+                .header("host", &target.host)
+                .header("content-type", "application/json")
+                .body(Full::new(b.clone()))?,
+            None => Request::get(&target.path)
+                .header("host", &target.host)
+                .body(Full::new(Bytes::new()))?,
+        };
+        let start = Instant::now();
+        sender.ready().await?;
+        let resp = sender.send_request(req).await?;
+        let ok = resp.status().is_success();
+        resp.into_body().collect().await?;
+        lat.push(start.elapsed().as_micros() as u32);
+        if !ok {
+            errors += 1;
+        }
+    }
+    Ok((lat, errors))
+}
+
+async fn baseline(listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    eprintln!("listening addr={}", listener.local_addr()?);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from_static(
+                            br#"{"status":"ok","service":"baseline","version":"0.0.0"}"#,
+                        )))
+                        .expect("response"),
+                )
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
