@@ -1739,3 +1739,65 @@ fn bench_license_server_and_cli() {
     time_runs("privitty-edge license status", &["status"], 0);
     time_runs("privitty-edge license sync", &["sync"], 0);
 }
+
+// ================================================================ review findings
+
+/// The data volume belongs to the service user, so whoever runs as that user can plant a symlink as
+/// the lock file. A root `docker exec … license sync` must neither follow it nor hand the target
+/// to the volume's owner (the lock file is chowned to the directory owner when root creates it).
+#[test]
+fn cli_planted_lock_symlink_is_refused_and_its_target_untouched() {
+    use std::os::unix::fs::MetadataExt as _;
+    let w = world();
+    let url = w.license();
+    let a = w.device("a");
+    w.activate(&a, &url);
+    let victim = w.root.path().join("root-only.conf");
+    std::fs::write(&victim, "owned by root\n").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let lock = a.dir.join(".privitty-license.lock");
+    let _ = std::fs::remove_file(&lock);
+    std::os::unix::fs::symlink(&victim, &lock).unwrap();
+    if std::fs::metadata(&victim).unwrap().uid() == 0 {
+        std::os::unix::fs::chown(&a.dir, Some(1000), Some(1000)).unwrap();
+    }
+    let before_owner = std::fs::metadata(&victim)
+        .map(|m| (m.uid(), m.gid(), m.mode()))
+        .unwrap();
+    let files = license_files(&a.dir);
+
+    for args in [&["sync"][..], &["deactivate"][..], &["activate", &url][..]] {
+        let run = w.edge(&a, args);
+        assert_eq!(
+            run.code, 4,
+            "a symlinked lock file is a local file error: {run:?}"
+        );
+        assert!(
+            run.stderr.contains(".privitty-license.lock") && run.stderr.contains("symlink"),
+            "the error names the file and the problem: {run:?}"
+        );
+        let after = std::fs::metadata(&victim)
+            .map(|m| (m.uid(), m.gid(), m.mode()))
+            .unwrap();
+        assert_eq!(
+            after, before_owner,
+            "`{}` changed the link target's owner or mode",
+            args[0]
+        );
+        assert_eq!(read(w.root.path(), "root-only.conf"), "owned by root\n");
+        assert_eq!(
+            license_files(&a.dir),
+            files,
+            "`{}` changed the license files",
+            args[0]
+        );
+    }
+    // status only reads and never takes the lock
+    assert_eq!(w.status(&a)["status"], "active");
+
+    // once the link is gone, the lock file is recreated and the commands work again
+    std::fs::remove_file(&lock).unwrap();
+    let run = w.edge(&a, &["sync"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(std::fs::symlink_metadata(&lock).unwrap().is_file());
+}
