@@ -1010,7 +1010,10 @@ mod tests {
     fn terminal_job_control_signals_are_not_forwarded() {
         let (mut m, t0) = serving();
         for sig in [Signal::SIGTTIN, Signal::SIGTTOU, Signal::SIGCHLD] {
-            assert!(m.step(t0, Input::Signal(sig)).is_empty(), "{sig} was acted on");
+            assert!(
+                m.step(t0, Input::Signal(sig)).is_empty(),
+                "{sig} was acted on"
+            );
         }
     }
 
