@@ -16,9 +16,12 @@ pub fn init(default: &str) {
         _ => (EnvFilter::new(default), None),
     };
     let json = std::env::var(crate::env::LOG_FORMAT).is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    // Colour only on a terminal: `docker logs` and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(false);
     if json {
         builder.json().flatten_event(true).init();
