@@ -31,6 +31,11 @@ pub const DEFAULT_ENGINE: &str = "deltachat-rpc-server";
 /// Request bodies above this answer 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// Limits of the settings: larger values overflow timers and counters (a panic at start-up or on
+/// the first connection), or preallocate per-client buffers no device has memory for.
+pub const MAX_CONNECTIONS_LIMIT: usize = 65_536;
+pub const MAX_SSE_BUFFER: usize = 1_000_000;
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SSE_PING_INTERVAL: Duration = Duration::from_secs(15);
@@ -179,19 +184,38 @@ impl Config {
                 env::MAX_CONNECTIONS
             ));
         }
+        if args.max_connections > MAX_CONNECTIONS_LIMIT {
+            problems.push(format!(
+                "--max-connections / {}: must be at most {MAX_CONNECTIONS_LIMIT}",
+                env::MAX_CONNECTIONS
+            ));
+        }
         if args.sse_buffer == 0 {
             problems.push(format!(
                 "--sse-buffer / {}: must be at least 1",
                 env::SSE_BUFFER
             ));
         }
+        if args.sse_buffer > MAX_SSE_BUFFER {
+            problems.push(format!(
+                "--sse-buffer / {}: must be at most {MAX_SSE_BUFFER}",
+                env::SSE_BUFFER
+            ));
+        }
         let mut duration = |flag: &str, var: &str, text: &str| match humantime::parse_duration(text)
         {
-            Ok(d) if !d.is_zero() => Some(d),
-            Ok(_) => {
+            Ok(d) if d.is_zero() => {
                 problems.push(format!("--{flag} / {var}: must be more than 0"));
                 None
             }
+            Ok(d) if d > MAX_DURATION => {
+                problems.push(format!(
+                    "--{flag} / {var}: must be at most {}",
+                    humantime::format_duration(MAX_DURATION)
+                ));
+                None
+            }
+            Ok(d) => Some(d),
             Err(e) => {
                 problems.push(format!(
                     "--{flag} / {var}: {text:?} is not a duration like 10s or 500ms ({e})"
@@ -319,6 +343,59 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing from {text}");
         }
+    }
+
+    #[test]
+    fn values_too_large_to_use_are_refused_not_panicked_on() {
+        let err = Config::from_args(
+            args(&[
+                "--stop-timeout",
+                "18446744073709551615s",
+                "--header-timeout",
+                "100years",
+                "--sse-ping-interval",
+                "18446744073709551615s",
+                "--body-timeout",
+                "2days",
+                "--max-connections",
+                "4294967296",
+                "--sse-buffer",
+                "18446744073709551615",
+                "--engine",
+                "/bin/true",
+            ]),
+            None,
+            Some("gw".into()),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 6, "{text}");
+        for needle in [
+            "--stop-timeout / PRIVITTY_EDGED_STOP_TIMEOUT: must be at most 1day",
+            "--header-timeout",
+            "--sse-ping-interval",
+            "--body-timeout",
+            "--max-connections / PRIVITTY_MAX_CONNECTIONS: must be at most 65536",
+            "--sse-buffer / PRIVITTY_SSE_BUFFER: must be at most 1000000",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+        // The limits themselves are accepted.
+        Config::from_args(
+            args(&[
+                "--stop-timeout",
+                "1day",
+                "--max-connections",
+                "65536",
+                "--sse-buffer",
+                "1000000",
+                "--engine",
+                "/bin/true",
+            ]),
+            None,
+            Some("gw".into()),
+        )
+        .expect("limits are valid");
     }
 
     #[test]

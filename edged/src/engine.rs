@@ -45,7 +45,8 @@ pub struct EngineConfig {
 /// Errors of one engine call.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    /// The engine answered with a JSON-RPC error; passed to the client unchanged.
+    /// The engine answered with a JSON-RPC error; passed to the client unchanged, except that a
+    /// parse error becomes invalid params (see `engine_error`).
     #[error("engine error {}: {}", .0.code, .0.message)]
     Rpc(RpcError),
     #[error("the messaging engine is not running (restarting); retry shortly")]
@@ -88,6 +89,27 @@ impl Generation {
         let drained = self.pending.lock().expect("pending lock").take();
         for (_, reply) in drained.into_iter().flatten() {
             let _ = reply.send(Err(EngineError::Died));
+        }
+    }
+}
+
+/// Removes a call's entry from the pending table when the call ends, however it ends (a no-op
+/// once the answer took the entry).
+struct PendingEntry<'a> {
+    generation: &'a Generation,
+    id: u64,
+}
+
+impl Drop for PendingEntry<'_> {
+    fn drop(&mut self) {
+        if let Some(map) = self
+            .generation
+            .pending
+            .lock()
+            .expect("pending lock")
+            .as_mut()
+        {
+            map.remove(&self.id);
         }
     }
 }
@@ -177,10 +199,13 @@ impl Engine {
                 None => return Err(EngineError::Died),
             };
         }
+        // A caller that goes away (client disconnected, batch dropped) must not leave its entry
+        // behind: a long-poll the engine never answers would keep it until the engine dies.
+        let _entry = PendingEntry {
+            generation: &generation,
+            id,
+        };
         if generation.lines.send(line).is_err() {
-            if let Some(map) = generation.pending.lock().expect("pending lock").as_mut() {
-                map.remove(&id);
-            }
             return Err(EngineError::Died);
         }
         rx.await.unwrap_or(Err(EngineError::Died))
@@ -317,8 +342,20 @@ impl Engine {
                     Ok(r) => {
                         running = r;
                         self.inner.restarts.fetch_add(1, Ordering::Relaxed);
-                        if let Err(e) = self.set_up_account().await {
-                            tracing::warn!(generation = number, error = %e, "restarted engine failed account set-up");
+                        // An engine that does not answer must not keep a stop from being seen:
+                        // the loop above stops it.
+                        tokio::select! {
+                            set_up = tokio::time::timeout(START_TIMEOUT, self.set_up_account()) => {
+                                let error = match set_up {
+                                    Ok(Ok(())) => None,
+                                    Ok(Err(e)) => Some(e.to_string()),
+                                    Err(_) => Some(format!("no answer within {START_TIMEOUT:?}")),
+                                };
+                                if let Some(error) = error {
+                                    tracing::warn!(generation = number, %error, "restarted engine failed account set-up");
+                                }
+                            }
+                            _ = crate::stopped(&mut stop) => {}
                         }
                         break;
                     }
@@ -449,7 +486,16 @@ fn engine_error(err: Value) -> RpcError {
         .and_then(Value::as_str)
         .unwrap_or("engine error without a message")
         .to_string();
-    let e = RpcError::new(code, message);
+    // Every line edged writes is valid JSON, so the engine's "parse error" means that the params
+    // did not fit the method's types: the documented code for that is invalid params.
+    let e = if code == crate::rpc::PARSE_ERROR {
+        RpcError::new(
+            crate::rpc::INVALID_PARAMS,
+            format!("invalid params: {message}"),
+        )
+    } else {
+        RpcError::new(code, message)
+    };
     match err.get("data") {
         Some(d) if !d.is_null() => e.with_data(d.clone()),
         _ => e,
@@ -490,5 +536,121 @@ async fn pump_events(engine: Engine, hub: Hub, mut stop: watch::Receiver<bool>) 
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bare(program: &str) -> Engine {
+        Engine {
+            inner: Arc::new(Inner {
+                config: EngineConfig {
+                    program: PathBuf::from(program),
+                    data_dir: std::env::temp_dir(),
+                    profile: "test".into(),
+                },
+                next_id: AtomicU64::new(1),
+                current: Mutex::new(None),
+                generation: watch::channel(0).0,
+                pid: Mutex::new(None),
+                restarts: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn pending(engine: &Engine) -> usize {
+        let current = engine.inner.current.lock().unwrap().clone().unwrap();
+        current
+            .pending
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map_or(0, |m| m.len())
+    }
+
+    /// An engine that answers on its first run and, once restarted, never answers at all.
+    const ANSWERS_ONCE: &str = r#"#!/bin/sh
+m="$DC_ACCOUNTS_PATH.started"
+if [ -e "$m" ]; then exec sleep 1000; fi
+: > "$m"
+while IFS= read -r line; do
+  id=$(printf '%s' "$line" | sed -n 's/.*"id":\([0-9]*\).*/\1/p')
+  case "$line" in
+    *get_next_event*) continue ;;
+    *get_all_account_ids*) r='[1]' ;;
+    *) r=null ;;
+  esac
+  printf '{"jsonrpc":"2.0","id":%s,"result":%s}\n' "$id" "$r"
+done
+"#;
+
+    #[tokio::test]
+    async fn a_stop_during_a_restarted_engines_set_up_is_not_ignored() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("engine.sh");
+        std::fs::write(&program, ANSWERS_ONCE).unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config = EngineConfig {
+            program,
+            data_dir: dir.path().to_path_buf(),
+            profile: "test".into(),
+        };
+        let (stop_tx, stop) = watch::channel(false);
+        let (engine, keeper) = Engine::start(config, Hub::new(4), stop, Duration::from_millis(200))
+            .await
+            .expect("the first engine answers");
+        let first = engine.pid().expect("running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(first as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        crate::test_util::wait_until(|| engine.restarts() == 1).await;
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), keeper)
+            .await
+            .expect("the keeper ends after a stop, even while the new engine does not answer")
+            .unwrap();
+        assert!(engine.pid().is_none());
+    }
+
+    #[test]
+    fn engine_parse_errors_are_invalid_params_and_other_errors_pass_unchanged() {
+        let e = engine_error(
+            json!({"code":-32700,"message":"invalid type: string \"x\", expected u32"}),
+        );
+        assert_eq!(e.code, crate::rpc::INVALID_PARAMS);
+        assert_eq!(
+            e.message,
+            "invalid params: invalid type: string \"x\", expected u32"
+        );
+        let e = engine_error(json!({"code":-1,"message":"account with id 99 not found","data":7}));
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (-1, "account with id 99 not found")
+        );
+        assert_eq!(e.data, Some(json!(7)));
+    }
+
+    #[tokio::test]
+    async fn a_call_its_caller_gave_up_on_leaves_no_pending_entry() {
+        // `tail` answers nothing until stdin closes: a call to it waits like a long-poll does.
+        let engine = bare("/usr/bin/tail");
+        let running = engine.spawn_generation(1).expect("spawn tail");
+        {
+            let params = [json!(1)];
+            let call = engine.call("wait_next_msgs", &params);
+            tokio::pin!(call);
+            tokio::select! {
+                r = &mut call => panic!("tail answered: {r:?}"),
+                _ = crate::test_util::wait_until(|| pending(&engine) == 1) => {}
+            }
+            // The caller (an HTTP client that disconnected) drops the call here.
+        }
+        assert_eq!(pending(&engine), 0, "the abandoned call's entry is gone");
+        running.stop(Duration::from_secs(5)).await;
     }
 }

@@ -62,14 +62,17 @@ impl Hub {
 }
 
 /// `{"contextId":1,"event":{"kind":"IncomingMsg","chatId":7,"msgId":42}}` →
-/// `{"type":"IncomingMsg","account_id":1,"chat_id":7,"msg_id":42}` (top-level fields snake_cased).
+/// `{"type":"IncomingMsg","account_id":1,"chat_id":7,"msg_id":42}` (field names snake_cased at
+/// every depth).
 pub fn reshape(event: &Value) -> Option<String> {
     let inner = event.get("event")?.as_object()?;
     let kind = inner.get("kind")?.as_str()?;
     let fields = inner
         .iter()
         .filter(|(k, _)| *k != "kind")
-        .map(|(k, v)| (snake_case(k), v.clone()))
+        .map(|(k, v)| (snake_case(k), snake_case_keys(v)))
+        // `type` and `account_id` are ours: a field of the same name would make a second key.
+        .filter(|(k, _)| k != "type" && k != "account_id")
         .collect();
     let shaped = Shaped {
         kind,
@@ -77,6 +80,19 @@ pub fn reshape(event: &Value) -> Option<String> {
         fields,
     };
     serde_json::to_string(&shaped).ok()
+}
+
+/// A copy of `value` with the names of every object inside it snake_cased.
+fn snake_case_keys(value: &Value) -> Value {
+    match value {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (snake_case(k), snake_case_keys(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(snake_case_keys).collect()),
+        other => other.clone(),
+    }
 }
 
 /// `chatId` → `chat_id`, `msgId` → `msg_id`; already snake_case names pass unchanged.
@@ -161,6 +177,27 @@ mod tests {
         assert_eq!(snake_case("progress"), "progress");
         assert_eq!(snake_case("contactId"), "contact_id");
         assert!(reshape(&json!({"contextId":1})).is_none());
+    }
+
+    #[test]
+    fn nested_fields_are_snake_cased_and_the_documented_names_appear_once() {
+        let e = json!({"contextId":2,"event":{
+            "kind":"ChatlistItemChanged",
+            "chatId":7,
+            "someInfo":{"msgId":1,"listItems":[{"contactId":3}]},
+            "type":"inner",
+            "accountId":9
+        }});
+        let text = reshape(&e).unwrap();
+        let got: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            got,
+            json!({"type":"ChatlistItemChanged","account_id":2,"chat_id":7,
+                   "some_info":{"msg_id":1,"list_items":[{"contact_id":3}]}})
+        );
+        // A parser keeps the last of duplicate keys, so count them in the text.
+        assert_eq!(text.matches("\"type\"").count(), 1, "{text}");
+        assert_eq!(text.matches("\"account_id\"").count(), 1, "{text}");
     }
 
     #[tokio::test]

@@ -198,6 +198,11 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Response
     shared.requests.fetch_add(1, Ordering::Relaxed);
     let mut resp = match (req.method(), req.uri().path()) {
         (&Method::OPTIONS, _) if shared.config.cors => preflight(),
+        (&Method::POST, "/rpc")
+            if !shared.config.cors && req.headers().contains_key(header::ORIGIN) =>
+        {
+            from_a_web_page()
+        }
         (&Method::POST, "/rpc") => rpc_request(req, &shared).await,
         (&Method::GET, "/health") => health(&shared),
         (&Method::GET, "/events") => events(&shared),
@@ -319,6 +324,21 @@ fn rpc_error_response(status: StatusCode, error: RpcError) -> Response<ResponseB
     json_text(status, rpc::response(&rpc::null_id(), &Err(error)))
 }
 
+/// A browser delivers a cross-site form or `fetch` POST without a preflight when its content type
+/// is a form type, and hides only the answer: without this, any web page open on the gateway's
+/// host could run methods (join a chat, send files). Browsers always name the page's origin on a
+/// POST; scripts and the CLI send no `Origin`.
+fn from_a_web_page() -> Response<ResponseBody> {
+    rpc_error_response(
+        StatusCode::FORBIDDEN,
+        RpcError::new(
+            rpc::INVALID_REQUEST,
+            "requests from web pages (with an Origin header) are refused while CORS is off; \
+             start privitty-edged with --cors to let web pages call /rpc",
+        ),
+    )
+}
+
 fn too_large() -> Response<ResponseBody> {
     rpc_error_response(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -371,7 +391,10 @@ async fn rpc_request(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<R
         }
         Body::Single(Item::Call(call)) => {
             tracing::debug!(method = %call.method, "rpc call");
-            let outcome = shared.service.call(&call.method, call.params).await;
+            let outcome = shared
+                .service
+                .call_until_stop(&call.method, call.params, shared.stop.clone())
+                .await;
             match (call.id, outcome) {
                 // A notification, or a method that returns nothing: HTTP 204 (documented).
                 (None, _) | (Some(_), Ok(Value::Null)) => no_content(),
@@ -391,8 +414,11 @@ async fn batch(items: Vec<Item>, shared: &Arc<Shared>) -> Response<ResponseBody>
             Item::Invalid { id, error } => answers[i] = Some(rpc::response(&id, &Err(error))),
             Item::Call(call) => {
                 let service = shared.service.clone();
+                let stop = shared.stop.clone();
                 running.spawn(async move {
-                    let outcome = service.call(&call.method, call.params).await;
+                    let outcome = service
+                        .call_until_stop(&call.method, call.params, stop)
+                        .await;
                     (i, call.id.map(|id| rpc::response(&id, &outcome)))
                 });
             }

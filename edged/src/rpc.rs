@@ -140,7 +140,7 @@ fn item(raw: &RawValue) -> Item {
     }
     let req: WireRequest = match serde_json::from_str(raw.get()) {
         Ok(r) => r,
-        Err(e) => return invalid(None, e.to_string()),
+        Err(e) => return invalid(readable_id(raw), e.to_string()),
     };
     if req.jsonrpc.as_ref().and_then(Value::as_str) != Some("2.0") {
         return invalid(req.id, "\"jsonrpc\" must be \"2.0\"".into());
@@ -167,6 +167,17 @@ fn item(raw: &RawValue) -> Item {
         params,
         id: req.id,
     })
+}
+
+/// The id of a request that is invalid for another reason (a number out of range in its params,
+/// say), so the error names the request it answers. `None` when the id itself is unusable.
+fn readable_id(raw: &RawValue) -> Option<Box<RawValue>> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        #[serde(default, deserialize_with = "present")]
+        id: Option<Box<RawValue>>,
+    }
+    serde_json::from_str::<IdOnly>(raw.get()).ok()?.id
 }
 
 #[derive(Serialize)]
@@ -265,6 +276,23 @@ mod tests {
         for (body, code) in cases {
             match parse(body.as_bytes()) {
                 Body::Single(Item::Invalid { error, .. }) => assert_eq!(error.code, code, "{body}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        // The id of a request broken elsewhere is still answered; a duplicated id is not.
+        for (body, id) in [
+            (
+                r#"{"jsonrpc":"2.0","method":"m","params":[1e999],"id":"x"}"#,
+                "\"x\"",
+            ),
+            (r#"{"jsonrpc":"2.0","method":"m","method":"n","id":4}"#, "4"),
+            (r#"{"jsonrpc":"2.0","method":"m","id":4,"id":5}"#, "null"),
+            (r#"{"jsonrpc":"2.0","method":"m","id":true}"#, "null"),
+        ] {
+            match parse(body.as_bytes()) {
+                Body::Single(Item::Invalid { id: got, error }) => {
+                    assert_eq!((got.get(), error.code), (id, INVALID_REQUEST), "{body}")
+                }
                 other => panic!("{body}: {other:?}"),
             }
         }

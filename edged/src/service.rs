@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 use crate::engine::Engine;
 use crate::events::Hub;
@@ -32,6 +33,11 @@ pub struct FileOutcome {
 
 /// edged's own method: the license status as the gate sees it now (open, for monitoring).
 pub const LICENSE_STATUS_METHOD: &str = "privitty_license_status";
+
+/// Engine methods that wait for something to happen (long polls): they may never answer by
+/// themselves, so at a stop they are answered at once instead of holding the stop to its deadline.
+/// Cutting one short is safe: it has handed nothing to the client yet, and the engine stops next.
+pub const LONG_POLL_METHODS: &[&str] = &["get_next_event", "wait_next_msgs"];
 
 /// Everything a call may need; shared by all connections.
 #[derive(Debug)]
@@ -62,6 +68,25 @@ impl Service {
             self.license.record_use(method);
         }
         outcome
+    }
+
+    /// [`Service::call`], except that a long poll ([`LONG_POLL_METHODS`]) still waiting when
+    /// `stop` turns true is answered with an error saying edged is stopping.
+    pub async fn call_until_stop(
+        &self,
+        method: &str,
+        params: Vec<Value>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Outcome {
+        if !LONG_POLL_METHODS.contains(&method) {
+            return self.call(method, params).await;
+        }
+        tokio::select! {
+            outcome = self.call(method, params) => outcome,
+            _ = crate::stopped(&mut stop) => Err(RpcError::internal(format!(
+                "privitty-edged is stopping, so {method} ends without a result; call it again once the service is back"
+            ))),
+        }
     }
 
     async fn call_files(

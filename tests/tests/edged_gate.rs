@@ -137,3 +137,109 @@ fn every_gate_row_under_every_license_status() {
         }
     }
 }
+
+/// The `.prv` files in a directory (what a gated call that ran would have left behind).
+fn prv_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".prv"))
+        .collect()
+}
+
+#[test]
+fn gated_calls_hidden_in_batches_notifications_or_name_tricks_do_not_run_unlicensed() {
+    let edged = EdgedStack::builder().license(LicenseState::Expired).start();
+    let plain = edged.accounts.join("secret.txt");
+    std::fs::write(&plain, "do not encrypt me\n").unwrap();
+    let params = json!([1, 10, 10, plain, true, false, 0]);
+    let call = |method: &str, id: Option<u32>| {
+        let mut c = json!({"jsonrpc":"2.0","method":method,"params":params});
+        if let Some(id) = id {
+            c["id"] = json!(id);
+        }
+        c
+    };
+
+    // A notification: 204 as always, and nothing ran.
+    let r = edged.post_rpc(&call("privitty_send_file", None).to_string());
+    assert_eq!((r.status, r.body.as_str()), (204, ""));
+    // A batch mixing open and gated calls, and gated notifications.
+    let batch = json!([
+        json!({"jsonrpc":"2.0","method":"get_config","params":[1, "displayname"],"id":1}),
+        call("privitty_send_file", Some(2)),
+        call("privitty_send_file", None),
+        call("privitty_send_group_file", None),
+        call("privitty_send_file", Some(3)),
+    ]);
+    let r = edged.post_rpc(&batch.to_string());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let answers = r.json();
+    let answers = answers.as_array().unwrap();
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    assert_eq!(answers[0]["result"], "edged-test");
+    for a in &answers[1..] {
+        assert_eq!(a["error"]["code"], -32001, "{a}");
+    }
+    // Spellings that are not the method: never a success, never a file.
+    for method in [
+        "Privitty_send_file",
+        "PRIVITTY_SEND_FILE",
+        " privitty_send_file",
+        "privitty_send_file ",
+        "privitty_send_file\u{0}",
+    ] {
+        let r = edged.call(method, params.clone());
+        assert!(r.get("error").is_some(), "{method:?}: {r}");
+    }
+    // A JSON escape spells the very same name, so the gate sees it.
+    let r = edged.post_rpc(
+        &call("privitty_send_file", Some(4))
+            .to_string()
+            .replace("privitty_send_file", "privitty\\u005fsend_file"),
+    );
+    assert_eq!(r.json()["error"]["code"], -32001, "{}", r.body);
+    assert!(
+        prv_files(&edged.accounts).is_empty(),
+        "gated calls ran unlicensed: {:?}",
+        prv_files(&edged.accounts)
+    );
+}
+
+#[test]
+fn only_licensed_calls_that_succeeded_are_counted() {
+    let mut edged = EdgedStack::builder().license(LicenseState::Active).start();
+    let plain = edged.accounts.join("report.txt");
+    std::fs::write(&plain, "sensor report\n").unwrap();
+    let ok = edged.call(
+        "privitty_send_file",
+        json!([1, 10, 10, plain, true, false, 0]),
+    );
+    assert!(ok["result"]["encrypted_path"].is_string(), "{ok}");
+    // The same file again fails (the .prv exists), as do a missing file and bad params.
+    for params in [
+        json!([1, 10, 10, plain, true, false, 0]),
+        json!([
+            1,
+            10,
+            10,
+            edged.accounts.join("missing.txt"),
+            true,
+            false,
+            0
+        ]),
+        json!([1, 10]),
+    ] {
+        let r = edged.call("privitty_send_file", params);
+        assert!(r.get("error").is_some(), "{r}");
+    }
+    assert!(edged.stop().success());
+    let usage: Value =
+        serde_json::from_str(&std::fs::read_to_string(edged.accounts.join("usage.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        usage["open"]["counters"]["privitty_send_file"], 1,
+        "usage.json: {usage}"
+    );
+}
