@@ -46,6 +46,9 @@ pub const DEFAULT_POLL_INTERVAL: &str = "2s";
 pub const DEFAULT_READY_TIMEOUT: &str = "30s";
 pub const DEFAULT_CRASH_LIMIT: &str = "5";
 pub const DEFAULT_CRASH_WINDOW: &str = "5m";
+/// The longest duration accepted (`100y`): every duration is added to the clock, and a sum past
+/// the clock's range would panic.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 
 /// Exit codes of `privitty-init` itself (besides the child's own code, passed through).
 pub mod exit {
@@ -93,7 +96,7 @@ Exit codes:
   126      CMD was found but could not be executed (permissions, not an executable, ...)
   127      CMD was not found
 
-Durations take units: 500ms, 8s, 2m, 24h.";
+Durations take units: 500ms, 8s, 2m, 24h (at most 100y).";
 
 /// The command line, mirroring the variables; validated into [`Config`] by [`Config::from_cli`].
 #[derive(Debug, Parser)]
@@ -125,7 +128,7 @@ pub struct Cli {
 
     /// File whose trimmed content is the delivery URL (e.g. a Docker or Kubernetes secret).
     #[arg(long, value_name = "PATH", env = env::LICENSE_URL_FILE)]
-    pub license_url_file: Option<PathBuf>,
+    pub license_url_file: Option<OsString>,
 
     /// How long a stop waits after SIGTERM before SIGKILL (keep it under Docker's 10s).
     #[arg(long, value_name = "DURATION", env = env::STOP_TIMEOUT, default_value = DEFAULT_STOP_TIMEOUT)]
@@ -206,6 +209,8 @@ pub enum Problem {
     },
     #[error("{name}: {value:?} must not be 0")]
     ZeroDuration { name: String, value: String },
+    #[error("{name}: {value:?} is too long; the longest accepted is 100y")]
+    LongDuration { name: String, value: String },
     #[error(
         "{name}: {value:?} is not a socket address ({source}); write it as ADDR:PORT, e.g. 0.0.0.0:7200"
     )]
@@ -281,6 +286,13 @@ impl Config {
                         });
                         None
                     }
+                    Ok(d) if d > MAX_DURATION => {
+                        problems.push(Problem::LongDuration {
+                            name,
+                            value: value.to_string(),
+                        });
+                        None
+                    }
                     Ok(d) => Some(d),
                     Err(source) => {
                         problems.push(Problem::Duration {
@@ -347,7 +359,11 @@ impl Config {
         };
         let license_url = license_url(
             cli.license_url.as_deref(),
-            cli.license_url_file.as_deref(),
+            // Empty means unset, as for the URL itself (compose files pass `${VAR:-}`).
+            cli.license_url_file
+                .as_deref()
+                .filter(|p| !p.is_empty())
+                .map(Path::new),
             &mut problems,
         );
         let command = if cli.command.is_empty() {
@@ -535,6 +551,42 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing from: {text}");
         }
+    }
+
+    #[test]
+    fn durations_too_long_to_schedule_are_refused() {
+        // Far enough that adding it to the clock overflows: PID 1 would panic at the first stop.
+        let err = parse(&[
+            "--stop-timeout",
+            "500000000000y",
+            "--ready-timeout",
+            "500000000000y",
+            "--crash-window",
+            "500000000000y",
+            "--license-sync-interval",
+            "500000000000y",
+            "--",
+            "x",
+        ])
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            env::STOP_TIMEOUT,
+            env::READY_TIMEOUT,
+            env::CRASH_WINDOW,
+            env::LICENSE_SYNC_INTERVAL,
+        ] {
+            assert!(text.contains(needle), "{needle} missing from: {text}");
+        }
+        let c = parse(&["--stop-timeout", "100y", "--", "x"]).unwrap();
+        assert_eq!(c.stop_timeout, MAX_DURATION);
+    }
+
+    #[test]
+    fn empty_license_url_settings_mean_unset() {
+        // Compose files pass `PRIVITTY_LICENSE_URL_FILE: ${URL_FILE:-}`: empty, not a usage error.
+        let c = parse(&["--license-url-file", "", "--license-url", " ", "--", "x"]).unwrap();
+        assert!(c.managed.license_url.is_none());
     }
 
     #[test]

@@ -4,6 +4,10 @@ use supervisor::config::{Config, ConfigError, exit};
 use supervisor::pid1::Pid1;
 
 fn main() -> ExitCode {
+    if let Err(e) = supervisor::pid1::block_signals() {
+        // Not fatal: only a signal in the first milliseconds could be missed.
+        eprintln!("privitty-init: cannot block signals during start-up: {e}");
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         // --help, --version and usage errors: clap prints and exits 0 or 2.
@@ -33,7 +37,7 @@ fn main() -> ExitCode {
             return code(exit::FAILURE);
         }
     };
-    code(runtime.block_on(async {
+    let exit_code = runtime.block_on(async {
         let mut pid1 = match Pid1::install() {
             Ok(pid1) => pid1,
             Err(e) => {
@@ -46,7 +50,11 @@ fn main() -> ExitCode {
         } else {
             supervisor::managed::run(&config, &mut pid1).await
         }
-    }))
+    });
+    // Dropping the runtime would wait for blocking tasks, such as a license operation waiting
+    // for the accounts-dir lock: the process tree is gone, so nothing is left worth waiting for.
+    runtime.shutdown_background();
+    code(exit_code)
 }
 
 fn code(c: i32) -> ExitCode {

@@ -46,6 +46,7 @@ pub mod msg {
     pub const ACTIVATION_LATE: &str = "license activation did not finish in time";
     pub const ACTIVATION_REFUSED: &str = "license activation refused";
     pub const ACTIVATION_RETRY: &str = "license activation failed; retrying";
+    pub const ACTIVATION_SUPERSEDED: &str = "a license was installed meanwhile";
     pub const SYNCED: &str = "periodic license sync done";
     pub const UNEXPECTED_EXIT: &str = "generation exited unexpectedly";
     pub const CRASH_LOOP: &str = "crash loop";

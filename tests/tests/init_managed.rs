@@ -87,6 +87,13 @@ fn startup_activation_installs_the_license_before_the_first_generation_serves() 
         !stack.init.proc.stderr().contains(token),
         "the TOKEN leaked into the log"
     );
+    // edged and its engine never need the URL: the TOKEN is not handed to them either.
+    let edged = stack.edged_pid(1);
+    let environ = std::fs::read(format!("/proc/{edged}/environ")).expect("edged's environment");
+    assert!(
+        !String::from_utf8_lossy(&environ).contains(token),
+        "the TOKEN is in edged's environment"
+    );
 }
 
 #[test]
@@ -367,9 +374,20 @@ fn sigterm_stops_every_generation_and_pid1_exits_with_edged_code() {
         }
         .trusting(&server),
     );
-    stack.wait_generation(1);
+    let edged = stack.edged_pid(1);
     stack.signal(Signal::SIGTERM);
     assert_eq!(stack.init.wait_exit(), 0, "edged's clean exit code");
+    // The 0 is edged's own, not a status that was never seen.
+    let stopped = stack
+        .lines("stopped")
+        .into_iter()
+        .find(|l| l["code"].is_number())
+        .unwrap_or_else(|| panic!("no final log line\n{}", stack.init.proc.output()));
+    assert_eq!(
+        stopped["status"].as_str(),
+        Some(format!("Some(Exited(Pid({edged}), 0))").as_str()),
+        "{stopped}"
+    );
 }
 
 #[test]
@@ -576,4 +594,235 @@ fn swap_benchmark() {
         "swap-bench: latency during swaps: p50 {d50:.2} ms  p99 {d99:.2} ms  max {dmax:.2} ms  ({} requests, {failed} failed)",
         during.len()
     );
+}
+
+#[test]
+fn sigterm_during_startup_activation_exits_at_once_even_while_it_waits_for_the_license_lock() {
+    let dirs = TestDirs::new();
+    let server = LicenseServer::start(&dirs.server);
+    let url = new_license(&server);
+    // Another license operation (a `privitty-edge license …` run by `docker exec`) holds the lock.
+    let lock =
+        std::fs::File::create(dirs.accounts.join(".privitty-license.lock")).expect("lock file");
+    lock.lock().expect("take the license lock");
+    let mut stack = Stack::start(
+        "init",
+        &dirs,
+        StackSpec::default()
+            .trusting(&server)
+            .env("PRIVITTY_LICENSE_URL", &url)
+            .env("PRIVITTY_ACTIVATION_TIMEOUT", "1h")
+            .env("PRIVITTY_LOG", "debug"),
+    );
+    stack.wait_log("waiting for another license operation to finish", 1);
+    assert_eq!(
+        stack.generations_started(),
+        0,
+        "activation did not hold edged back"
+    );
+    stack.signal(Signal::SIGTERM);
+    // Checked while the lock is still held: the stop must not wait for the other operation.
+    assert_eq!(stack.init.wait_exit(), 0, "{}", stack.init.proc.output());
+    drop(lock);
+}
+
+/// Mounts `jwt` the way Kubernetes mounts a secret volume: `privitty.lic` is a symlink through
+/// `..data` into a timestamped directory, swapped by renaming a new `..data` link into place.
+fn mount_like_kubernetes(accounts: &std::path::Path, jwt: &str, version: u32) {
+    let target = format!("..2026_11_27_{version}");
+    std::fs::create_dir(accounts.join(&target)).expect("secret dir");
+    std::fs::write(accounts.join(&target).join("privitty.lic"), jwt).expect("secret file");
+    std::os::unix::fs::symlink(&target, accounts.join("..data_tmp")).expect("..data_tmp");
+    std::fs::rename(accounts.join("..data_tmp"), accounts.join("..data")).expect("..data");
+    let link = accounts.join("privitty.lic");
+    if std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
+        return;
+    }
+    std::os::unix::fs::symlink("..data/privitty.lic", accounts.join("lic_tmp")).expect("link");
+    std::fs::rename(accounts.join("lic_tmp"), link).expect("link into place");
+}
+
+#[test]
+fn a_symlinked_license_is_refused_with_what_to_do_and_a_copy_is_taken() {
+    let dirs = TestDirs::new();
+    let server = LicenseServer::start(&dirs.server);
+    let url = new_license(&server);
+    let device = provision_device(&dirs.accounts);
+    mount_like_kubernetes(&dirs.accounts, &server.issue_offline(&url, &device), 1);
+    let stack = Stack::start(
+        "init",
+        &dirs,
+        StackSpec::default()
+            .trusting(&server)
+            .env("PRIVITTY_LICENSE_POLL_INTERVAL", "1h"),
+    );
+    // At start-up: the reason, and what to do, before the first generation.
+    let refused = stack.wait_log(msg::INVALID, 1);
+    let advice = refused["message"].as_str().unwrap_or_default().to_string();
+    for needle in ["symlink", "copy", "subPath"] {
+        assert!(
+            advice.contains(needle),
+            "{needle:?} missing from: {refused}"
+        );
+    }
+    stack.wait_generation(1);
+    assert_unlicensed(&stack);
+
+    // The advice works: a regular copy of the file is taken up without a restart.
+    let copy = server.issue_offline(&url, &device);
+    stack.drop_license_atomically(&copy);
+    let ready = stack.wait_generation(2);
+    assert_eq!(ready["license"].as_str(), Some(jti(&copy).as_str()));
+
+    // A later `..data` swap back to a symlink is refused again; the running generation stays.
+    std::fs::remove_file(dirs.accounts.join("..data")).expect("remove ..data");
+    mount_like_kubernetes(&dirs.accounts, &server.issue_offline(&url, &device), 2);
+    let refused = stack.wait_log(msg::INVALID, 2);
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("symlink")),
+        "{refused}"
+    );
+    assert_eq!(stack.generations_started(), 2);
+    assert_licensed(&stack);
+}
+
+#[test]
+fn sigterm_in_the_middle_of_a_swap_stops_both_generations_cleanly() {
+    let dirs = TestDirs::new();
+    let (server, ..) = offline_licensed(&dirs);
+    // A stop that is not prompt fails the test at its deadline instead of escalating.
+    let mut stack = Stack::start(
+        "init",
+        &dirs,
+        StackSpec::default()
+            .trusting(&server)
+            .env("PRIVITTY_STOP_TIMEOUT", "1h"),
+    );
+    let old = stack.edged_pid(1);
+    stack.signal(Signal::SIGHUP);
+    // Generation 2 is running (waiting for the data-dir lock or starting its engine) and
+    // generation 1 has been told to stop: both are alive or on their way out.
+    stack.wait_log(msg::STOPPING_PREVIOUS, 1);
+    stack.signal(Signal::SIGTERM);
+    assert_eq!(stack.init.wait_exit(), 0, "{}", stack.init.proc.output());
+    assert!(
+        nix::sys::signal::kill(old, None).is_err(),
+        "generation 1 outlived privitty-init"
+    );
+    assert!(
+        !stack.init.proc.stderr().contains("SIGKILL"),
+        "the stop needed SIGKILL:\n{}",
+        stack.init.proc.stderr()
+    );
+}
+
+#[test]
+fn a_deactivation_on_a_running_stack_takes_effect_without_a_restart() {
+    let dirs = TestDirs::new();
+    let server = LicenseServer::start(&dirs.server);
+    let url = new_license(&server);
+    let stack = Stack::start(
+        "init",
+        &dirs,
+        StackSpec::default()
+            .trusting(&server)
+            .env("PRIVITTY_LICENSE_URL", &url),
+    );
+    stack.wait_generation(1);
+    assert_licensed(&stack);
+    // Decommissioning: the seat goes back to the pool, so this device must stop using it.
+    let out = std::process::Command::new(support::bin("privitty-edge"))
+        .arg("--accounts")
+        .arg(&dirs.accounts)
+        .args(["license", "deactivate"])
+        .env("PRIVITTY_LICENSE_PUBKEY", server.pubkey_path())
+        .output()
+        .expect("run privitty-edge");
+    assert!(
+        out.status.success(),
+        "privitty-edge license deactivate failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stack.wait_generation(2);
+    assert_unlicensed(&stack);
+    assert!(!stack.exited());
+}
+
+#[test]
+fn sigterm_reaches_an_edged_stopped_by_a_forwarded_sigtstp() {
+    let dirs = TestDirs::new();
+    let (server, ..) = offline_licensed(&dirs);
+    // Without a prompt stop the test fails at its deadline instead of escalating.
+    let mut stack = Stack::start(
+        "init",
+        &dirs,
+        StackSpec::default()
+            .trusting(&server)
+            .env("PRIVITTY_STOP_TIMEOUT", "1h"),
+    );
+    let edged = stack.edged_pid(1);
+    // `docker kill -s TSTP` is forwarded to edged, which stops.
+    stack.signal(Signal::SIGTSTP);
+    support::eventually(Duration::from_secs(30), "edged to be stopped", || {
+        let stat = std::fs::read_to_string(format!("/proc/{edged}/stat")).ok()?;
+        let state = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .next()?
+            .to_string();
+        (state == "T").then_some(())
+    });
+    stack.signal(Signal::SIGTERM);
+    assert_eq!(stack.init.wait_exit(), 0, "{}", stack.init.proc.output());
+}
+
+#[test]
+fn background_activation_stops_once_a_license_was_installed_by_other_means() {
+    let dirs = TestDirs::new();
+    let server = LicenseServer::start(&dirs.server);
+    let configured = new_license(&server);
+    let other = new_license(&server);
+    // The supervisor's first attempt is told to come back later; meanwhile the operator installs
+    // another license with the CLI. Coming back must not take a second seat and replace it.
+    server.fault(
+        Fault::TooManyRequests {
+            retry_after: Duration::from_secs(5),
+        },
+        1,
+    );
+    let stack = Stack::start(
+        "init",
+        &dirs,
+        StackSpec::default()
+            .trusting(&server)
+            .env("PRIVITTY_LICENSE_URL", &configured)
+            .env("PRIVITTY_ACTIVATION_TIMEOUT", "1s"),
+    );
+    stack.wait_log(msg::ACTIVATION_RETRY, 1);
+    let out = std::process::Command::new(support::bin("privitty-edge"))
+        .arg("--accounts")
+        .arg(&dirs.accounts)
+        .args(["license", "activate", &other])
+        .env("PRIVITTY_LICENSE_PUBKEY", server.pubkey_path())
+        .output()
+        .expect("run privitty-edge");
+    assert!(
+        out.status.success(),
+        "privitty-edge license activate failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let installed = std::fs::read_to_string(dirs.accounts.join("privitty.lic")).expect("license");
+    stack.wait_log(msg::ACTIVATION_SUPERSEDED, 1);
+    assert_eq!(server.activations().len(), 1, "a second seat was taken");
+    assert_eq!(
+        std::fs::read_to_string(dirs.accounts.join("privitty.lic")).expect("license"),
+        installed,
+        "the installed license was replaced"
+    );
+    assert_licensed(&stack);
 }

@@ -661,3 +661,111 @@ fn signals_work_when_init_starts_with_them_blocked() {
     init.signal(Signal::SIGTERM);
     assert_eq!(init.wait_exit(), 0, "{}", init.proc.output());
 }
+
+#[test]
+fn a_stop_signal_sent_while_init_starts_up_is_not_lost() {
+    if !can_unshare("a_stop_signal_sent_while_init_starts_up_is_not_lost") {
+        return;
+    }
+    // The kernel drops a signal sent to a namespace's init that has no handler for it. Init reads
+    // PRIVITTY_LICENSE_URL_FILE while it parses its configuration, before its handlers exist: a
+    // FIFO holds it there for as long as the test needs.
+    let (dir, _dump) = tempdir();
+    let fifo = dir.path().join("license-url");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let file = dir.path().join("signals.log");
+    let mut init = Init::start(
+        "init-early-term",
+        InitSpec::plain(&["record-signals", path_str(&file), "--exit-on", "SIGTERM"])
+            .env("PRIVITTY_LICENSE_URL_FILE", path_str(&fifo)),
+        dir.path(),
+    );
+    // A non-blocking open for writing succeeds only once init has the FIFO open for reading.
+    let mut writer = eventually(DEADLINE, "init to open its license URL file", || {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(&fifo)
+            .ok()
+    });
+    init.signal(Signal::SIGTERM);
+    {
+        use std::io::Write;
+        writer
+            .write_all(b"https://license.example.com/v1/license/early-stop\n")
+            .expect("write the URL");
+    }
+    drop(writer);
+    let code = init.wait_exit();
+    // The command may or may not have set up its own handlers when the stop reaches it.
+    assert!(
+        code == 0 || code == 128 + Signal::SIGTERM as i32,
+        "exit {code}\n{}",
+        init.proc.output()
+    );
+    assert!(
+        init.proc.stderr().contains("stopping"),
+        "init did not act on the SIGTERM:\n{}",
+        init.proc.stderr()
+    );
+}
+
+#[test]
+fn stop_kills_a_descendant_that_left_for_its_own_session() {
+    // As a subreaper (no namespace-wide kill): a daemon that called setsid and ignores SIGTERM
+    // is outside the child's group, so only the walk over our descendants can find it.
+    let (dir, _dump) = tempdir();
+    let file = dir.path().join("signals.log");
+    let pid_file = dir.path().join("daemon.pid");
+    let script = format!(
+        "setsid sh -c 'trap \"\" TERM; echo $$ > {}; exec sleep 1000' & exec {} record-signals {} \
+         --exit-on SIGTERM",
+        path_str(&pid_file),
+        path_str(&testproc()),
+        path_str(&file)
+    );
+    let spec = InitSpec {
+        args: ["--plain", "--", "sh", "-c", &script]
+            .map(Into::into)
+            .to_vec(),
+        ..InitSpec::plain(&[]).without_namespace()
+    }
+    .env("PRIVITTY_STOP_TIMEOUT", "300ms");
+    let mut init = Init::start("init-setsid", spec, dir.path());
+    lines_ready(&file, 1);
+    let daemon: i32 = eventually(DEADLINE, "the daemon's pid", || {
+        std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
+    });
+    let daemon = nix::unistd::Pid::from_raw(daemon);
+    // Should the stop miss it, the test still does not leave it running.
+    struct KillOnDrop(nix::unistd::Pid);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            // Only on failure: after a pass the pid is gone and may belong to someone else.
+            if std::thread::panicking() {
+                let _ = nix::sys::signal::kill(self.0, Signal::SIGKILL);
+            }
+        }
+    }
+    let _cleanup = KillOnDrop(daemon);
+    eventually(
+        DEADLINE,
+        "the daemon to run sleep in its own session",
+        || {
+            let comm = std::fs::read_to_string(format!("/proc/{daemon}/comm")).ok()?;
+            (comm.trim() == "sleep" && nix::unistd::getsid(Some(daemon)).ok() == Some(daemon))
+                .then_some(())
+        },
+    );
+    init.signal(Signal::SIGTERM);
+    assert_eq!(init.wait_exit(), 0, "{}", init.proc.output());
+    assert!(
+        init.proc.stderr().contains("SIGKILL"),
+        "{}",
+        init.proc.stderr()
+    );
+    eventually(DEADLINE, "the daemon to be gone", || {
+        nix::sys::signal::kill(daemon, None).is_err().then_some(())
+    });
+}

@@ -28,6 +28,9 @@ pub enum Outcome {
     GaveUp {
         error: String,
     },
+    /// `privitty.lic` appeared between attempts (`privitty-edge license activate`, a file drop):
+    /// activating now would take a second seat and replace it.
+    Superseded,
 }
 
 /// Activates, retrying transient failures; sends the outcome once and ends.
@@ -42,6 +45,16 @@ pub async fn run(
     let mut attempt = 0u32;
     loop {
         attempt += 1;
+        if attempt > 1 && std::fs::symlink_metadata(dir.license_path()).is_ok() {
+            tracing::info!(
+                url = %url,
+                attempt,
+                "a license was installed meanwhile; start-up activation stops (the installed \
+                 license is used, and no second seat is taken)"
+            );
+            let _ = done.send(Outcome::Superseded);
+            return;
+        }
         match licensectl::activate(&dir, &url, &keys, &request).await {
             Ok(activated) => {
                 tracing::info!(

@@ -61,10 +61,13 @@ pub enum Input {
         status: WaitStatus,
     },
     Signal(Signal),
-    /// The result of a license check; `license` is `None` when no valid license is on disk.
+    /// The result of a license check; `license` is `None` when no valid license is on disk, and
+    /// `withdrawn` says that is because its activation was deactivated or revoked (authoritative,
+    /// unlike a file that does not verify).
     LicenseChecked {
         license: Option<LicenseIdentity>,
         forced: bool,
+        withdrawn: bool,
     },
     Timer(Timer),
 }
@@ -148,6 +151,9 @@ pub struct Machine {
     crashes: CrashBudget,
     backoff: Backoff,
     ever_ready: bool,
+    /// How the last generation that served ended, when it left during a swap and the next one is
+    /// not ready yet: a stop then exits with this, not with the newcomer's.
+    served: Option<WaitStatus>,
 }
 
 impl Machine {
@@ -162,6 +168,7 @@ impl Machine {
             pending_swap: false,
             restart_at: None,
             ever_ready: false,
+            served: None,
         }
     }
 
@@ -206,9 +213,11 @@ impl Machine {
             Input::Ready { generation } => self.on_ready(now, generation, &mut out),
             Input::Exited { pid, status } => self.on_exited(now, pid, status, &mut out),
             Input::Signal(signal) => self.on_signal(signal, &mut out),
-            Input::LicenseChecked { license, forced } => {
-                self.on_license(now, license, forced, &mut out)
-            }
+            Input::LicenseChecked {
+                license,
+                forced,
+                withdrawn,
+            } => self.on_license(now, license, forced, withdrawn, &mut out),
             Input::Timer(timer) => self.on_timer(now, timer, &mut out),
         }
         out
@@ -303,6 +312,7 @@ impl Machine {
         g.phase = GenPhase::Ready;
         g.ready_at = Some(now);
         self.ever_ready = true;
+        self.served = None;
         tracing::info!(
             generation,
             pid = g.pid.map(Pid::as_raw),
@@ -325,6 +335,9 @@ impl Machine {
         out.push(Action::KillGroup { pgid: pid });
         if g.phase == GenPhase::Stopping {
             tracing::info!(generation = g.generation, pid = pid.as_raw(), status = ?status, "generation stopped");
+            if g.ready_at.is_some() {
+                self.served = Some(status);
+            }
             return;
         }
         let up = g
@@ -396,6 +409,7 @@ impl Machine {
         now: Instant,
         license: Option<LicenseIdentity>,
         forced: bool,
+        withdrawn: bool,
         out: &mut Vec<Action>,
     ) {
         if self.phase != Phase::Running {
@@ -406,7 +420,10 @@ impl Machine {
             return;
         };
         if !forced {
-            if license.is_none() {
+            // A file that does not verify may be a drop in progress or a mistake: the running
+            // generation keeps what it loaded. A deactivation or revocation is the license
+            // server's (or the operator's) word: it takes effect like a new license does.
+            if license.is_none() && !(withdrawn && current.license.is_some()) {
                 tracing::debug!("no valid license on disk; no swap");
                 return;
             }
@@ -420,6 +437,7 @@ impl Machine {
         }
         tracing::info!(
             forced,
+            withdrawn,
             from = current.license.as_ref().map(|l| l.jti.as_str()),
             to = license.as_ref().map(|l| l.jti.as_str()),
             "swapping to a new generation"
@@ -479,15 +497,19 @@ impl Machine {
         }
     }
 
+    /// The exit code is the one of the generation that served last: during a swap that is the
+    /// old generation, even while it is stopping; a newcomer that was not ready yet (and may die
+    /// of the SIGTERM before its handlers exist) does not speak for the service.
     fn shutdown(&mut self, code: Option<i32>, out: &mut Vec<Action>) {
         self.phase = Phase::ShuttingDown;
-        let main = self
-            .gens
-            .iter()
-            .rev()
-            .find(|g| g.phase == GenPhase::Ready)
-            .or_else(|| self.current())
-            .and_then(|g| g.pid);
+        let served = self.gens.iter().rev().find(|g| g.ready_at.is_some());
+        let main = served.or_else(|| self.current()).and_then(|g| g.pid);
+        let code = code.or_else(|| {
+            served
+                .is_none()
+                .then(|| self.served.map(crate::pid1::exit_code))
+                .flatten()
+        });
         let live = self.gens.iter().filter_map(|g| g.pid).collect();
         out.push(Action::Shutdown { main, live, code });
     }
@@ -573,7 +595,8 @@ mod tests {
                 t0,
                 Input::LicenseChecked {
                     license: lic("a"),
-                    forced: true
+                    forced: true,
+                    withdrawn: false,
                 }
             )
             .is_empty()
@@ -594,6 +617,7 @@ mod tests {
             Input::LicenseChecked {
                 license: lic("b"),
                 forced: false,
+                withdrawn: false,
             },
         );
         assert_eq!(acts, vec![Action::Spawn { generation: 2 }]);
@@ -630,6 +654,7 @@ mod tests {
             Input::LicenseChecked {
                 license: lic("a"),
                 forced: false,
+                withdrawn: false,
             },
         );
         assert!(acts.is_empty());
@@ -643,9 +668,35 @@ mod tests {
             Input::LicenseChecked {
                 license: None,
                 forced: false,
+                withdrawn: false,
             },
         );
         assert!(acts.is_empty());
+    }
+
+    #[test]
+    fn a_deactivated_or_revoked_activation_swaps_once_so_the_license_stops_being_used() {
+        let (mut m, t0) = serving();
+        let withdrawn = Input::LicenseChecked {
+            license: None,
+            forced: false,
+            withdrawn: true,
+        };
+        assert_eq!(
+            m.step(t0, withdrawn.clone()),
+            vec![Action::Spawn { generation: 2 }]
+        );
+        m.step(
+            t0,
+            Input::Spawned {
+                generation: 2,
+                pid: pid(200),
+                license: None,
+            },
+        );
+        m.step(t0, Input::Ready { generation: 2 });
+        // The new generation runs without the license: seeing the same state again is no change.
+        assert!(m.step(t0, withdrawn).is_empty());
     }
 
     #[test]
@@ -660,7 +711,8 @@ mod tests {
                 t0,
                 Input::LicenseChecked {
                     license: lic("a"),
-                    forced: true
+                    forced: true,
+                    withdrawn: false,
                 }
             ),
             vec![Action::Spawn { generation: 2 }]
@@ -673,6 +725,7 @@ mod tests {
         let forced = Input::LicenseChecked {
             license: lic("a"),
             forced: true,
+            withdrawn: false,
         };
         assert_eq!(
             m.step(t0, forced.clone()),
@@ -846,6 +899,7 @@ mod tests {
             Input::LicenseChecked {
                 license: lic("a"),
                 forced: true,
+                withdrawn: false,
             },
         );
         m.step(
@@ -950,6 +1004,7 @@ mod tests {
             Input::LicenseChecked {
                 license: lic("b"),
                 forced: false,
+                withdrawn: false,
             },
         );
         let acts = m.step(
@@ -979,6 +1034,69 @@ mod tests {
         assert!(m.step(t0, exited(100, 0)).is_empty());
     }
 
+    /// A swap in progress: generation 2 (pid 200) started, generation 1 (pid 100) told to stop.
+    fn swapping() -> (Machine, Instant) {
+        let (mut m, t0) = serving();
+        m.step(
+            t0,
+            Input::LicenseChecked {
+                license: lic("a"),
+                forced: true,
+                withdrawn: false,
+            },
+        );
+        m.step(
+            t0,
+            Input::Spawned {
+                generation: 2,
+                pid: pid(200),
+                license: lic("a"),
+            },
+        );
+        (m, t0)
+    }
+
+    #[test]
+    fn sigterm_during_a_swap_exits_with_the_code_of_the_generation_that_served() {
+        // The new generation may die of the SIGTERM before its handlers exist: its 143 is not
+        // how the service stopped.
+        let (mut m, t0) = swapping();
+        assert_eq!(
+            m.step(t0, Input::Signal(Signal::SIGTERM)),
+            vec![Action::Shutdown {
+                main: Some(pid(100)),
+                live: vec![pid(100), pid(200)],
+                code: None
+            }]
+        );
+    }
+
+    #[test]
+    fn sigterm_after_the_old_generation_left_but_before_the_new_one_is_ready_keeps_its_code() {
+        let (mut m, t0) = swapping();
+        m.step(t0, exited(100, 0));
+        assert_eq!(
+            m.step(t0, Input::Signal(Signal::SIGTERM)),
+            vec![Action::Shutdown {
+                main: Some(pid(200)),
+                live: vec![pid(200)],
+                code: Some(0)
+            }]
+        );
+        // Once the new generation serves, its own exit is what counts.
+        let (mut m, t0) = swapping();
+        m.step(t0, exited(100, 0));
+        m.step(t0, Input::Ready { generation: 2 });
+        assert_eq!(
+            m.step(t0, Input::Signal(Signal::SIGTERM)),
+            vec![Action::Shutdown {
+                main: Some(pid(200)),
+                live: vec![pid(200)],
+                code: None
+            }]
+        );
+    }
+
     #[test]
     fn other_signals_are_forwarded_to_the_live_generation_only() {
         let (mut m, t0) = serving();
@@ -987,6 +1105,7 @@ mod tests {
             Input::LicenseChecked {
                 license: lic("b"),
                 forced: false,
+                withdrawn: false,
             },
         );
         m.step(
@@ -1033,7 +1152,8 @@ mod tests {
                 t0,
                 Input::LicenseChecked {
                     license: lic("b"),
-                    forced: false
+                    forced: false,
+                    withdrawn: false,
                 }
             )
             .is_empty()

@@ -163,6 +163,13 @@ pub async fn run(config: &Config, pid1: &mut Pid1) -> i32 {
         }
         None => first.push_back(Input::ActivationFinished),
     }
+    if driver.activation_deadline.is_none()
+        && std::fs::symlink_metadata(driver.dir.license_path()).is_ok()
+    {
+        // Says now why a license file that is present would not be used (the first generation
+        // reuses this check), rather than only at the next change.
+        driver.check(false);
+    }
 
     let code = driver.event_loop(pid1, first, notes_rx, watch_rx).await;
     for task in background {
@@ -228,7 +235,10 @@ impl Driver<'_> {
                     Note::Activation(outcome) => {
                         if self.activation_deadline.take().is_some() {
                             inputs.push_back(Input::ActivationFinished);
-                        } else if matches!(outcome, activation::Outcome::Activated { .. }) {
+                        } else if matches!(
+                            outcome,
+                            activation::Outcome::Activated { .. } | activation::Outcome::Superseded
+                        ) {
                             inputs.push_back(self.check(false));
                         }
                     }
@@ -263,13 +273,17 @@ impl Driver<'_> {
         inputs: &mut VecDeque<Input>,
     ) -> Option<i32> {
         match action {
+            // Queued before the next `pid1` event is even read: a child that exits at once has
+            // its pid known to the machine before its `Exited` arrives.
             Action::Spawn { generation } => inputs.push_back(self.spawn(generation)),
-            Action::Signal { pid, signal } => match nix::sys::signal::kill(pid, signal) {
-                Ok(()) | Err(Errno::ESRCH) => {}
-                Err(e) => {
-                    tracing::warn!(pid = pid.as_raw(), signal = %signal, error = %e, "cannot signal")
+            Action::Signal { pid, signal } => {
+                signal_generation(pid, signal);
+                if signal == Signal::SIGTERM {
+                    // A generation stopped by a forwarded SIGTSTP acts on SIGTERM only once
+                    // continued; otherwise it would hold the data-dir lock until the kill deadline.
+                    signal_generation(pid, Signal::SIGCONT);
                 }
-            },
+            }
             Action::KillGroup { pgid } => pid1::signal_group(pgid, Signal::SIGKILL),
             Action::SetTimer { at, timer } => self.timers.push((at, timer)),
             Action::CheckLicense { forced } => inputs.push_back(self.check(forced)),
@@ -301,6 +315,8 @@ impl Driver<'_> {
                     self.dir.path().as_os_str().to_os_string(),
                 ),
             ],
+            // Consumed here; edged and its engine never need the TOKEN it carries.
+            env_remove: vec![crate::config::env::LICENSE_URL.into()],
             listen_fds: vec![(self.listener.as_raw_fd(), listener::FD_NAME.to_string())],
             foreground_tty: false,
         };
@@ -342,18 +358,20 @@ impl Driver<'_> {
     /// Reads and verifies the license on disk, logging why an invalid one is ignored.
     fn check(&mut self, forced: bool) -> Input {
         let seen = watch::Fingerprint::of(self.dir.path());
+        let mut withdrawn = false;
         let license = match LoadedLicense::load(&self.dir, &self.keys) {
             Ok(loaded) => {
-                if loaded.identity().is_none()
-                    && let Some(reason) = loaded.invalid_reason()
-                    && reason != Reason::NotActivated
-                {
-                    tracing::warn!(
-                        file = %self.dir.license_path().display(),
-                        reason = %reason,
-                        "the license file is not valid; it is ignored and the running generation \
-                         keeps its license (`privitty-edge license status` shows details)"
-                    );
+                match loaded.invalid_reason() {
+                    _ if loaded.identity().is_some() => {}
+                    Some(reason @ (Reason::Deactivated | Reason::Revoked)) => {
+                        withdrawn = true;
+                        tracing::info!(
+                            reason = %reason,
+                            "the activation was withdrawn: gated calls stop with the next generation"
+                        );
+                    }
+                    Some(Reason::NotActivated) | None => {}
+                    Some(reason) => self.explain_invalid(reason),
                 }
                 loaded.identity().cloned()
             }
@@ -363,7 +381,36 @@ impl Driver<'_> {
             }
         };
         self.last_check = Some((seen, license.clone()));
-        Input::LicenseChecked { license, forced }
+        Input::LicenseChecked {
+            license,
+            forced,
+            withdrawn,
+        }
+    }
+
+    /// Logs why the license on disk is not used, and what to do about it.
+    fn explain_invalid(&self, reason: Reason) {
+        let file = self.dir.license_path();
+        let symlink = std::fs::symlink_metadata(&file).is_ok_and(|m| m.file_type().is_symlink());
+        if symlink {
+            // Kubernetes mounts secrets and config maps as symlinks through `..data`.
+            tracing::warn!(
+                file = %file.display(),
+                reason = %reason,
+                "the license file is not valid: it is a symlink, which is never followed (a link on \
+                 the data volume could point anywhere). Copy the file into the accounts directory \
+                 instead (with Kubernetes: mount the secret with subPath, or copy it in with an init \
+                 container); until then it is ignored and a running generation keeps the license \
+                 it loaded"
+            );
+        } else {
+            tracing::warn!(
+                file = %file.display(),
+                reason = %reason,
+                "the license file is not valid; it is ignored and a running generation keeps the \
+                 license it loaded (`privitty-edge license status` shows details)"
+            );
+        }
     }
 
     /// The license a new generation is about to load, for the swap comparison. Reuses the check
@@ -389,7 +436,9 @@ impl Driver<'_> {
     ) -> i32 {
         // edged first, not its group: its engine must answer while edged drains requests.
         for pid in live {
-            let _ = nix::sys::signal::kill(*pid, Signal::SIGTERM);
+            signal_generation(*pid, Signal::SIGTERM);
+            // As in a swap: a stopped edged must be able to act on it (see `execute`).
+            signal_generation(*pid, Signal::SIGCONT);
         }
         let started = Instant::now();
         let status = pid1
@@ -405,10 +454,20 @@ impl Driver<'_> {
         let code = code.unwrap_or_else(|| status.map_or(0, pid1::exit_code));
         tracing::info!(
             code,
+            main = main.map(Pid::as_raw),
+            status = ?status,
             stop_ms = started.elapsed().as_millis() as u64,
             "stopped"
         );
         code
+    }
+}
+
+/// Signals one edged; one that is already gone is not an error.
+fn signal_generation(pid: Pid, signal: Signal) {
+    match nix::sys::signal::kill(pid, signal) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(e) => tracing::warn!(pid = pid.as_raw(), signal = %signal, error = %e, "cannot signal"),
     }
 }
 

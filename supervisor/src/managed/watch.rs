@@ -164,25 +164,29 @@ impl LicenseWatch {
     }
 }
 
+/// Whether a watcher report calls for a look at the files. An overflowed queue, a rescan request or
+/// an error may hide any change: look again to be safe.
+pub fn wants_check(res: &notify::Result<notify::Event>) -> bool {
+    match res {
+        Ok(ev) => {
+            ev.need_rescan()
+                || (is_change(&ev.kind)
+                    && (ev.paths.is_empty()
+                        || ev
+                            .paths
+                            .iter()
+                            .any(|p| p.file_name().is_some_and(is_relevant))))
+        }
+        Err(_) => true,
+    }
+}
+
 fn start_inotify(
     dir: &Path,
     raw_tx: mpsc::UnboundedSender<()>,
 ) -> Result<RecommendedWatcher, notify::Error> {
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        let relevant = match &res {
-            // An overflowed queue or a rescan request has no paths: look again to be safe.
-            Ok(ev) => {
-                ev.need_rescan()
-                    || (is_change(&ev.kind)
-                        && (ev.paths.is_empty()
-                            || ev
-                                .paths
-                                .iter()
-                                .any(|p| p.file_name().is_some_and(is_relevant))))
-            }
-            Err(_) => true,
-        };
-        if relevant {
+        if wants_check(&res) {
             let _ = raw_tx.send(());
         }
     })?;
@@ -344,6 +348,24 @@ mod tests {
         ] {
             assert!(is_change(&yes), "{yes:?}");
         }
+    }
+
+    #[test]
+    fn an_overflow_or_error_is_checked_and_unrelated_names_are_not() {
+        use notify::event::{CreateKind, Flag};
+        let dir = Path::new("/var/lib/privitty");
+        let overflow = notify::Event::new(EventKind::Other).set_flag(Flag::Rescan);
+        assert!(wants_check(&Ok(overflow)));
+        assert!(wants_check(&Err(notify::Error::generic("inotify failed"))));
+        let ours = notify::Event::new(EventKind::Create(CreateKind::File))
+            .add_path(dir.join(LICENSE_FILE));
+        assert!(wants_check(&Ok(ours)));
+        let other = notify::Event::new(EventKind::Create(CreateKind::File))
+            .add_path(dir.join("accounts.toml"));
+        assert!(!wants_check(&Ok(other)));
+        let read = notify::Event::new(EventKind::Access(AccessKind::Read))
+            .add_path(dir.join(LICENSE_FILE));
+        assert!(!wants_check(&Ok(read)));
     }
 
     #[test]

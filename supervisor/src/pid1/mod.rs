@@ -47,6 +47,19 @@ pub struct Pid1 {
     is_pid1: bool,
 }
 
+/// Blocks every handled signal in the calling thread, so one that arrives before [`Pid1::install`]
+/// stays pending instead of being lost: the kernel drops a signal sent to a namespace's init that
+/// has no handler for it, and a `docker stop` during start-up would then wait for its SIGKILL.
+/// Call it first thing in `main`, before any thread starts (threads inherit the mask); the signal
+/// thread unblocks them and receives what is pending.
+pub fn block_signals() -> Result<(), Errno> {
+    let mut handled = SigSet::empty();
+    for sig in signals::HANDLED {
+        handled.add(sig);
+    }
+    handled.thread_block()
+}
+
 impl Pid1 {
     /// Becomes child subreaper when not PID 1, installs handlers for every forwardable signal
     /// (a thread turns them into events), and starts the reaper, which is triggered by SIGCHLD.

@@ -13,7 +13,8 @@
 //! | KILL, STOP | cannot be caught |
 //!
 //! A handler is needed for each of these because the kernel drops signals without a handler that
-//! are sent to the init of a PID namespace from inside it.
+//! are sent to the init of a PID namespace. Until the handlers exist they are blocked
+//! ([`super::block_signals`], first thing in `main`), so one sent during start-up stays pending.
 
 use nix::sys::signal::Signal;
 

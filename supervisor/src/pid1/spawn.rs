@@ -21,6 +21,8 @@ pub struct SpawnSpec {
     pub args: Vec<OsString>,
     /// Added to (overriding) our environment.
     pub env: Vec<(OsString, OsString)>,
+    /// Left out of our environment (secrets the child has no use for).
+    pub env_remove: Vec<OsString>,
     /// Handed over as fd 3.. with `LISTEN_FDS`, `LISTEN_PID` (the child's own pid) and
     /// `LISTEN_FDNAMES`.
     pub listen_fds: Vec<(RawFd, String)>,
@@ -112,6 +114,7 @@ fn environment(spec: &SpawnSpec) -> Result<Vec<CString>, SpawnError> {
     let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| !ACTIVATION.iter().any(|a| k == a))
         .filter(|(k, _)| !spec.env.iter().any(|(o, _)| o == k))
+        .filter(|(k, _)| !spec.env_remove.contains(k))
         .collect();
     vars.extend(
         spec.env
@@ -234,11 +237,127 @@ mod tests {
         assert!(f[5] == "4" || f[5] == "5", "unexpected fds: {line}");
     }
 
+    /// Runs `test` again in a process of its own with `PRIVITTY_SPAWN_FD_CASE` set: the cases lay
+    /// out fds by number, which other tests' threads would disturb in a shared process.
+    fn in_own_process(test: &str) {
+        let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(FD_CASE, "1")
+            .output()
+            .expect("run the test binary");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{test} failed in its own process:\n{text}"
+        );
+    }
+
+    const FD_CASE: &str = "PRIVITTY_SPAWN_FD_CASE";
+
+    /// Spawns a shell that reports its fd 3 and fds; checks fd 3 is `listener`'s socket.
+    fn check_hand_over(listen_fd: RawFd, expected_socket: &str) {
+        let out = std::env::temp_dir().join(format!("privitty-fdcase-{}", std::process::id()));
+        let script = format!(
+            "echo \"$LISTEN_FDS $(readlink /proc/$$/fd/3) $(ls /proc/$$/fd | wc -l)\" > {}",
+            out.display()
+        );
+        let spec = SpawnSpec {
+            program: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            listen_fds: vec![(listen_fd, "http".into())],
+            ..SpawnSpec::default()
+        };
+        let pid = spawn(&spec).expect("spawn sh");
+        let status = nix::sys::wait::waitpid(pid, None).expect("waitpid");
+        assert_eq!(status, nix::sys::wait::WaitStatus::Exited(pid, 0));
+        let line = std::fs::read_to_string(&out).expect("sh's report");
+        let _ = std::fs::remove_file(&out);
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f.len(), 3, "{line}");
+        assert_eq!(f[0], "1", "{line}");
+        assert_eq!(
+            f[1], expected_socket,
+            "fd 3 is not the listening socket: {line}"
+        );
+        assert!(f[2] == "4" || f[2] == "5", "unexpected fds: {line}");
+    }
+
+    fn socket_name(fd: RawFd) -> String {
+        std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            .expect("readlink")
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn hands_over_a_listen_fd_that_already_is_fd_3() {
+        use std::os::fd::AsRawFd;
+        if std::env::var_os(FD_CASE).is_none() {
+            return in_own_process(
+                "pid1::spawn::tests::hands_over_a_listen_fd_that_already_is_fd_3",
+            );
+        }
+        sys::close_fd_for_test(3);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        assert_eq!(listener.as_raw_fd(), 3, "the listener did not land on fd 3");
+        check_hand_over(3, &socket_name(3));
+    }
+
+    #[test]
+    fn an_exec_error_pipe_on_fd_3_neither_clobbers_nor_is_clobbered_by_the_hand_over() {
+        use std::os::fd::AsRawFd;
+        if std::env::var_os(FD_CASE).is_none() {
+            return in_own_process(
+                "pid1::spawn::tests::an_exec_error_pipe_on_fd_3_neither_clobbers_nor_is_clobbered_by_the_hand_over",
+            );
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let socket = socket_name(listener.as_raw_fd());
+        // With fds 0 and 3 free, the exec-error pipe takes 0 (read) and 3 (write): the write end
+        // sits exactly where the socket must go.
+        for fd in [0, 3] {
+            if fd != listener.as_raw_fd() {
+                sys::close_fd_for_test(fd);
+            }
+        }
+        let listen_fd = if listener.as_raw_fd() == 3 {
+            let moved = nix::fcntl::fcntl(&listener, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+                .expect("move the listener up");
+            // Its fd 3 is closed by hand below; dropping it would close that number again.
+            std::mem::forget(listener);
+            sys::close_fd_for_test(3);
+            moved
+        } else {
+            listener.as_raw_fd()
+        };
+        let (probe_r, probe_w) = nix::unistd::pipe().expect("probe pipe");
+        assert_eq!(
+            (probe_r.as_raw_fd(), probe_w.as_raw_fd()),
+            (0, 3),
+            "fds 0 and 3 are not the lowest free ones"
+        );
+        drop((probe_r, probe_w));
+        // An exec failure must still come back through the pipe, not look like a success.
+        let missing = SpawnSpec {
+            program: "/nonexistent/privitty-cmd".into(),
+            listen_fds: vec![(listen_fd, "http".into())],
+            ..SpawnSpec::default()
+        };
+        let err = spawn(&missing).expect_err("exec of a missing program succeeded");
+        assert_eq!(err.exit_code(), 127, "{err}");
+        check_hand_over(listen_fd, &socket);
+    }
+
     #[test]
     fn environment_carries_activation_variables() {
         let spec = SpawnSpec {
             program: "x".into(),
             env: vec![("PRIVITTY_TEST_VAR".into(), "1".into())],
+            env_remove: vec!["PATH".into()],
             listen_fds: vec![(7, "http".into())],
             ..SpawnSpec::default()
         };
@@ -247,6 +366,7 @@ mod tests {
         assert!(has("PRIVITTY_TEST_VAR=1"));
         assert!(has("LISTEN_FDS=1"));
         assert!(has("LISTEN_FDNAMES=http"));
+        assert!(!env.iter().any(|e| e.as_bytes().starts_with(b"PATH=")));
         assert!(!env.iter().any(|e| e.as_bytes().starts_with(b"LISTEN_PID=")));
     }
 }

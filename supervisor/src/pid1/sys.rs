@@ -270,3 +270,13 @@ fn close_from_to(first: c_int, last: c_int, max_fd: c_int) {
         }
     }
 }
+
+/// Closes `fd` whoever owns it: for tests that lay out fds by number, each in a process of its own.
+#[cfg(test)]
+pub(crate) fn close_fd_for_test(fd: RawFd) {
+    // SAFETY: close on a number; the callers run alone in a process made for one test, where no
+    // other code uses `fd`.
+    unsafe {
+        libc::close(fd);
+    }
+}
