@@ -5,25 +5,34 @@
 #   runtime            (default) builds everything from source; needs registry access for the
 #                      rust and python base images.
 #   runtime-prebuilt   copies binaries built on the host into the same minimal image; needs no
-#                      registry (CI builds this one offline). Stage the context first:
-#                        tests/container/build-image.sh
+#                      registry (CI builds this one offline). tests/container/build-image.sh stages
+#                      target/image/ (static binaries of the `image` profile, the engine from its
+#                      wheel, the host's CA store, the directory skeleton) and builds it.
 #
 # The runtime is FROM scratch: static binaries, the system CA store, passwd/group files and the
-# directory skeleton. No shell: the health check is `privitty-edge health`.
+# directory skeleton. No shell: the health check is `privitty-edge health`. Runs as uid/gid 1000
+# (privitty), which owns /var/lib/privitty, the one volume. Outbound HTTPS (the license server)
+# trusts /etc/ssl/certs/ca-certificates.crt plus the bundle named by SSL_CERT_FILE, if set.
+# Build with `--format docker` under podman/buildah: the OCI format has no HEALTHCHECK.
+# linux/amd64 only: the target triple and the engine wheel's hash are those of x86_64.
 
+# The engine: the pinned deltachat-rpc-server wheel (same pin as tests/scripts/fetch-engine.sh).
 ARG DELTACHAT_RPC_SERVER_VERSION=2.65.0
 ARG DELTACHAT_RPC_SERVER_SHA256=f2ec9f161ad0ebd3352791a7f8a72d5a1a0e4f3babbd3f12ca8cef40ad8b8aa0
 
 # ---------------------------------------------------------------- build from source
-FROM docker.io/library/rust:1-bookworm AS builder
+# The toolchain the project is built and tested with (the workspace's rust-version is the minimum).
+FROM docker.io/library/rust:1.95-bookworm AS builder
 WORKDIR /src
 COPY . .
+# The `image` profile (root Cargo.toml) trades compile time for size: the image stays under 45 MB.
 RUN RUSTFLAGS='-C target-feature=+crt-static' \
-    cargo build --locked --release --target x86_64-unknown-linux-gnu \
-      -p supervisor -p edged -p licensectl \
- && mkdir -p /out/bin /out/skel/var/lib/privitty /out/skel/tmp /out/certs \
+    cargo build --locked --profile image --target x86_64-unknown-linux-gnu \
+      --bin privitty-init --bin privitty-edged --bin privitty-edge \
+ && mkdir -p /out/bin /out/certs /out/skel/var/lib /out/skel/tmp /out/data \
+ && chmod 0755 /out/skel/var /out/skel/var/lib && chmod 1777 /out/skel/tmp \
  && for b in privitty-init privitty-edged privitty-edge; do \
-      cp target/x86_64-unknown-linux-gnu/release/$b /out/bin/; done \
+      cp target/x86_64-unknown-linux-gnu/image/$b /out/bin/; done \
  && cp /etc/ssl/certs/ca-certificates.crt /out/certs/
 
 FROM docker.io/library/python:3.11-slim-bookworm AS engine
@@ -60,8 +69,8 @@ ENTRYPOINT ["/usr/local/bin/privitty-init"]
 FROM base AS runtime-prebuilt
 COPY target/image/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY target/image/bin/ /usr/local/bin/
-COPY --chown=1000:1000 target/image/skel/var/lib/privitty /var/lib/privitty
-COPY --chmod=1777 target/image/skel/tmp /tmp
+COPY target/image/skel/ /
+COPY --chown=1000:1000 target/image/data /var/lib/privitty
 USER 1000:1000
 VOLUME /var/lib/privitty
 WORKDIR /var/lib/privitty
@@ -71,8 +80,8 @@ FROM base AS runtime
 COPY --from=builder /out/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=engine /deltachat-rpc-server /usr/local/bin/deltachat-rpc-server
 COPY --from=builder /out/bin/ /usr/local/bin/
-COPY --from=builder --chown=1000:1000 /out/skel/var/lib/privitty /var/lib/privitty
-COPY --from=builder --chmod=1777 /out/skel/tmp /tmp
+COPY --from=builder /out/skel/ /
+COPY --from=builder --chown=1000:1000 /out/data /var/lib/privitty
 USER 1000:1000
 VOLUME /var/lib/privitty
 WORKDIR /var/lib/privitty

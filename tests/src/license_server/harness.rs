@@ -66,6 +66,10 @@ pub enum Fault {
 pub struct LicenseServer {
     state_dir: PathBuf,
     tls_names: Option<Vec<String>>,
+    /// The address bound (port 0 at first); a restart binds the same host.
+    listen_host: String,
+    /// `--public-url`, when devices reach the server by another address.
+    public_url: Option<String>,
     base_url: String,
     proc: Option<Proc>,
     generation: u32,
@@ -83,10 +87,35 @@ impl LicenseServer {
         LicenseServer::launch(dir, Some(names))
     }
 
+    /// Starts an HTTPS server bound to `host` (an IPv4 address or a bracketed IPv6 one; the kernel
+    /// picks the port) whose certificate covers `names`, with `public_url` (when given) as the base
+    /// of the delivery URLs. For devices that reach the server by another address than loopback,
+    /// e.g. containers reaching the host through their bridge's gateway.
+    pub fn start_tls_on(
+        dir: &Path,
+        host: &str,
+        names: &[&str],
+        public_url: Option<&str>,
+    ) -> LicenseServer {
+        let mut server = LicenseServer {
+            state_dir: dir.to_path_buf(),
+            tls_names: Some(names.iter().map(|s| s.to_string()).collect()),
+            listen_host: host.to_string(),
+            public_url: public_url.map(str::to_string),
+            base_url: String::new(),
+            proc: None,
+            generation: 0,
+        };
+        server.spawn(&format!("{}:0", server.listen_host));
+        server
+    }
+
     fn launch(dir: &Path, tls_names: Option<Vec<String>>) -> LicenseServer {
         let mut server = LicenseServer {
             state_dir: dir.to_path_buf(),
             tls_names,
+            listen_host: "127.0.0.1".to_string(),
+            public_url: None,
             base_url: String::new(),
             proc: None,
             generation: 0,
@@ -105,6 +134,9 @@ impl LicenseServer {
             .args(["--listen", listen]);
         if let Some(names) = &self.tls_names {
             cmd.arg("--tls").arg("--tls-names").arg(names.join(","));
+        }
+        if let Some(url) = &self.public_url {
+            cmd.arg("--public-url").arg(url);
         }
         if std::env::var_os("PRIVITTY_LOG").is_none() {
             cmd.env("PRIVITTY_LOG", "info,privitty_tests=debug");
@@ -152,8 +184,9 @@ impl LicenseServer {
     pub fn restart(&mut self) {
         let port = self.port();
         self.stop();
-        if self.try_spawn(&format!("127.0.0.1:{port}")).is_none() {
-            self.spawn("127.0.0.1:0");
+        let host = self.listen_host.clone();
+        if self.try_spawn(&format!("{host}:{port}")).is_none() {
+            self.spawn(&format!("{host}:0"));
         }
     }
 
@@ -179,7 +212,8 @@ impl LicenseServer {
         pubkey_path(&self.state_dir)
     }
 
-    /// The CA that issued the HTTPS certificate (`SSL_CERT_FILE`); exists only for `start_tls`.
+    /// The CA that issued the HTTPS certificate (`SSL_CERT_FILE`); exists only for `start_tls` and
+    /// `start_tls_on`.
     pub fn ca_path(&self) -> PathBuf {
         ca_path(&self.state_dir)
     }

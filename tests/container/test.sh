@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The container test: builds the image offline (build-image.sh), then runs tests/tests/container.rs
+# against it with rootful podman (configuration and storage from podman-env.sh, under target/podman).
+# Usage: tests/container/test.sh [extra `cargo test` arguments, e.g. a test name]
+#   PRIVITTY_IMAGE   test this already built image instead of building one
+set -euo pipefail
+top=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$top"
+
+image=${PRIVITTY_IMAGE:-}
+if [ -z "$image" ]; then
+  image=privitty/edge:test
+  tests/container/build-image.sh "$image"
+fi
+# The test starts the reference license server from the debug build.
+cargo build --locked -p privitty-tests --bin privitty-license-server
+
+# shellcheck source=tests/container/podman-env.sh
+source tests/container/podman-env.sh
+PRIVITTY_IMAGE=$image cargo test --locked -p privitty-tests --test container "$@" -- --nocapture
