@@ -71,9 +71,10 @@ enum Command {
     },
     /// Check the local daemon: exit 0 when GET /health answers 200 with status ok, else 1.
     Health {
-        /// Base URL of privitty-edged.
-        #[arg(long, default_value = "http://127.0.0.1:7200")]
-        url: String,
+        /// Base URL of privitty-edged [default: from PRIVITTY_LISTEN (an unspecified address such
+        /// as 0.0.0.0 means loopback), else http://127.0.0.1:7200].
+        #[arg(long)]
+        url: Option<String>,
     },
 }
 
@@ -134,7 +135,11 @@ fn run(cli: Cli) -> u8 {
         .accounts
         .map_or_else(AccountsDir::from_env_or_default, AccountsDir::new);
     let result = match cli.command {
-        Command::Health { url } => return health(&runtime, &url),
+        Command::Health { url } => {
+            let url =
+                url.unwrap_or_else(|| health_url(std::env::var("PRIVITTY_LISTEN").ok().as_deref()));
+            return health(&runtime, &url);
+        }
         Command::License { command } => runtime.block_on(license(&dir, command)),
     };
     match result {
@@ -163,6 +168,23 @@ impl From<Error> for Failure {
 
 fn io_failure(e: std::io::Error) -> Failure {
     Failure::Internal(format!("cannot write to standard output: {e}"))
+}
+
+/// The daemon's base URL for the health check, from its listen address: the image listens on
+/// `0.0.0.0:7200`, which the check reaches over loopback. An unparsable value falls back to the
+/// default (the check then reports what it could not reach).
+fn health_url(listen: Option<&str>) -> String {
+    const DEFAULT: &str = "http://127.0.0.1:7200";
+    let Some(Ok(mut addr)) = listen.map(|l| l.trim().parse::<std::net::SocketAddr>()) else {
+        return DEFAULT.to_string();
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("http://{addr}")
 }
 
 fn health(runtime: &tokio::runtime::Runtime, url: &str) -> u8 {
@@ -308,6 +330,15 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn health_checks_the_listen_address_over_loopback() {
+        assert_eq!(health_url(None), "http://127.0.0.1:7200");
+        assert_eq!(health_url(Some("0.0.0.0:7300")), "http://127.0.0.1:7300");
+        assert_eq!(health_url(Some("[::]:7301")), "http://[::1]:7301");
+        assert_eq!(health_url(Some("10.1.2.3:7302")), "http://10.1.2.3:7302");
+        assert_eq!(health_url(Some("not an address")), "http://127.0.0.1:7200");
     }
 
     #[test]

@@ -12,8 +12,8 @@ use nix::sys::signal::Signal;
 use privitty_tests::init_harness::can_unshare;
 use privitty_tests::license_server::{Fault, LicenseServer, LicenseSpec};
 use privitty_tests::managed_harness::{
-    ClientKind, ClientReport, LICENSE_REQUIRED, Stack, StackSpec, TestDirs, get, jti, load_client,
-    log_time, msg, percentiles, provision_device, wall_ms,
+    ClientKind, ClientReport, DEADLINE, LICENSE_REQUIRED, Stack, StackSpec, TestDirs, get, jti,
+    load_client, log_time, msg, percentiles, provision_device, wall_ms,
 };
 use privitty_tests::support;
 
@@ -27,15 +27,9 @@ fn offline_licensed(dirs: &TestDirs) -> (LicenseServer, String, String, String) 
     (server, url, device, jwt)
 }
 
-/// A new license's delivery URL, with a TOKEN the admin CLI cannot mistake for an option (one
-/// starting with `-` is taken as a flag by `admin issue-offline --license <TOKEN>`).
+/// A new license's delivery URL.
 fn new_license(server: &LicenseServer) -> String {
-    loop {
-        let url = server.create_license(&LicenseSpec::default());
-        if !url.rsplit('/').next().unwrap_or("").starts_with('-') {
-            return url;
-        }
-    }
+    server.create_license(&LicenseSpec::default())
 }
 
 fn assert_licensed(stack: &Stack) {
@@ -225,6 +219,29 @@ fn an_existing_license_skips_startup_activation() {
     stack.wait_generation(1);
     assert_licensed(&stack);
     assert!(stack.lines(msg::ACTIVATION_RETRY).is_empty());
+}
+
+#[test]
+fn first_boot_without_a_url_stores_the_device_identity_for_file_drops() {
+    let dirs = TestDirs::new();
+    let server = LicenseServer::start(&dirs.server);
+    let stack = Stack::start("init", &dirs, StackSpec::default().trusting(&server));
+    stack.wait_generation(1);
+    assert_unlicensed(&stack);
+    let device = support::eventually(DEADLINE, "first boot to store device.uuid", || {
+        std::fs::read_to_string(stack.accounts.join("device.uuid")).ok()
+    });
+    let device = device.trim();
+    assert!(
+        uuid::Uuid::parse_str(device).is_ok_and(|u| u.get_version_num() == 4),
+        "device.uuid is a v4 uuid: {device:?}"
+    );
+    // The stored identity is what a license issued offline must name: it takes effect.
+    let license = new_license(&server);
+    let jwt = server.issue_offline(&license, device);
+    stack.drop_license_atomically(&jwt);
+    stack.wait_generation(2);
+    assert_licensed(&stack);
 }
 
 #[test]

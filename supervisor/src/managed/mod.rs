@@ -65,6 +65,19 @@ pub async fn run(config: &Config, pid1: &mut Pid1) -> i32 {
         );
         return exit::FAILURE;
     }
+    // First boot stores the device identity, licensed or not, so that an operator can read it from
+    // `license status` and have a license issued offline for this device (file-drop provisioning).
+    // In the background: it may wait for the license lock held by a `license …` command, and
+    // start-up (and a stop) must not wait with it.
+    let identity_dir = dir.clone();
+    drop(tokio::task::spawn_blocking(move || {
+        if let Err(e) = identity_dir.ensure_device_uuid() {
+            tracing::error!(
+                error = %e,
+                "cannot store the device identity; gated calls stay unavailable until this is fixed"
+            );
+        }
+    }));
     let keys = match TrustedKeys::load(&KeySources::from_env()) {
         Ok(keys) => keys,
         Err(e) => {

@@ -279,7 +279,8 @@ impl LicenseServer {
     /// Revokes a license by id or TOKEN (or its delivery URL).
     pub fn revoke(&self, license: &str) {
         let key = license.rsplit('/').next().unwrap_or(license);
-        self.admin(&["revoke", key]);
+        // `--`: a TOKEN may start with `-`.
+        self.admin(&["revoke", "--", key]);
     }
 
     /// Every activation the server knows, as `list-activations --json` prints them.
@@ -292,7 +293,10 @@ impl LicenseServer {
     /// license id, TOKEN or delivery URL.
     pub fn issue_offline(&self, license: &str, device: &str) -> String {
         let key = license.rsplit('/').next().unwrap_or(license);
-        self.admin(&["issue-offline", "--license", key, "--device", device])
+        // `--license=…`: a TOKEN may start with `-`, which as a separate argument reads as a flag.
+        let license = format!("--license={key}");
+        let device = format!("--device={device}");
+        self.admin(&["issue-offline", &license, &device])
             .trim()
             .to_string()
     }
