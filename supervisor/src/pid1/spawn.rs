@@ -207,23 +207,12 @@ mod tests {
     fn hands_over_listen_fds_with_the_childs_own_pid() {
         use std::os::fd::AsRawFd;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let out = std::env::temp_dir().join(format!("privitty-spawn-{}", std::process::id()));
-        let script = format!(
-            "echo \"$LISTEN_PID $$ $LISTEN_FDS $LISTEN_FDNAMES $(readlink /proc/$$/fd/3) \
-             $(ls /proc/$$/fd | wc -l)\" > {}",
-            out.display()
+        let (pid, line) = shell_report(
+            "$LISTEN_PID $$ $LISTEN_FDS $LISTEN_FDNAMES $(readlink /proc/$$/fd/3) \
+             $(ls /proc/$$/fd | wc -l)",
+            listener.as_raw_fd(),
+            "spawn",
         );
-        let spec = SpawnSpec {
-            program: "sh".into(),
-            args: vec!["-c".into(), script.into()],
-            listen_fds: vec![(listener.as_raw_fd(), "http".into())],
-            ..SpawnSpec::default()
-        };
-        let pid = spawn(&spec).expect("spawn sh");
-        let status = nix::sys::wait::waitpid(pid, None).expect("waitpid");
-        assert_eq!(status, nix::sys::wait::WaitStatus::Exited(pid, 0));
-        let line = std::fs::read_to_string(&out).expect("sh's report");
-        let _ = std::fs::remove_file(&out);
         let f: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(f.len(), 6, "{line}");
         assert_eq!(f[0], f[1], "LISTEN_PID is not the child's pid: {line}");
@@ -258,13 +247,11 @@ mod tests {
 
     const FD_CASE: &str = "PRIVITTY_SPAWN_FD_CASE";
 
-    /// Spawns a shell that reports its fd 3 and fds; checks fd 3 is `listener`'s socket.
-    fn check_hand_over(listen_fd: RawFd, expected_socket: &str) {
-        let out = std::env::temp_dir().join(format!("privitty-fdcase-{}", std::process::id()));
-        let script = format!(
-            "echo \"$LISTEN_FDS $(readlink /proc/$$/fd/3) $(ls /proc/$$/fd | wc -l)\" > {}",
-            out.display()
-        );
+    /// Spawns `sh` with `listen_fd` handed over, has it echo `fields` (shell words) into a file,
+    /// waits for it to exit 0, and returns its pid and the line it wrote.
+    fn shell_report(fields: &str, listen_fd: RawFd, tag: &str) -> (Pid, String) {
+        let out = std::env::temp_dir().join(format!("privitty-{tag}-{}", std::process::id()));
+        let script = format!("echo \"{fields}\" > {}", out.display());
         let spec = SpawnSpec {
             program: "sh".into(),
             args: vec!["-c".into(), script.into()],
@@ -276,6 +263,16 @@ mod tests {
         assert_eq!(status, nix::sys::wait::WaitStatus::Exited(pid, 0));
         let line = std::fs::read_to_string(&out).expect("sh's report");
         let _ = std::fs::remove_file(&out);
+        (pid, line)
+    }
+
+    /// Spawns a shell that reports its fd 3 and fds; checks fd 3 is `listener`'s socket.
+    fn check_hand_over(listen_fd: RawFd, expected_socket: &str) {
+        let (_, line) = shell_report(
+            "$LISTEN_FDS $(readlink /proc/$$/fd/3) $(ls /proc/$$/fd | wc -l)",
+            listen_fd,
+            "fdcase",
+        );
         let f: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(f.len(), 3, "{line}");
         assert_eq!(f[0], "1", "{line}");

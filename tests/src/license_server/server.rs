@@ -468,11 +468,7 @@ fn activate(
     let now = unix_now();
     let mut store = app.store.lock().expect("state lock");
     let Some(lic) = store.state.license_by_token(token).cloned() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "unknown_token",
-            "this delivery URL is not known to the license server",
-        );
+        return unknown_token();
     };
     if lic.revoked_at.is_some() {
         return error(
@@ -553,6 +549,22 @@ fn activate(
     )
 }
 
+fn unknown_token() -> Response<Body> {
+    error(
+        StatusCode::NOT_FOUND,
+        "unknown_token",
+        "this delivery URL is not known to the license server",
+    )
+}
+
+fn bad_secret() -> Response<Body> {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "bad_secret",
+        "the device secret does not match this device's activation",
+    )
+}
+
 fn sync(
     app: &App,
     signer: &LicenseSigner,
@@ -564,11 +576,7 @@ fn sync(
     let now = unix_now();
     let mut store = app.store.lock().expect("state lock");
     let Some(lic) = store.state.license_by_token(token).cloned() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "unknown_token",
-            "this delivery URL is not known to the license server",
-        );
+        return unknown_token();
     };
     let Some(a) = store.state.activation_mut(&lic.id, device) else {
         return error(
@@ -578,11 +586,7 @@ fn sync(
         );
     };
     if secret.as_deref() != Some(a.device_secret.as_str()) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "bad_secret",
-            "the device secret does not match this device's activation",
-        );
+        return bad_secret();
     }
     if a.state == SeatState::Deactivated {
         return error(
@@ -651,21 +655,13 @@ fn deactivate(app: &App, token: &str, device: &str, secret: Option<String>) -> R
     let now = unix_now();
     let mut store = app.store.lock().expect("state lock");
     let Some(lic) = store.state.license_by_token(token).cloned() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "unknown_token",
-            "this delivery URL is not known to the license server",
-        );
+        return unknown_token();
     };
     let Some(a) = store.state.activation_mut(&lic.id, device) else {
         return empty(StatusCode::NO_CONTENT);
     };
     if secret.as_deref() != Some(a.device_secret.as_str()) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "bad_secret",
-            "the device secret does not match this device's activation",
-        );
+        return bad_secret();
     }
     if a.state == SeatState::Deactivated {
         return empty(StatusCode::NO_CONTENT);
