@@ -24,6 +24,15 @@ pub mod env {
     pub const SSE_PING_INTERVAL: &str = "PRIVITTY_SSE_PING_INTERVAL";
     pub const SSE_BUFFER: &str = "PRIVITTY_SSE_BUFFER";
     pub const STOP_TIMEOUT: &str = "PRIVITTY_EDGED_STOP_TIMEOUT";
+    pub const API_AUTH: &str = "PRIVITTY_API_AUTH";
+    pub const API_TOKEN: &str = licensectl::api_token::ENV_TOKEN;
+    pub const API_TOKEN_FILE: &str = licensectl::api_token::ENV_TOKEN_FILE;
+    pub const ALLOWED_HOSTS: &str = "PRIVITTY_ALLOWED_HOSTS";
+    pub const FILES_DIR: &str = "PRIVITTY_FILES_DIR";
+    pub const RPC_ALLOW: &str = "PRIVITTY_RPC_ALLOW";
+    pub const RPC_MAX_BATCH: &str = "PRIVITTY_RPC_MAX_BATCH";
+    pub const RPC_MAX_RESPONSE: &str = "PRIVITTY_RPC_MAX_RESPONSE";
+    pub const SSE_MAX_CLIENTS: &str = "PRIVITTY_SSE_MAX_CLIENTS";
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7200";
@@ -41,6 +50,17 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SSE_PING_INTERVAL: Duration = Duration::from_secs(15);
 pub const DEFAULT_SSE_BUFFER: usize = 1024;
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Calls in one JSON-RPC batch at most.
+pub const DEFAULT_RPC_MAX_BATCH: usize = 100;
+pub const MAX_RPC_MAX_BATCH: usize = 10_000;
+/// Bytes of JSON-RPC answers per call and per batch at most (16 MiB).
+pub const DEFAULT_RPC_MAX_RESPONSE: usize = 16 * 1024 * 1024;
+pub const MIN_RPC_MAX_RESPONSE: usize = 4096;
+pub const MAX_RPC_MAX_RESPONSE: usize = 1024 * 1024 * 1024;
+/// `/events` clients at once (kept below the connection cap so `/health` always has a slot).
+pub const DEFAULT_SSE_MAX_CLIENTS: usize = 64;
+/// The files directory under the data directory, unless `PRIVITTY_FILES_DIR` names another.
+pub const FILES_SUBDIR: &str = "files";
 
 /// The flags, each mirroring an environment variable.
 #[derive(Debug, Parser)]
@@ -65,9 +85,34 @@ pub struct Args {
     /// Display name of account 1 (default: the hostname).
     #[arg(long, env = env::PROFILE)]
     pub profile: Option<String>,
-    /// Answer CORS preflights and add `Access-Control-Allow-Origin: *` (off by default).
-    #[arg(long, env = env::CORS, value_parser = clap::builder::BoolishValueParser::new())]
-    pub cors: bool,
+    /// Let web pages call the API: a comma-separated list of origins (`https://viewer.example`), or
+    /// `*` for any origin (refused while the API token is required). `--cors` alone means `*`.
+    #[arg(long, env = env::CORS, num_args = 0..=1, default_missing_value = "*", value_name = "ORIGINS")]
+    pub cors: Option<String>,
+    /// When `/rpc` and `/events` need `Authorization: Bearer <token>`: `auto` (required unless the
+    /// listen address is loopback), `required`, or `off`. The token: PRIVITTY_API_TOKEN, else the
+    /// file PRIVITTY_API_TOKEN_FILE, else <accounts>/api.token (created at first boot).
+    #[arg(long, env = env::API_AUTH, default_value = "auto", value_name = "MODE")]
+    pub api_auth: String,
+    /// Extra Host names a loopback listener answers to (comma-separated); others get 421 (DNS rebinding).
+    #[arg(long, env = env::ALLOWED_HOSTS, value_delimiter = ',', value_name = "NAMES")]
+    pub allowed_hosts: Vec<String>,
+    /// The only directory client-given paths may point into [default: <accounts>/files].
+    #[arg(long, env = env::FILES_DIR, value_name = "DIR")]
+    pub files_dir: Option<PathBuf>,
+    /// Engine methods the policy denies by default that this gateway allows (comma-separated).
+    #[arg(long, env = env::RPC_ALLOW, value_delimiter = ',', value_name = "METHODS")]
+    pub rpc_allow: Vec<String>,
+    /// Calls in one JSON-RPC batch at most.
+    #[arg(long, env = env::RPC_MAX_BATCH, default_value_t = DEFAULT_RPC_MAX_BATCH)]
+    pub rpc_max_batch: usize,
+    /// Size of a JSON-RPC answer (per call and per batch) at most, e.g. 16MiB; larger answers are
+    /// replaced by an error.
+    #[arg(long, env = env::RPC_MAX_RESPONSE, default_value = "16MiB", value_name = "BYTES")]
+    pub rpc_max_response: String,
+    /// `/events` clients at once; more get 503 [default: 64, at most half of --max-connections].
+    #[arg(long, env = env::SSE_MAX_CLIENTS)]
+    pub sse_max_clients: Option<usize>,
     /// Connections served at once; further ones wait in the kernel backlog (never refused).
     #[arg(long, env = env::MAX_CONNECTIONS, default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
@@ -98,7 +143,16 @@ pub struct Config {
     pub accounts: PathBuf,
     pub engine: PathBuf,
     pub profile: String,
-    pub cors: bool,
+    pub cors: crate::auth::Cors,
+    pub api_auth: crate::auth::AuthSetting,
+    /// Where the API token comes from.
+    pub api_token: licensectl::api_token::Source,
+    pub allowed_hosts: Vec<String>,
+    pub files_dir: PathBuf,
+    pub policy: crate::policy::Policy,
+    pub rpc_max_batch: usize,
+    pub rpc_max_response: usize,
+    pub sse_max_clients: usize,
     pub max_connections: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
@@ -118,12 +172,23 @@ pub struct ConfigError {
 impl Config {
     /// Defaults for a data directory and engine, as a test or an embedding would start from.
     pub fn new(accounts: impl Into<PathBuf>, engine: impl Into<PathBuf>) -> Config {
+        let accounts = accounts.into();
         Config {
             listen: DEFAULT_LISTEN.parse().expect("default listen address"),
-            accounts: accounts.into(),
+            files_dir: accounts.join(FILES_SUBDIR),
+            api_token: licensectl::api_token::Source::DataDir(
+                accounts.join(licensectl::api_token::API_TOKEN_FILE),
+            ),
+            accounts,
             engine: engine.into(),
             profile: "privitty-edge".to_string(),
-            cors: false,
+            cors: crate::auth::Cors::Off,
+            api_auth: crate::auth::AuthSetting::Auto,
+            allowed_hosts: Vec::new(),
+            policy: crate::policy::Policy::new(&[]).expect("empty allow list"),
+            rpc_max_batch: DEFAULT_RPC_MAX_BATCH,
+            rpc_max_response: DEFAULT_RPC_MAX_RESPONSE,
+            sse_max_clients: DEFAULT_SSE_MAX_CLIENTS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
@@ -140,6 +205,9 @@ impl Config {
         path_env: Option<&std::ffi::OsStr>,
         hostname: Option<String>,
     ) -> Result<Config, ConfigError> {
+        let token_env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        let api_token_env = token_env(env::API_TOKEN).map(|v| v.to_string_lossy().into_owned());
+        let api_token_file_env = token_env(env::API_TOKEN_FILE).map(PathBuf::from);
         let mut problems = Vec::new();
         let listen = match args.listen.parse::<SocketAddr>() {
             Ok(a) => Some(a),
@@ -202,6 +270,99 @@ impl Config {
                 env::SSE_BUFFER
             ));
         }
+        let cors = match crate::auth::Cors::parse(args.cors.as_deref().unwrap_or("")) {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push(format!("--cors / {}: {e}", env::CORS));
+                crate::auth::Cors::Off
+            }
+        };
+        let api_auth = crate::auth::AuthSetting::parse(&args.api_auth);
+        if api_auth.is_none() {
+            problems.push(format!(
+                "--api-auth / {}: {:?} is not one of auto, required, off",
+                env::API_AUTH,
+                args.api_auth
+            ));
+        }
+        let required_here = match (api_auth, listen) {
+            (Some(setting), Some(addr)) => setting.resolve(addr) == crate::auth::AuthMode::Required,
+            _ => false,
+        };
+        if required_here && cors == crate::auth::Cors::Any {
+            problems.push(format!(
+                "--cors / {}: `*` lets every web page read the API while the API token is required; \
+                 list the origins instead (e.g. --cors https://viewer.example)",
+                env::CORS
+            ));
+        }
+        let api_token = match licensectl::api_token::Source::choose(
+            api_token_env.as_deref(),
+            api_token_file_env.as_deref(),
+            &args.accounts,
+        ) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                problems.push(e.to_string());
+                None
+            }
+        };
+        for h in &args.allowed_hosts {
+            if h.is_empty() || h.contains(['/', ' ', '@']) {
+                problems.push(format!(
+                    "--allowed-hosts / {}: {h:?} is not a host name",
+                    env::ALLOWED_HOSTS
+                ));
+            }
+        }
+        let policy = match crate::policy::Policy::new(&args.rpc_allow) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                problems.push(format!("--rpc-allow / {}: {e}", env::RPC_ALLOW));
+                None
+            }
+        };
+        if args.rpc_max_batch == 0 || args.rpc_max_batch > MAX_RPC_MAX_BATCH {
+            problems.push(format!(
+                "--rpc-max-batch / {}: must be between 1 and {MAX_RPC_MAX_BATCH}",
+                env::RPC_MAX_BATCH
+            ));
+        }
+        let rpc_max_response = match parse_bytes(&args.rpc_max_response) {
+            Some(n) if (MIN_RPC_MAX_RESPONSE..=MAX_RPC_MAX_RESPONSE).contains(&n) => Some(n),
+            Some(_) => {
+                problems.push(format!(
+                    "--rpc-max-response / {}: must be between 4KiB and 1GiB",
+                    env::RPC_MAX_RESPONSE
+                ));
+                None
+            }
+            None => {
+                problems.push(format!(
+                    "--rpc-max-response / {}: {:?} is not a size like 16MiB, 512KiB or 1048576",
+                    env::RPC_MAX_RESPONSE,
+                    args.rpc_max_response
+                ));
+                None
+            }
+        };
+        let sse_max_clients = args
+            .sse_max_clients
+            .unwrap_or(DEFAULT_SSE_MAX_CLIENTS.min(args.max_connections / 2).max(1));
+        if args
+            .sse_max_clients
+            .is_some_and(|n| n == 0 || (args.max_connections > 1 && n >= args.max_connections))
+        {
+            problems.push(format!(
+                "--sse-max-clients / {}: must be at least 1 and below --max-connections ({}), so /health and /rpc always have a slot",
+                env::SSE_MAX_CLIENTS,
+                args.max_connections
+            ));
+        }
+        let files_dir = args
+            .files_dir
+            .clone()
+            .unwrap_or_else(|| args.accounts.join(FILES_SUBDIR));
         let mut duration = |flag: &str, var: &str, text: &str| match humantime::parse_duration(text)
         {
             Ok(d) if d.is_zero() => {
@@ -232,28 +393,28 @@ impl Config {
         );
         let stop_timeout = duration("stop-timeout", env::STOP_TIMEOUT, &args.stop_timeout);
         match (
-            listen,
-            engine,
-            profile,
-            header_timeout,
-            body_timeout,
-            sse_ping_interval,
-            stop_timeout,
+            (listen, engine, profile, header_timeout),
+            (body_timeout, sse_ping_interval, stop_timeout),
+            (api_auth, api_token, policy, rpc_max_response),
         ) {
             (
-                Some(listen),
-                Some(engine),
-                Some(profile),
-                Some(header_timeout),
-                Some(body_timeout),
-                Some(sse_ping_interval),
-                Some(stop_timeout),
+                (Some(listen), Some(engine), Some(profile), Some(header_timeout)),
+                (Some(body_timeout), Some(sse_ping_interval), Some(stop_timeout)),
+                (Some(api_auth), Some(api_token), Some(policy), Some(rpc_max_response)),
             ) if problems.is_empty() => Ok(Config {
                 listen,
                 accounts: args.accounts,
                 engine,
                 profile,
-                cors: args.cors,
+                cors,
+                api_auth,
+                api_token,
+                allowed_hosts: args.allowed_hosts,
+                files_dir,
+                policy,
+                rpc_max_batch: args.rpc_max_batch,
+                rpc_max_response,
+                sse_max_clients,
                 max_connections: args.max_connections,
                 header_timeout,
                 body_timeout,
@@ -265,6 +426,25 @@ impl Config {
             _ => Err(ConfigError { problems }),
         }
     }
+}
+
+/// `16MiB`, `512KiB`, `1GiB`, `2MB`, or plain bytes.
+pub fn parse_bytes(text: &str) -> Option<usize> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1024,
+        "m" | "mb" => 1000 * 1000,
+        "mib" => 1024 * 1024,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gib" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }
 
 /// The hostname, for the default profile.

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,8 @@ pub struct EngineConfig {
     pub data_dir: PathBuf,
     /// Display name set on account 1.
     pub profile: String,
+    /// Longest answer read from the engine (`PRIVITTY_RPC_MAX_RESPONSE`).
+    pub max_answer: usize,
 }
 
 /// Errors of one engine call.
@@ -61,6 +63,11 @@ pub enum EngineError {
     },
     #[error("the messaging engine {program} did not set up account {ACCOUNT_ID}: {detail}")]
     Setup { program: PathBuf, detail: String },
+    /// The answer was larger than the call's share of the response budget; it was dropped unread.
+    #[error(
+        "the answer is {size} bytes, more than the {limit} bytes allowed (PRIVITTY_RPC_MAX_RESPONSE)"
+    )]
+    TooLarge { size: usize, limit: usize },
 }
 
 impl EngineError {
@@ -68,12 +75,55 @@ impl EngineError {
     pub fn to_rpc(&self) -> RpcError {
         match self {
             EngineError::Rpc(e) => e.clone(),
+            EngineError::TooLarge { size, limit } => RpcError::new(
+                crate::rpc::RESPONSE_TOO_LARGE,
+                format!(
+                    "the answer is {size} bytes, more than the {limit} bytes allowed per call and per batch; \
+                     ask for less at once (fewer ids, smaller batches) or raise PRIVITTY_RPC_MAX_RESPONSE"
+                ),
+            )
+            .with_data(json!({"size": size, "limit": limit, "setting": "PRIVITTY_RPC_MAX_RESPONSE"})),
             other => RpcError::internal(other.to_string()),
         }
     }
 }
 
+/// Bytes of answers a request may still receive (one per single call, one shared by a batch's
+/// calls), so answers held for one HTTP response never exceed `PRIVITTY_RPC_MAX_RESPONSE`.
+#[derive(Debug)]
+pub struct Budget {
+    limit: usize,
+    remaining: AtomicUsize,
+}
+
+impl Budget {
+    pub fn new(limit: usize) -> Arc<Budget> {
+        Arc::new(Budget {
+            limit,
+            remaining: AtomicUsize::new(limit),
+        })
+    }
+
+    /// Takes `n` bytes, or none when fewer remain.
+    pub fn take(&self, n: usize) -> bool {
+        self.remaining
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(n))
+            .is_ok()
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
 type Reply = oneshot::Sender<Result<Value, EngineError>>;
+
+/// A call waiting for its answer, with the budget its answer must fit in.
+#[derive(Debug)]
+struct Waiting {
+    reply: Reply,
+    budget: Option<Arc<Budget>>,
+}
 
 /// One running engine process: its stdin queue and the calls waiting for its answers.
 #[derive(Debug)]
@@ -81,14 +131,14 @@ struct Generation {
     number: u64,
     lines: mpsc::UnboundedSender<String>,
     /// `None` once the process is gone: later calls fail at once instead of waiting.
-    pending: Mutex<Option<HashMap<u64, Reply>>>,
+    pending: Mutex<Option<HashMap<u64, Waiting>>>,
 }
 
 impl Generation {
     fn fail_all(&self) {
         let drained = self.pending.lock().expect("pending lock").take();
-        for (_, reply) in drained.into_iter().flatten() {
-            let _ = reply.send(Err(EngineError::Died));
+        for (_, waiting) in drained.into_iter().flatten() {
+            let _ = waiting.reply.send(Err(EngineError::Died));
         }
     }
 }
@@ -129,6 +179,8 @@ struct Inner {
     generation: watch::Sender<u64>,
     pid: Mutex<Option<u32>>,
     restarts: AtomicU64,
+    /// Longest line read from the engine; a longer answer is dropped unread (`TooLarge`).
+    max_line: usize,
 }
 
 impl Engine {
@@ -143,6 +195,7 @@ impl Engine {
     ) -> Result<(Engine, tokio::task::JoinHandle<()>), EngineError> {
         let engine = Engine {
             inner: Arc::new(Inner {
+                max_line: config.max_answer,
                 config,
                 next_id: AtomicU64::new(1),
                 current: Mutex::new(None),
@@ -179,6 +232,16 @@ impl Engine {
 
     /// Calls an engine method with positional params.
     pub async fn call(&self, method: &str, params: &[Value]) -> Result<Value, EngineError> {
+        self.call_within(method, params, None).await
+    }
+
+    /// [`Engine::call`] whose answer must fit in `budget` (taken from it when it arrives).
+    pub async fn call_within(
+        &self,
+        method: &str,
+        params: &[Value],
+        budget: Option<Arc<Budget>>,
+    ) -> Result<Value, EngineError> {
         let generation = self
             .inner
             .current
@@ -195,7 +258,7 @@ impl Engine {
         {
             let mut pending = generation.pending.lock().expect("pending lock");
             match pending.as_mut() {
-                Some(map) => map.insert(id, tx),
+                Some(map) => map.insert(id, Waiting { reply: tx, budget }),
                 None => return Err(EngineError::Died),
             };
         }
@@ -285,7 +348,11 @@ impl Engine {
             pending: Mutex::new(Some(HashMap::new())),
         });
         tokio::spawn(write_lines(stdin, lines_rx));
-        let reader = tokio::spawn(read_answers(stdout, generation.clone()));
+        let reader = tokio::spawn(read_answers(
+            stdout,
+            generation.clone(),
+            self.inner.max_line,
+        ));
         tokio::spawn(log_stderr(stderr, pid));
         *self.inner.pid.lock().expect("pid lock") = pid;
         *self.inner.current.lock().expect("current lock") = Some(generation.clone());
@@ -441,39 +508,143 @@ async fn write_lines(
     let _ = out.shutdown().await;
 }
 
-async fn read_answers(stdout: tokio::process::ChildStdout, generation: Arc<Generation>) {
-    let mut lines = BufReader::new(stdout).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let msg: Value = match serde_json::from_str(&line) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(error = %e, "engine wrote a line that is not JSON; ignoring it");
-                continue;
+async fn read_answers(
+    stdout: tokio::process::ChildStdout,
+    generation: Arc<Generation>,
+    max_line: usize,
+) {
+    let mut reader = BufReader::new(stdout);
+    let mut buf = Vec::new();
+    loop {
+        let line = match read_line_capped(&mut reader, max_line, &mut buf).await {
+            Ok(Some(l)) => l,
+            Ok(None) | Err(_) => break,
+        };
+        let (id, outcome) = match line {
+            Line::Complete(bytes) => {
+                let msg: Value = match serde_json::from_slice(bytes) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "engine wrote a line that is not JSON; ignoring it");
+                        continue;
+                    }
+                };
+                let Some(id) = msg.get("id").and_then(Value::as_u64) else {
+                    tracing::debug!("engine message without a call id; ignoring it");
+                    continue;
+                };
+                (id, Ok((msg, bytes.len())))
+            }
+            Line::TooLong { head, size } => {
+                let Some(id) = id_in_head(&head) else {
+                    tracing::warn!(
+                        size,
+                        "engine wrote an over-long line without a readable id; dropped it"
+                    );
+                    continue;
+                };
+                tracing::warn!(
+                    id,
+                    size,
+                    limit = max_line,
+                    "engine answer over the response limit; dropped it"
+                );
+                (id, Err(size))
             }
         };
-        let Some(id) = msg.get("id").and_then(Value::as_u64) else {
-            tracing::debug!("engine message without a call id; ignoring it");
-            continue;
-        };
-        let reply = generation
+        let waiting = generation
             .pending
             .lock()
             .expect("pending lock")
             .as_mut()
             .and_then(|m| m.remove(&id));
-        let Some(reply) = reply else { continue };
-        let outcome = match msg {
-            Value::Object(mut m) => match (m.remove("result"), m.remove("error")) {
-                (_, Some(err)) => Err(EngineError::Rpc(engine_error(err))),
-                (Some(result), None) => Ok(result),
-                (None, None) => Ok(Value::Null),
+        let Some(waiting) = waiting else { continue };
+        let outcome = match outcome {
+            Err(size) => Err(EngineError::TooLarge {
+                size,
+                limit: waiting.budget.as_ref().map_or(max_line, |b| b.limit()),
+            }),
+            Ok((_, size)) if waiting.budget.as_ref().is_some_and(|b| !b.take(size)) => {
+                Err(EngineError::TooLarge {
+                    size,
+                    limit: waiting.budget.as_ref().map_or(max_line, |b| b.limit()),
+                })
+            }
+            Ok((msg, _)) => match msg {
+                Value::Object(mut m) => match (m.remove("result"), m.remove("error")) {
+                    (_, Some(err)) => Err(EngineError::Rpc(engine_error(err))),
+                    (Some(result), None) => Ok(result),
+                    (None, None) => Ok(Value::Null),
+                },
+                _ => Ok(Value::Null),
             },
-            _ => Ok(Value::Null),
         };
-        let _ = reply.send(outcome);
+        let _ = waiting.reply.send(outcome);
     }
     // No answer can come any more: fail what is still waiting now, not when the exit is noticed.
     generation.fail_all();
+}
+
+/// One line from the engine: whole, or only its first bytes when it is longer than the cap.
+enum Line<'a> {
+    Complete(&'a [u8]),
+    TooLong { head: Vec<u8>, size: usize },
+}
+
+/// Bytes kept of an over-long line: enough for `{"jsonrpc":"2.0","id":<u64>,`.
+const HEAD_BYTES: usize = 64;
+
+/// Reads one line into `buf` unless it is longer than `cap`: then the rest is skipped as it
+/// arrives (memory stays at `cap`) and only its head is kept, to find the call it answers.
+async fn read_line_capped<'a>(
+    reader: &mut BufReader<tokio::process::ChildStdout>,
+    cap: usize,
+    buf: &'a mut Vec<u8>,
+) -> std::io::Result<Option<Line<'a>>> {
+    buf.clear();
+    let mut head: Vec<u8> = Vec::new();
+    let mut size = 0usize;
+    let mut over = false;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            // EOF: a partial last line is not an answer.
+            return Ok(None);
+        }
+        let newline = available.iter().position(|&b| b == b'\n');
+        let chunk = &available[..newline.unwrap_or(available.len())];
+        size += chunk.len();
+        if head.len() < HEAD_BYTES {
+            let n = (HEAD_BYTES - head.len()).min(chunk.len());
+            head.extend_from_slice(&chunk[..n]);
+        }
+        if !over {
+            if buf.len() + chunk.len() > cap {
+                over = true;
+                buf.clear();
+                buf.shrink_to(64 * 1024);
+            } else {
+                buf.extend_from_slice(chunk);
+            }
+        }
+        let consumed = newline.map_or(available.len(), |i| i + 1);
+        reader.consume(consumed);
+        if newline.is_some() {
+            return Ok(Some(if over {
+                Line::TooLong { head, size }
+            } else {
+                Line::Complete(buf)
+            }));
+        }
+    }
+}
+
+/// The call id of an answer from its first bytes: the engine writes `{"jsonrpc":"2.0","id":N,…`.
+fn id_in_head(head: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(head).ok()?;
+    let rest = text.strip_prefix(r#"{"jsonrpc":"2.0","id":"#)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 fn engine_error(err: Value) -> RpcError {
@@ -550,7 +721,9 @@ mod tests {
                     program: PathBuf::from(program),
                     data_dir: std::env::temp_dir(),
                     profile: "test".into(),
+                    max_answer: 1024,
                 },
+                max_line: 1024,
                 next_id: AtomicU64::new(1),
                 current: Mutex::new(None),
                 generation: watch::channel(0).0,
@@ -597,6 +770,7 @@ done
             program,
             data_dir: dir.path().to_path_buf(),
             profile: "test".into(),
+            max_answer: 1024 * 1024,
         };
         let (stop_tx, stop) = watch::channel(false);
         let (engine, keeper) = Engine::start(config, Hub::new(4), stop, Duration::from_millis(200))

@@ -113,11 +113,20 @@ pub fn snake_case(name: &str) -> String {
 
 pub type SseBody = BoxBody<Bytes, Infallible>;
 
-/// The body of one `/events` response. The client's task ends (and its buffer is freed) when the
-/// client disconnects or `stop` turns true.
-pub fn sse_body(hub: &Hub, ping_every: Duration, stop: watch::Receiver<bool>) -> SseBody {
+/// The body of one `/events` response. The client's task ends (and its buffer and `slot` are
+/// freed) when the client disconnects or `stop` turns true.
+pub fn sse_body(
+    hub: &Hub,
+    ping_every: Duration,
+    stop: watch::Receiver<bool>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> SseBody {
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(8);
-    tokio::spawn(client_loop(hub.subscribe(), tx, ping_every, stop));
+    let events = hub.subscribe();
+    tokio::spawn(async move {
+        client_loop(events, tx, ping_every, stop).await;
+        drop(slot);
+    });
     use http_body_util::BodyExt;
     StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed()
 }
@@ -204,7 +213,10 @@ mod tests {
     async fn slow_client_gets_lag_then_newest_events_and_is_freed_on_disconnect() {
         let hub = Hub::new(2);
         let (_stop_tx, stop) = watch::channel(false);
-        let mut body = sse_body(&hub, Duration::from_secs(3600), stop);
+        let slot = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap();
+        let mut body = sse_body(&hub, Duration::from_secs(3600), stop, slot);
         // The client task subscribes inside sse_body, before anything is published.
         assert_eq!(hub.clients(), 1);
         for i in 0..10 {
@@ -225,7 +237,10 @@ mod tests {
     async fn pings_and_ends_at_stop() {
         let hub = Hub::new(4);
         let (stop_tx, stop) = watch::channel(false);
-        let mut body = sse_body(&hub, Duration::from_secs(15), stop);
+        let slot = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap();
+        let mut body = sse_body(&hub, Duration::from_secs(15), stop, slot);
         assert_eq!(next_text(&mut body).await, ": ping\n\n");
         stop_tx.send(true).unwrap();
         assert!(body.frame().await.is_none(), "stream ends at shutdown");

@@ -32,7 +32,9 @@ pub enum HostError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot lock {path}")]
+    #[error(
+        "cannot lock {path} (a symlink or anything but a regular file there is refused: remove it)"
+    )]
     Lock {
         path: PathBuf,
         #[source]
@@ -94,15 +96,28 @@ pub async fn lock_data_dir(dir: &Path, wait: bool) -> Result<DataDirLock, HostEr
         source,
     })?;
     let path = dir.join(LOCK_FILE);
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| HostError::Lock {
-            path: path.clone(),
-            source,
-        })?;
+    // O_NOFOLLOW: a link planted in the data volume must not make edged create or lock another
+    // file; O_NONBLOCK: a FIFO planted there must not hang start-up (it then fails the flock).
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+            .open(&path)
+            .map_err(|source| HostError::Lock {
+                path: path.clone(),
+                source,
+            })?
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(HostError::Lock {
+            path,
+            source: std::io::Error::other("it is not a regular file; remove it"),
+        });
+    }
     match file.try_lock() {
         Ok(()) => return Ok(DataDirLock { _file: file, path }),
         Err(std::fs::TryLockError::Error(source)) => return Err(HostError::Lock { path, source }),

@@ -2,9 +2,14 @@
 //! graceful stop of connections.
 //!
 //! Owns: the accept loop with its connection cap (excess connections wait in the kernel backlog:
-//! they are never refused), header/idle and body timeouts, the 1 MiB body cap, the HTTP status of
-//! each JSON-RPC answer (200, or 204 when there is nothing to return). Must not: know what a
-//! method does (that is [`crate::service`]).
+//! they are never refused), header/idle and body timeouts, the 1 MiB body cap, the batch and SSE
+//! client caps, the order of the checks on a request (Host, then the token, then the route), the
+//! HTTP status of each JSON-RPC answer (200, or 204 when there is nothing to return). Must not:
+//! know what a method does (that is [`crate::service`]) or how a token is checked
+//! ([`crate::auth`]).
+//!
+//! Trust boundary: every byte from a connection is hostile until [`crate::auth`] passed it; only
+//! `/health` (which tells nothing secret) answers before that.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,7 +28,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+use crate::auth::{Authenticator, Cors, HostCheck, Verdict};
 use crate::config::MAX_BODY_BYTES;
+use crate::engine::Budget;
 use crate::rpc::{self, Body, Item, RpcError};
 use crate::service::Service;
 
@@ -32,7 +39,12 @@ pub type ResponseBody = BoxBody<Bytes, Infallible>;
 /// The limits and switches of the HTTP side.
 #[derive(Clone, Debug)]
 pub struct HttpConfig {
-    pub cors: bool,
+    pub cors: Cors,
+    pub auth: Arc<Authenticator>,
+    pub host: HostCheck,
+    pub max_batch: usize,
+    pub max_response: usize,
+    pub sse_max_clients: usize,
     pub max_connections: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
@@ -50,6 +62,8 @@ struct Shared {
     /// Turns true at the stop deadline: connections still open are dropped.
     kill: watch::Receiver<bool>,
     requests: AtomicU64,
+    /// One per `/events` client, fewer than connection permits so other routes keep a slot.
+    sse_slots: Arc<Semaphore>,
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish, ends SSE
@@ -67,6 +81,7 @@ pub async fn serve(
     let stop_timeout = config.stop_timeout;
     let shared = Arc::new(Shared {
         service,
+        sse_slots: Arc::new(Semaphore::new(config.sse_max_clients)),
         config,
         stop,
         kill,
@@ -196,30 +211,83 @@ impl FirstRequest {
 
 async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<ResponseBody> {
     shared.requests.fetch_add(1, Ordering::Relaxed);
-    let mut resp = match (req.method(), req.uri().path()) {
-        (&Method::OPTIONS, _) if shared.config.cors => preflight(),
-        (&Method::POST, "/rpc")
-            if !shared.config.cors && req.headers().contains_key(header::ORIGIN) =>
-        {
-            from_a_web_page()
-        }
-        (&Method::POST, "/rpc") => rpc_request(req, &shared).await,
-        (&Method::GET, "/health") => health(&shared),
-        (&Method::GET, "/events") => events(&shared),
-        (_, "/rpc") => not_allowed("POST"),
-        (_, "/health" | "/events") => not_allowed("GET"),
-        (_, path) => json_status(
-            StatusCode::NOT_FOUND,
-            &json!({"error": format!("no such endpoint: {path}; use POST /rpc, GET /events or GET /health")}),
-        ),
+    let config = &shared.config;
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .map(str::to_string);
+    let allowed_origin = match config.cors {
+        // `*` is the same for every request, with or without an Origin.
+        Cors::Any => Some("*".to_string()),
+        _ => config.cors.allow(origin.as_deref()),
     };
-    if shared.config.cors {
-        resp.headers_mut().insert(
-            header::ACCESS_CONTROL_ALLOW_ORIGIN,
-            HeaderValue::from_static("*"),
-        );
+    let path = req.uri().path();
+    // /health first: probes use whatever address they reach, and it tells nothing secret.
+    let mut resp = if path == "/health" && req.method() == Method::GET {
+        health(&shared)
+    } else if !config.host.allows(req.headers()) {
+        misdirected()
+    } else if req.method() == Method::OPTIONS && config.cors.enabled() {
+        preflight()
+    } else if let Some(refused) = check_token(&req, config) {
+        refused
+    } else {
+        match (req.method(), path) {
+            (&Method::POST, "/rpc") if origin.is_some() && allowed_origin.is_none() => {
+                from_a_web_page(config.cors.enabled())
+            }
+            (&Method::POST, "/rpc") => rpc_request(req, &shared).await,
+            (&Method::GET, "/events") => events(&shared),
+            (_, "/rpc") => not_allowed("POST"),
+            (_, "/health" | "/events") => not_allowed("GET"),
+            (_, path) => json_status(
+                StatusCode::NOT_FOUND,
+                &json!({"error": format!("no such endpoint: {path}; use POST /rpc, GET /events or GET /health")}),
+            ),
+        }
+    };
+    if let Some(allowed) = allowed_origin {
+        let headers = resp.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&allowed) {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        }
+        if config.cors != Cors::Any {
+            headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+        }
     }
     resp
+}
+
+/// `Some(401)` when the request does not carry the token it needs.
+fn check_token(req: &Request<Incoming>, config: &HttpConfig) -> Option<Response<ResponseBody>> {
+    let problem = match config.auth.check(req.headers()) {
+        Verdict::Pass => return None,
+        Verdict::Missing => {
+            "this endpoint needs the API token: send `Authorization: Bearer <token>`"
+        }
+        Verdict::Wrong => "the API token is wrong (or was rotated): send the current one",
+    };
+    let mut r = json_status(
+        StatusCode::UNAUTHORIZED,
+        &json!({"error": format!(
+            "{problem}; print it with `privitty-edge api-token` (docker exec <container> privitty-edge api-token)"
+        )}),
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"privitty-edged\""),
+    );
+    Some(r)
+}
+
+/// A Host header that does not name this gateway: a page on another name that resolves to the
+/// loopback address (DNS rebinding).
+fn misdirected() -> Response<ResponseBody> {
+    json_status(
+        StatusCode::MISDIRECTED_REQUEST,
+        &json!({"error": "the Host header does not name this gateway; use http://127.0.0.1:<port> or http://localhost:<port>, or add the name to PRIVITTY_ALLOWED_HOSTS"}),
+    )
 }
 
 fn full(bytes: impl Into<Bytes>) -> ResponseBody {
@@ -307,10 +375,23 @@ fn health(shared: &Shared) -> Response<ResponseBody> {
 }
 
 fn events(shared: &Shared) -> Response<ResponseBody> {
+    let Ok(slot) = shared.sse_slots.clone().try_acquire_owned() else {
+        let mut r = json_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": format!(
+                "{} /events clients are connected already (PRIVITTY_SSE_MAX_CLIENTS); close one or raise the limit",
+                shared.config.sse_max_clients
+            )}),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return r;
+    };
     let body = crate::events::sse_body(
         &shared.service.hub,
         shared.config.sse_ping_interval,
         shared.stop.clone(),
+        slot,
     );
     Response::builder()
         .status(StatusCode::OK)
@@ -328,14 +409,16 @@ fn rpc_error_response(status: StatusCode, error: RpcError) -> Response<ResponseB
 /// is a form type, and hides only the answer: without this, any web page open on the gateway's
 /// host could run methods (join a chat, send files). Browsers always name the page's origin on a
 /// POST; scripts and the CLI send no `Origin`.
-fn from_a_web_page() -> Response<ResponseBody> {
+fn from_a_web_page(cors_on: bool) -> Response<ResponseBody> {
+    let message = if cors_on {
+        "requests from this web page's origin are refused: it is not in the --cors / PRIVITTY_CORS list"
+    } else {
+        "requests from web pages (with an Origin header) are refused while CORS is off; \
+         start privitty-edged with --cors <origins> to let those pages call /rpc"
+    };
     rpc_error_response(
         StatusCode::FORBIDDEN,
-        RpcError::new(
-            rpc::INVALID_REQUEST,
-            "requests from web pages (with an Origin header) are refused while CORS is off; \
-             start privitty-edged with --cors to let web pages call /rpc",
-        ),
+        RpcError::new(rpc::INVALID_REQUEST, message),
     )
 }
 
@@ -393,7 +476,7 @@ async fn rpc_request(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<R
             tracing::debug!(method = %call.method, "rpc call");
             let outcome = shared
                 .service
-                .call_until_stop(&call.method, call.params, shared.stop.clone())
+                .call_until_stop(&call.method, call.params, None, shared.stop.clone())
                 .await;
             match (call.id, outcome) {
                 // A notification, or a method that returns nothing: HTTP 204 (documented).
@@ -401,6 +484,20 @@ async fn rpc_request(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<R
                 (Some(id), outcome) => json_text(StatusCode::OK, rpc::response(&id, &outcome)),
             }
         }
+        Body::Batch(items) if items.len() > shared.config.max_batch => json_text(
+            StatusCode::OK,
+            rpc::response(
+                &rpc::null_id(),
+                &Err(RpcError::new(
+                    rpc::INVALID_REQUEST,
+                    format!(
+                        "invalid request: the batch has {} calls, more than the {} allowed (PRIVITTY_RPC_MAX_BATCH); split it",
+                        items.len(),
+                        shared.config.max_batch
+                    ),
+                )),
+            ),
+        ),
         Body::Batch(items) => batch(items, shared).await,
     }
 }
@@ -409,15 +506,18 @@ async fn rpc_request(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<R
 async fn batch(items: Vec<Item>, shared: &Arc<Shared>) -> Response<ResponseBody> {
     let mut answers: Vec<Option<String>> = vec![None; items.len()];
     let mut running = JoinSet::new();
+    // One budget for the whole batch: the answers held for this response stay under the cap.
+    let budget = Budget::new(shared.config.max_response);
     for (i, item) in items.into_iter().enumerate() {
         match item {
             Item::Invalid { id, error } => answers[i] = Some(rpc::response(&id, &Err(error))),
             Item::Call(call) => {
                 let service = shared.service.clone();
                 let stop = shared.stop.clone();
+                let budget = budget.clone();
                 running.spawn(async move {
                     let outcome = service
-                        .call_until_stop(&call.method, call.params, stop)
+                        .call_until_stop(&call.method, call.params, Some(budget), stop)
                         .await;
                     (i, call.id.map(|id| rpc::response(&id, &outcome)))
                 });

@@ -8,13 +8,16 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod events;
+pub mod files;
 pub mod gate;
 pub mod host;
 pub mod http;
 pub mod license;
+pub mod policy;
 pub mod privitty;
 pub mod rpc;
 pub mod service;
@@ -55,6 +58,18 @@ pub enum RunError {
     },
     #[error("start-up failed inside privitty-edged: {0}")]
     Panicked(String),
+    #[error(
+        "--cors / PRIVITTY_CORS `*` would let every web page use the API while the API token is required on {0}; list the origins instead"
+    )]
+    CorsAnyWithAuth(std::net::SocketAddr),
+    #[error("cannot set up the API token")]
+    ApiToken(#[source] licensectl::api_token::ApiTokenError),
+    #[error("cannot use the files directory {path} (check PRIVITTY_FILES_DIR and its owner)")]
+    FilesDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Where the license comes from.
@@ -112,6 +127,42 @@ pub async fn run(
         l = host::lock_data_dir(&config.accounts, config.wait_for_lock) => l?,
         _ = &mut shutdown => return Ok(()),
     };
+    let served = listener.local_addr().map_err(RunError::Listener)?;
+    let auth_mode = config.api_auth.resolve(served);
+    if auth_mode == auth::AuthMode::Required && config.cors == auth::Cors::Any {
+        return Err(RunError::CorsAnyWithAuth(served));
+    }
+    let (auth, files_dir) = {
+        let cfg = config.clone();
+        tokio::task::spawn_blocking(move || {
+            let env_token = std::env::var(licensectl::api_token::ENV_TOKEN).ok();
+            let auth = auth::Authenticator::load(
+                auth_mode,
+                &cfg.api_token,
+                env_token.as_deref(),
+                &cfg.accounts,
+            )
+            .map_err(RunError::ApiToken)?;
+            let files =
+                files::FilesDir::open(&cfg.files_dir).map_err(|source| RunError::FilesDir {
+                    path: cfg.files_dir.clone(),
+                    source,
+                })?;
+            Ok::<_, RunError>((Arc::new(auth), files))
+        })
+        .await
+        .map_err(|e| RunError::Panicked(e.to_string()))??
+    };
+    match auth.mode() {
+        auth::AuthMode::Off if !served.ip().is_loopback() => tracing::warn!(
+            listen = %served,
+            "API authentication is OFF on a non-loopback address: anyone who reaches this port can \
+             use the gateway; set PRIVITTY_API_AUTH=required (the default for this address)"
+        ),
+        mode => {
+            tracing::info!(api_auth = mode.as_str(), files_dir = %files_dir.root().display(), "access control")
+        }
+    }
     let eval = license.evaluate(SystemTime::now());
     tracing::info!(
         status = eval.status.as_str(),
@@ -133,6 +184,7 @@ pub async fn run(
         program: config.engine.clone(),
         data_dir: config.accounts.clone(),
         profile: config.profile.clone(),
+        max_answer: config.rpc_max_response,
     };
     let engine_deadline = config.stop_timeout * 2 / 5;
     let (engine, keeper) = tokio::select! {
@@ -144,14 +196,24 @@ pub async fn run(
         license: license.clone(),
         hub,
         files: Some(Arc::new(files)),
+        policy: config.policy.clone(),
+        files_dir,
+        max_response: config.rpc_max_response,
     });
+    let (auth_stop_tx, auth_stop) = watch::channel(false);
+    let auth_watch = tokio::spawn(auth::watch(auth.clone(), auth_stop));
     let (write_back_stop_tx, write_back_stop) = watch::channel(false);
     let write_back = tokio::spawn(license::write_back(license.clone(), write_back_stop));
     let addr = listener.local_addr().map_err(RunError::Listener)?;
     host::notify_ready(&format!("serving on {addr}; license {}", eval.status));
     tracing::info!(%addr, license = eval.status.as_str(), "ready");
     let http_config = http::HttpConfig {
-        cors: config.cors,
+        cors: config.cors.clone(),
+        auth,
+        host: auth::HostCheck::new(served, &config.allowed_hosts),
+        max_batch: config.rpc_max_batch,
+        max_response: config.rpc_max_response,
+        sse_max_clients: config.sse_max_clients,
         max_connections: config.max_connections,
         header_timeout: config.header_timeout,
         body_timeout: config.body_timeout,
@@ -169,6 +231,8 @@ pub async fn run(
     }
     let _ = write_back_stop_tx.send(true);
     let _ = write_back.await;
+    let _ = auth_stop_tx.send(true);
+    let _ = auth_watch.await;
     drop(lock);
     tracing::info!("stopped");
     Ok(())

@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Everything edged and the engine create (the message database, keys, the files directory)
+    // is for the service user alone; under privitty-init this is already the inherited umask.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let args = match edged::Args::try_parse() {
         Ok(a) => a,
         Err(e) => {

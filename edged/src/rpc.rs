@@ -16,6 +16,8 @@ pub const INVALID_PARAMS: i64 = -32602;
 pub const INTERNAL_ERROR: i64 = -32603;
 /// A gated method was called without a usable license (documented contract).
 pub const LICENSE_REQUIRED: i64 = -32001;
+/// An answer larger than `PRIVITTY_RPC_MAX_RESPONSE` (per call, and per batch in total).
+pub const RESPONSE_TOO_LARGE: i64 = -32004;
 
 /// A JSON-RPC error object.
 #[derive(Clone, Debug, PartialEq, Serialize)]

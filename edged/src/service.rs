@@ -10,10 +10,12 @@ use std::time::SystemTime;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::engine::Engine;
+use crate::engine::{Budget, Engine};
 use crate::events::Hub;
+use crate::files::FilesDir;
 use crate::gate;
 use crate::license::License;
+use crate::policy::{self, Decision, PathArg, Policy};
 use crate::rpc::{Outcome, RpcError};
 
 /// Methods served by a module inside edged with blocking file I/O (the Privitty file methods).
@@ -46,28 +48,81 @@ pub struct Service {
     pub license: Arc<dyn License>,
     pub hub: Hub,
     pub files: Option<Arc<dyn FileMethods>>,
+    /// Which engine methods clients may call.
+    pub policy: Policy,
+    /// Where client-given paths must point.
+    pub files_dir: FilesDir,
+    /// `PRIVITTY_RPC_MAX_RESPONSE`: a single call's budget.
+    pub max_response: usize,
 }
 
 impl Service {
-    /// Runs one call to its outcome.
-    pub async fn call(&self, method: &str, params: Vec<Value>) -> Outcome {
+    /// Runs one call to its outcome; its answer must fit in `budget` (a batch shares one), or in
+    /// a budget of its own when `None`.
+    pub async fn call(
+        &self,
+        method: &str,
+        params: Vec<Value>,
+        budget: Option<Arc<Budget>>,
+    ) -> Outcome {
         let licensed = gate::check(method, &*self.license, SystemTime::now())?;
         let outcome = if method == LICENSE_STATUS_METHOD {
             Ok(json!(self.license.evaluate(SystemTime::now())))
         } else if let Some(files) = self.files.as_ref().filter(|f| f.has(method)) {
-            self.call_files(files.clone(), method, params).await
+            let paths = policy::PRIVITTY_PATHS
+                .iter()
+                .find(|(m, _)| *m == method)
+                .map(|(_, p)| *p);
+            match self.confine(method, params, paths).await {
+                Ok(params) => self.call_files(files.clone(), method, params).await,
+                Err(e) => Err(e),
+            }
         } else if method.starts_with(gate::PRIVITTY_PREFIX) {
             Err(RpcError::method_not_found(method))
         } else {
-            self.engine
-                .call(method, &params)
-                .await
-                .map_err(|e| e.to_rpc())
+            match self.policy.decide(method) {
+                Decision::Unknown => Err(RpcError::method_not_found(method)),
+                Decision::Denied(e) => Err(e),
+                Decision::Run(paths) => match self.confine(method, params, paths).await {
+                    Ok(params) => {
+                        let budget = budget.unwrap_or_else(|| Budget::new(self.max_response));
+                        self.engine
+                            .call_within(method, &params, Some(budget))
+                            .await
+                            .map_err(|e| e.to_rpc())
+                    }
+                    Err(e) => Err(e),
+                },
+            }
         };
         if licensed && outcome.is_ok() {
             self.license.record_use(method);
         }
         outcome
+    }
+
+    /// Resolves a call's path params inside the files directory (off the async runtime: it
+    /// stats the file system).
+    async fn confine(
+        &self,
+        method: &str,
+        mut params: Vec<Value>,
+        paths: Option<&'static [PathArg]>,
+    ) -> Result<Vec<Value>, RpcError> {
+        let Some(paths) = paths else {
+            return Ok(params);
+        };
+        let files = self.files_dir.clone();
+        let name = method.to_string();
+        tokio::task::spawn_blocking(move || {
+            policy::confine(&name, paths, &mut params, &files).map(|()| params)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(RpcError::internal(format!(
+                "checking the paths of {method} failed inside privitty-edged: {e}"
+            )))
+        })
     }
 
     /// [`Service::call`], except that a long poll ([`LONG_POLL_METHODS`]) still waiting when
@@ -76,13 +131,14 @@ impl Service {
         &self,
         method: &str,
         params: Vec<Value>,
+        budget: Option<Arc<Budget>>,
         mut stop: watch::Receiver<bool>,
     ) -> Outcome {
         if !LONG_POLL_METHODS.contains(&method) {
-            return self.call(method, params).await;
+            return self.call(method, params, budget).await;
         }
         tokio::select! {
-            outcome = self.call(method, params) => outcome,
+            outcome = self.call(method, params, budget) => outcome,
             _ = crate::stopped(&mut stop) => Err(RpcError::internal(format!(
                 "privitty-edged is stopping, so {method} ends without a result; call it again once the service is back"
             ))),

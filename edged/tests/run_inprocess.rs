@@ -60,7 +60,7 @@ async fn run_serves_until_shutdown_and_finishes_in_flight_requests() {
 
     // The socket is bound already, so this request waits in the backlog until edged serves.
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let health = read_all(s).await;
@@ -69,7 +69,7 @@ async fn run_serves_until_shutdown_and_finishes_in_flight_requests() {
 
     // An SSE client, and a request whose body is only half sent when the stop comes.
     let mut sse = TcpStream::connect(addr).await.unwrap();
-    sse.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+    sse.write_all(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     let mut head = [0u8; 12];
@@ -78,7 +78,7 @@ async fn run_serves_until_shutdown_and_finishes_in_flight_requests() {
     let body = br#"{"jsonrpc":"2.0","method":"get_config","params":[1,"displayname"],"id":9}"#;
     let mut slow = TcpStream::connect(addr).await.unwrap();
     let head = format!(
-        "POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        "POST /rpc HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     slow.write_all(head.as_bytes()).await.unwrap();
@@ -90,7 +90,7 @@ async fn run_serves_until_shutdown_and_finishes_in_flight_requests() {
         loop {
             let mut probe = TcpStream::connect(addr).await.unwrap();
             probe
-                .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
                 .await
                 .unwrap();
             probes += 1;

@@ -44,7 +44,7 @@ pub fn exit_code(kind: ErrorKind) -> u8 {
 #[command(
     name = "privitty-edge",
     version,
-    about = "Privitty Edge command line: license management and the container health check",
+    about = "Privitty Edge command line: license management, the API token and the container health check",
     after_help = "Environment: PRIVITTY_ACCOUNTS (accounts directory), PRIVITTY_LICENSE_PUBKEY (extra trusted \
                   license keys: PEM text or a path), SSL_CERT_FILE (extra CA bundle for the license server), \
                   HTTPS_PROXY/NO_PROXY, PRIVITTY_PROFILE (device name on activation), PRIVITTY_LOG, \
@@ -68,6 +68,15 @@ enum Command {
     License {
         #[command(subcommand)]
         command: LicenseCommand,
+    },
+    /// Print the API token that `/rpc` and `/events` require (`Authorization: Bearer <token>`).
+    /// The token comes from PRIVITTY_API_TOKEN, else the file PRIVITTY_API_TOKEN_FILE names, else
+    /// <accounts>/api.token (created at first boot, mode 0600).
+    ApiToken {
+        /// Replace <accounts>/api.token with a new token and print it. The running daemon takes it
+        /// within a second, without a restart; the old token stops working.
+        #[arg(long)]
+        rotate: bool,
     },
     /// Check the local daemon: exit 0 when GET /health answers 200 with status ok, else 1.
     Health {
@@ -141,6 +150,7 @@ fn run(cli: Cli) -> u8 {
             return health(&runtime, &url);
         }
         Command::License { command } => runtime.block_on(license(&dir, command)),
+        Command::ApiToken { rotate } => return api_token(dir.path(), rotate),
     };
     match result {
         Ok(code) => code,
@@ -196,6 +206,33 @@ fn health(runtime: &tokio::runtime::Runtime, url: &str) -> u8 {
         Err(problem) => {
             eprintln!("unhealthy: {problem}");
             exit::INTERNAL
+        }
+    }
+}
+
+/// `api-token [--rotate]`: prints the token alone on one line (for `$(…)` in scripts).
+fn api_token(accounts: &std::path::Path, rotate: bool) -> u8 {
+    use crate::api_token::{self, ApiTokenError, Source};
+    let result = Source::from_env(accounts).and_then(|source| {
+        if rotate {
+            api_token::rotate(&source, accounts)
+        } else {
+            let env = std::env::var(api_token::ENV_TOKEN).ok();
+            api_token::current(&source, env.as_deref(), accounts)
+        }
+    });
+    match result {
+        Ok(token) => {
+            println!("{token}");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            match e {
+                ApiTokenError::BothSet | ApiTokenError::Invalid { .. } => exit::USAGE,
+                ApiTokenError::NotRotatable(_) => exit::STATE,
+                _ => exit::LOCAL_FILES,
+            }
         }
     }
 }

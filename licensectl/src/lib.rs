@@ -8,6 +8,7 @@
 //! types: the network operations are `async fn`s that run on the caller's runtime.
 
 pub mod accounts;
+pub mod api_token;
 pub mod cli;
 pub mod client;
 pub mod error;

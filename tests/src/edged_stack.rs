@@ -271,6 +271,14 @@ impl EdgedBuilder {
         }
     }
 
+    /// Spawns edged expecting it to fail: waits for its exit and returns the status with its
+    /// stderr and stdout.
+    pub fn spawn_and_wait_exit(self) -> (ExitStatus, String) {
+        let mut stack = self.spawn();
+        let status = wait_exit(&mut stack.proc, START_DEADLINE);
+        (status, stack.proc.output())
+    }
+
     /// Spawns edged and waits for `READY=1`.
     pub fn start(self) -> EdgedStack {
         let mut stack = self.spawn();
@@ -418,10 +426,24 @@ impl EdgedStack {
 
     /// One HTTP/1.1 request on a fresh connection (`Connection: close`).
     pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-            self.addr()
-        );
+        self.request_with(method, path, &[], body)
+    }
+
+    /// [`EdgedStack::request`] with extra headers (`Host` given here replaces the default one).
+    pub fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Reply {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            head.push_str(&format!("Host: {}\r\n", self.addr()));
+        }
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
         if let Some(b) = body {
             head.push_str(&format!(
                 "Content-Type: application/json\r\nContent-Length: {}\r\n",

@@ -79,7 +79,7 @@ fn a_web_page_cannot_call_rpc_unless_cors_is_on() {
     // Scripts send no Origin: curl's default form content type (the README's quick start) works.
     let body = r#"{"jsonrpc":"2.0","method":"get_config","params":[1,"displayname"],"id":2}"#;
     let raw = format!(
-        "POST /rpc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+        "POST /rpc HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -146,7 +146,7 @@ fn cookbook_flow_and_prv_file_as_plain_send_msg() {
         "{sent}"
     );
 
-    let plain = edged.accounts.join("photo.jpg");
+    let plain = edged.accounts.join("files/photo.jpg");
     std::fs::write(&plain, vec![7u8; 200_000]).unwrap();
     let enc = edged.result(
         "privitty_send_file",
@@ -312,7 +312,7 @@ fn oversized_body_gets_413_with_a_json_rpc_error() {
     let mut s = TcpStream::connect(edged.addr()).unwrap();
     write!(
         s,
-        "POST /rpc HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        "POST /rpc HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let chunk = vec![b' '; 64 * 1024];
@@ -347,7 +347,8 @@ fn slow_clients_cannot_pin_connections() {
     let mut stalled: Vec<TcpStream> = (0..4)
         .map(|_| {
             let mut s = TcpStream::connect(edged.addr()).unwrap();
-            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
+                .unwrap();
             s
         })
         .collect();
@@ -362,7 +363,7 @@ fn slow_clients_cannot_pin_connections() {
     }
     // An idle keep-alive connection is closed too.
     let mut idle = TcpStream::connect(edged.addr()).unwrap();
-    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     idle.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
@@ -374,7 +375,7 @@ fn slow_clients_cannot_pin_connections() {
     );
     // A body that stops arriving gets 408 with a JSON-RPC error.
     let mut s = TcpStream::connect(edged.addr()).unwrap();
-    s.write_all(b"POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{\"jsonrpc\"")
+    s.write_all(b"POST /rpc HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{\"jsonrpc\"")
         .unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut out = Vec::new();
@@ -419,7 +420,7 @@ async fn sse_sees_engine_and_privitty_events_and_frees_clients() {
         rpc("create_contact", json!([1, "carol@example.org", "Carol"])).await["result"].clone();
     let chat = rpc("create_chat_by_contact_id", json!([1, contact])).await["result"].clone();
     rpc("send_msg", json!([1, chat, {"text": "hi"}])).await;
-    let plain = edged.accounts.join("notes.txt");
+    let plain = edged.accounts.join("files/notes.txt");
     std::fs::write(&plain, "notes").unwrap();
     rpc(
         "privitty_send_file",
@@ -531,7 +532,7 @@ fn sigterm_stops_cleanly_with_exit_0_and_stops_the_engine() {
     let body = r#"{"jsonrpc":"2.0","method":"wait_next_msgs","params":[1],"id":1}"#;
     write!(
         stuck,
-        "POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /rpc HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();

@@ -71,7 +71,7 @@ fn every_gate_row_under_every_license_status() {
             status
         );
 
-        let plain = edged.accounts.join("report.txt");
+        let plain = edged.accounts.join("files/report.txt");
         std::fs::write(&plain, "sensor report\n").unwrap();
         let file = plain.to_str().unwrap();
 
@@ -109,7 +109,7 @@ fn every_gate_row_under_every_license_status() {
             // Unknown privitty_* names pass the gate and only then are not found.
             let r = edged.call("privitty_invented_method", json!([]));
             assert_eq!(error_code(&r), Some(-32601), "{r}");
-            let second = edged.accounts.join("second.txt");
+            let second = edged.accounts.join("files/second.txt");
             std::fs::write(&second, "second report\n").unwrap();
             let sent = edged.result(
                 "privitty_send_file",
@@ -151,7 +151,7 @@ fn prv_files(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn gated_calls_hidden_in_batches_notifications_or_name_tricks_do_not_run_unlicensed() {
     let edged = EdgedStack::builder().license(LicenseState::Expired).start();
-    let plain = edged.accounts.join("secret.txt");
+    let plain = edged.accounts.join("files/secret.txt");
     std::fs::write(&plain, "do not encrypt me\n").unwrap();
     let params = json!([1, 10, 10, plain, true, false, 0]);
     let call = |method: &str, id: Option<u32>| {
@@ -210,7 +210,7 @@ fn gated_calls_hidden_in_batches_notifications_or_name_tricks_do_not_run_unlicen
 #[test]
 fn only_licensed_calls_that_succeeded_are_counted() {
     let mut edged = EdgedStack::builder().license(LicenseState::Active).start();
-    let plain = edged.accounts.join("report.txt");
+    let plain = edged.accounts.join("files/report.txt");
     std::fs::write(&plain, "sensor report\n").unwrap();
     let ok = edged.call(
         "privitty_send_file",
@@ -224,7 +224,7 @@ fn only_licensed_calls_that_succeeded_are_counted() {
             1,
             10,
             10,
-            edged.accounts.join("missing.txt"),
+            edged.accounts.join("files/missing.txt"),
             true,
             false,
             0

@@ -333,7 +333,7 @@ impl Privitty {
         let mut tmp = tempfile::Builder::new()
             .prefix(".prv-")
             .suffix(".tmp")
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .tempfile_in(dir)
             .map_err(|e| PrivittyError::from_io(dir, e))?;
         let digest = {
