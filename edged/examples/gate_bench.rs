@@ -4,13 +4,16 @@
 //!
 //! `cargo run --release -p edged --example gate_bench [ACCOUNTS_DIR]`: with a data directory the
 //! real license files are loaded (trusting `PRIVITTY_LICENSE_PUBKEY`), else a fixed `active` status.
+//! Then the API token check and the method-policy lookup, alone and together with the gate.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use edged::auth::{AuthMode, Authenticator};
 use edged::gate;
 use edged::license::{Fixed, License, Loaded};
+use edged::policy::Policy;
 use licensectl::{Evaluation, Status};
 
 const ROUNDS: u32 = 1_000_000;
@@ -62,4 +65,51 @@ fn main() {
     }
     let per_call = start.elapsed().as_nanos() as f64 / f64::from(ROUNDS);
     println!("gate {:<26} {per_call:>8.1} ns/call", "rejection (expired)");
+
+    // What the security checks add to an authenticated call: the token compare and the policy
+    // lookup (each alone, then together with the gate as one call goes through them).
+    let auth = Authenticator::fixed(
+        AuthMode::Required,
+        "0123456789abcdefghijklmnopqrstuvwxyzABCDEFG",
+    );
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::AUTHORIZATION,
+        "Bearer 0123456789abcdefghijklmnopqrstuvwxyzABCDEFG"
+            .parse()
+            .unwrap(),
+    );
+    let policy = Policy::new(&[]).expect("empty allow list");
+    let measure = |name: &str, f: &dyn Fn()| {
+        for _ in 0..10_000 {
+            f();
+        }
+        let start = Instant::now();
+        for _ in 0..ROUNDS {
+            f();
+        }
+        let per_call = start.elapsed().as_nanos() as f64 / f64::from(ROUNDS);
+        println!("{name:<31} {per_call:>8.1} ns/call");
+    };
+    measure("auth token check", &|| {
+        black_box(auth.check(black_box(&headers)));
+    });
+    measure("policy get_config", &|| {
+        black_box(policy.decide(black_box("get_config")));
+    });
+    measure("policy send_msg (paths)", &|| {
+        black_box(policy.decide(black_box("send_msg")));
+    });
+    measure("policy is_sending_finished", &|| {
+        black_box(policy.decide(black_box("is_sending_finished")));
+    });
+    measure("auth + gate + policy", &|| {
+        black_box(auth.check(black_box(&headers)));
+        let _ = black_box(gate::check(
+            black_box("get_config"),
+            &*license,
+            SystemTime::now(),
+        ));
+        black_box(policy.decide(black_box("get_config")));
+    });
 }

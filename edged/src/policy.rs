@@ -304,12 +304,11 @@ impl Policy {
     }
 }
 
-/// The table's class of an engine method.
+/// The table's class of an engine method (a hash lookup: the table is scanned once, at first use).
 pub fn class(method: &str) -> Option<Class> {
-    ENGINE_METHODS
-        .iter()
-        .find(|(m, _)| *m == method)
-        .map(|(_, c)| *c)
+    static INDEX: std::sync::LazyLock<std::collections::HashMap<&'static str, Class>> =
+        std::sync::LazyLock::new(|| ENGINE_METHODS.iter().copied().collect());
+    INDEX.get(method).copied()
 }
 
 fn denied(method: &str, why: &str) -> RpcError {

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks privitty-edged (release build) against a minimal hyper server in the same run:
 # /health, a gate-rejected /rpc call and an engine-forwarded get_config at 1, 16 and 64
-# connections; idle and loaded RSS; the gate micro-benchmark. Prints figures for edged/README.md.
+# connections, the same two on a second edged with the API token required (auth_*: the cost of
+# the token check and the method policy); idle and loaded RSS; the gate, auth and policy
+# micro-benchmark. Prints figures for edged/README.md.
 #
 #   tests/bench/edged-bench.sh            # builds release binaries first
 #   NO_BUILD=1 PROFILE=debug DURATION=2s CONNECTIONS="1 4" tests/bench/edged-bench.sh   # smoke run
@@ -50,6 +52,16 @@ wait_log "$work/edged.err" '"message":"ready"' >/dev/null
 edged_addr=$(grep -m1 '"message":"listening"' "$work/edged.err" | sed 's/.*"addr":"\([^"]*\)".*/\1/')
 engine_pid=$(engine_pid_of "$edged_pid")
 
+# The same daemon with the API token required (what the image runs): the cost of auth + policy.
+printf 'bench-token-0123456789abcdefghijklmnopqrstuv\n' >"$work/token"
+PRIVITTY_ENGINE="$engine" PRIVITTY_LOG=warn,edged=info PRIVITTY_LOG_FORMAT=json PRIVITTY_PROFILE=bench \
+  PRIVITTY_API_AUTH=required PRIVITTY_API_TOKEN_FILE="$work/token" \
+  "$rel/privitty-edged" --listen 127.0.0.1:0 --accounts "$work/data-auth" 2>"$work/edged-auth.err" &
+auth_pid=$!
+pids+=($auth_pid)
+wait_log "$work/edged-auth.err" '"message":"ready"' >/dev/null
+auth_addr=$(grep -m1 '"message":"listening"' "$work/edged-auth.err" | sed 's/.*"addr":"\([^"]*\)".*/\1/')
+
 echo "== privitty-edged benchmark ($(date -u +%FT%TZ), $(nproc) cores, ${duration} per run)"
 echo "edged $edged_addr (pid $edged_pid, engine pid $engine_pid), baseline $baseline_addr"
 echo "idle RSS: edged $(rss_kb "$edged_pid") kB, engine $(rss_kb "$engine_pid") kB"
@@ -62,6 +74,8 @@ for c in $conns_list; do
   load --label "baseline_health" --connections "$c" --url "http://$baseline_addr/health"
   load --label "edged_health    " --connections "$c" --url "http://$edged_addr/health"
   load --label "edged_rejected  " --connections "$c" --url "http://$edged_addr/rpc" --body "$rejected"
+  load --label "auth_health     " --connections "$c" --url "http://$auth_addr/health"
+  load --label "auth_get_config " --connections "$c" --url "http://$auth_addr/rpc" --body "$get_config" --token-file "$work/token"
   if [ "$c" = "$(echo $conns_list | awk '{print $NF}')" ]; then
     load --label "edged_get_config" --connections "$c" --url "http://$edged_addr/rpc" --body "$get_config" &
     lp=$!

@@ -8,12 +8,13 @@
 //! Must not: touch containers, volumes or images it did not create, or reach any address other than
 //! loopback and the podman bridge's gateway (the host side of our own bridge).
 
+use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use privitty_tests::license_server::{LicenseServer, LicenseSpec};
@@ -293,14 +294,50 @@ fn base_env(profile: &str) -> Vec<String> {
 
 // ----------------------------------------------------------------------------- HTTP over loopback
 
-/// One HTTP/1.1 request (`Connection: close`) to 127.0.0.1:`port`; returns status and body.
+/// The API token of the container published on each host port (the image listens on 0.0.0.0, so
+/// the token is required), as `docker exec … privitty-edge api-token` printed it.
+static TOKENS: LazyLock<Mutex<HashMap<u16, String>>> = LazyLock::new(Mutex::default);
+
+/// `podman exec <c> privitty-edge api-token`: the documented way to get the token; every later
+/// request to `port` carries it.
+fn authorize(port: u16, container: &str) -> String {
+    let out = podman(&[
+        "exec",
+        container,
+        "privitty-edge",
+        "--accounts",
+        ACCOUNTS,
+        "api-token",
+    ]);
+    assert!(out.status.success(), "api-token: {}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_string();
+    assert!(token.len() >= 32, "a generated token: {token:?}");
+    TOKENS.lock().unwrap().insert(port, token.clone());
+    token
+}
+
+/// One HTTP/1.1 request (`Connection: close`) to 127.0.0.1:`port` with the port's token; returns
+/// status and body.
 fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
+    let token = TOKENS.lock().unwrap().get(&port).cloned();
+    http_as(port, token.as_deref(), method, path, body)
+}
+
+/// [`http`] with the given token (or none).
+fn http_as(
+    port: u16,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let body = body.unwrap_or("");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{auth}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -517,6 +554,89 @@ fn count(haystack: &str, needle: &str) -> usize {
 
 // ----------------------------------------------------------------------------- the tests
 
+/// The security model in the image: the token from `docker exec … api-token`, a client without it
+/// refused, the default-deny of the method policy, paths confined to the files directory, and the
+/// README cookbook with the token.
+fn security_model(port: u16, container: &str, volume: &str) {
+    let info = json!({"jsonrpc":"2.0","id":1,"method":"get_info","params":[1]}).to_string();
+    let (status, body) = http_as(port, None, "POST", "/rpc", Some(&info)).expect("/rpc");
+    assert_eq!(status, 401, "no token on 0.0.0.0: {body}");
+    let (status, _) = http_as(port, None, "GET", "/events", None).expect("/events");
+    assert_eq!(status, 401, "/events without a token");
+    let (status, _) = http_as(
+        port,
+        Some("not-the-token-0123456789"),
+        "POST",
+        "/rpc",
+        Some(&info),
+    )
+    .expect("/rpc");
+    assert_eq!(status, 401, "a wrong token");
+    let token = authorize(port, container);
+    assert!(
+        !logs(container).contains(&token),
+        "the API token is never logged"
+    );
+    let (status, answer) = rpc(port, "get_info", json!([1])).expect("get_info");
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["result"].is_object(), "{answer}");
+    // Default-deny: a URL fetch by the engine, a key export, the event queue.
+    for (method, params) in [
+        ("get_http_response", json!([1, "http://169.254.169.254/"])),
+        ("export_self_keys", json!([1, ACCOUNTS, null])),
+        ("get_next_event", json!([])),
+    ] {
+        let (_, answer) = rpc(port, method, params).expect(method);
+        assert_eq!(error_code(&answer), Some(-32003), "{method}: {answer}");
+    }
+    // Paths: PID 1's environment and the license files are out of reach; the files directory works.
+    let contact = rpc(port, "create_contact", json!([1, "bob@example.org", "Bob"]))
+        .unwrap()
+        .1["result"]
+        .clone();
+    let chat = rpc(port, "create_chat_by_contact_id", json!([1, contact]))
+        .unwrap()
+        .1["result"]
+        .clone();
+    for path in [
+        "/proc/1/environ",
+        "/var/lib/privitty/activation.json",
+        "../license_server.txt",
+    ] {
+        let (_, answer) = rpc(
+            port,
+            "send_msg",
+            json!([1, chat, {"text": "x", "file": path}]),
+        )
+        .unwrap();
+        assert_eq!(error_code(&answer), Some(-32602), "{path}: {answer}");
+    }
+    let files = Podman::mountpoint(volume).join("files");
+    std::fs::write(files.join("report.csv"), "report\n").expect("write into the files directory");
+    std::os::unix::fs::chown(files.join("report.csv"), Some(1000), Some(1000)).unwrap();
+    let (_, answer) = rpc(
+        port,
+        "privitty_send_file",
+        json!([1, chat, contact, "report.csv", true, false, 60]),
+    )
+    .unwrap();
+    assert_eq!(
+        answer
+            .pointer("/result/encrypted_path")
+            .and_then(Value::as_str),
+        Some("/var/lib/privitty/files/report.csv.prv"),
+        "{answer}"
+    );
+    let (_, answer) = rpc(
+        port,
+        "send_msg",
+        json!([1, chat, {"text": "protected", "file": "report.csv.prv", "viewtype": "File"}]),
+    )
+    .unwrap();
+    assert_ne!(error_code(&answer), Some(-32602), "{answer}");
+    eprintln!("step ok: token from exec api-token, 401 without it, default-deny, files directory");
+}
+
 /// The documented `docker run` with a delivery URL, then everything a running device goes through:
 /// restart, SIGHUP under load, exec orphans, health check, sync, stop, a new container on the same
 /// volume, deactivate.
@@ -548,6 +668,7 @@ fn licensed_container_lifecycle() {
         "/health ok after `podman run -d` with PRIVITTY_LICENSE_URL",
     );
     let first_start = start.elapsed();
+    security_model(port, &name, &volume);
     let status = license_status(&name);
     assert_eq!(
         status.word, "active",
@@ -721,6 +842,7 @@ fn licensed_container_lifecycle() {
     let start = Instant::now();
     let port2 = pod.run(&name2, &volume, port, &env);
     wait_health(port2, "/health ok of a new container on the same volume");
+    authorize(port2, &name2);
     let second_start = start.elapsed();
     assert_eq!(
         count(&logs(&name2), LOG_ACTIVATION_SKIPPED),
@@ -874,6 +996,7 @@ fn late_activation_takes_effect_without_restart() {
     let start = Instant::now();
     let port = pod.run(&name, &volume, 0, &base_env("gateway02"));
     wait_health(port, "/health ok of a container started without a URL");
+    authorize(port, &name);
     let start_to_health = start.elapsed();
     let started = started_at(&name);
 
@@ -927,6 +1050,7 @@ fn file_drop_provisioning() {
     let name = unique("drop");
     let port = pod.run(&name, &volume, 0, &base_env("gateway03"));
     wait_health(port, "/health ok of a container started without a URL");
+    authorize(port, &name);
     let started = started_at(&name);
     let status = license_status(&name);
     assert_eq!(status.word, "no_license", "without a URL:\n{}", status.text);

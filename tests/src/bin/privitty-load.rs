@@ -48,6 +48,9 @@ enum Cmd {
         /// Printed first on the result line.
         #[arg(long, default_value = "load")]
         label: String,
+        /// Send `Authorization: Bearer <TOKEN>` with every request (read from this file).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
     },
     /// Serve a constant /health (the baseline: hyper alone, same runtime set-up as edged).
     BaselineServer {
@@ -78,7 +81,26 @@ fn main() -> anyhow::Result<()> {
             duration,
             body,
             label,
-        } => rt.block_on(run(url, connections.max(1), duration.into(), body, label)),
+            token_file,
+        } => {
+            let token = match token_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(&f)
+                        .with_context(|| format!("reading {}", f.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => None,
+            };
+            rt.block_on(run(
+                url,
+                connections.max(1),
+                duration.into(),
+                body,
+                label,
+                token,
+            ))
+        }
         Cmd::BaselineServer { listen } => rt.block_on(baseline(listen)),
         Cmd::MakeLicense {
             accounts,
@@ -104,6 +126,8 @@ struct Target {
     addr: String,
     path: String,
     host: String,
+    /// `Authorization` header value, when the run sends a token.
+    auth: Option<String>,
 }
 
 fn parse_url(url: &str) -> anyhow::Result<Target> {
@@ -117,6 +141,7 @@ fn parse_url(url: &str) -> anyhow::Result<Target> {
         addr: host.to_string(),
         path,
         host: host.to_string(),
+        auth: None,
     })
 }
 
@@ -126,8 +151,11 @@ async fn run(
     duration: Duration,
     body: Option<String>,
     label: String,
+    token: Option<String>,
 ) -> anyhow::Result<()> {
-    let target = std::sync::Arc::new(parse_url(&url)?);
+    let mut target = parse_url(&url)?;
+    target.auth = token.map(|t| format!("Bearer {t}"));
+    let target = std::sync::Arc::new(target);
     let body = body.map(Bytes::from);
     let deadline = Instant::now() + duration;
     let mut tasks = tokio::task::JoinSet::new();
@@ -175,7 +203,7 @@ async fn one_connection(
     let mut lat = Vec::with_capacity(100_000);
     let mut errors = 0;
     while Instant::now() < deadline {
-        let req = match &body {
+        let mut req = match &body {
             Some(b) => Request::post(&target.path)
                 .header("host", &target.host)
                 .header("content-type", "application/json")
@@ -184,6 +212,9 @@ async fn one_connection(
                 .header("host", &target.host)
                 .body(Full::new(Bytes::new()))?,
         };
+        if let Some(auth) = &target.auth {
+            req.headers_mut().insert("authorization", auth.parse()?);
+        }
         let start = Instant::now();
         sender.ready().await?;
         let resp = sender.send_request(req).await?;
