@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{ArgAction, Parser};
+use nix::sys::signal::Signal;
 
 /// Environment variables read by `privitty-init` (the CLI flags mirror them).
 pub mod env {
@@ -38,6 +39,9 @@ pub mod env {
 
 /// The command started when none is given.
 pub const DEFAULT_COMMAND: &str = "privitty-edged";
+/// Names under which privitty-init runs in plain mode without `--plain` (a symlink named like the
+/// init it replaces, so an image can swap it in with no other edit).
+pub const PLAIN_NAMES: [&str; 2] = ["tini", "dumb-init"];
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7200";
 pub const DEFAULT_STOP_TIMEOUT: &str = "8s";
 pub const DEFAULT_ACTIVATION_TIMEOUT: &str = "30s";
@@ -69,22 +73,28 @@ const HELP_TAIL: &str = "\
 Modes:
   default   managed mode: start-up license activation, license watch, generation swaps,
             crash restarts and periodic sync around privitty-edged
-  --plain   minimal init: runs CMD, reaps zombies, forwards signals, exits when CMD exits
+  --plain   minimal init: runs CMD, reaps zombies, forwards signals, exits when CMD exits;
+            also when privitty-init is run under the name tini or dumb-init (a symlink)
 
 Signals (sent to privitty-init):
-  TERM, INT, QUIT      stop: TERM to the child (plain: its process group; managed: each
-                       privitty-edged, which drains and stops its engine), wait up to
-                       PRIVITTY_STOP_TIMEOUT for the whole process tree, SIGKILL what is left;
-                       returns as soon as everything has exited
+  TERM, INT, QUIT      stop. plain: the signal itself to the child's process group; managed:
+                       TERM to each privitty-edged, which drains and stops its engine. Then
+                       wait up to PRIVITTY_STOP_TIMEOUT for the whole process tree, SIGKILL what
+                       is left; returns as soon as everything has exited
   HUP                  plain: forwarded to the child's group; managed: re-check the license and
                        start a new generation
-  USR1 USR2 WINCH CONT ALRM TSTP ABRT URG XCPU XFSZ VTALRM PROF IO PWR STKFLT
+  USR1 USR2 WINCH CONT ALRM TSTP ABRT URG XCPU XFSZ VTALRM PROF IO PWR STKFLT, RTMIN..RTMAX
                        plain: forwarded to the child's process group; managed: to the running
                        privitty-edged
   TTIN, TTOU           ignored (they never stop privitty-init)
   CHLD                 reaps every exited child, including orphans re-parented to privitty-init
   PIPE                 ignored
   KILL, STOP           cannot be caught
+
+tini compatibility (plain mode): -s and -g are accepted (privitty-init is a subreaper when not
+PID 1 and signals the child's process group), -e CODE turns the child's exit code CODE into 0,
+-p SIGNAL asks for SIGNAL when privitty-init's parent dies, -v raises the log level. Plain mode
+logs only warnings and errors unless -v or PRIVITTY_LOG asks for more.
 
 Exit codes:
   N        the child's exit code
@@ -112,6 +122,26 @@ pub struct Cli {
     #[arg(long)]
     pub plain: bool,
 
+    /// More log output (repeatable: -vv, -vvv); PRIVITTY_LOG, when set, decides instead.
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// tini's subreaper flag: accepted; privitty-init always is a subreaper when not PID 1.
+    #[arg(short = 's')]
+    pub subreaper: bool,
+
+    /// tini's process-group flag: accepted; signals always go to the child's process group.
+    #[arg(short = 'g')]
+    pub process_group: bool,
+
+    /// Plain mode: when the child exits with CODE (128+N after signal N), exit 0 (repeatable).
+    #[arg(short = 'e', value_name = "CODE", allow_negative_numbers = true)]
+    pub remap_exit: Vec<String>,
+
+    /// Have the kernel send SIGNAL (e.g. SIGTERM, SIGKILL) to privitty-init when its parent dies.
+    #[arg(short = 'p', value_name = "SIGNAL")]
+    pub parent_death_signal: Option<String>,
+
     /// Accounts (data) directory holding the license files.
     #[arg(long, value_name = "DIR", env = env::ACCOUNTS,
           default_value = licensectl::accounts::DEFAULT_ACCOUNTS_DIR)]
@@ -130,7 +160,7 @@ pub struct Cli {
     #[arg(long, value_name = "PATH", env = env::LICENSE_URL_FILE)]
     pub license_url_file: Option<OsString>,
 
-    /// How long a stop waits after SIGTERM before SIGKILL (keep it under Docker's 10s).
+    /// How long a stop waits after its signal before SIGKILL (keep it under Docker's 10s).
     #[arg(long, value_name = "DURATION", env = env::STOP_TIMEOUT, default_value = DEFAULT_STOP_TIMEOUT)]
     pub stop_timeout: String,
 
@@ -154,7 +184,8 @@ pub struct Cli {
     pub ready_timeout: String,
 
     /// Unexpected exits tolerated within --crash-window before giving up (exit non-zero).
-    #[arg(long, value_name = "N", env = env::CRASH_LIMIT, default_value = DEFAULT_CRASH_LIMIT)]
+    #[arg(long, value_name = "N", env = env::CRASH_LIMIT, default_value = DEFAULT_CRASH_LIMIT,
+          allow_negative_numbers = true)]
     pub crash_limit: String,
 
     /// The window --crash-limit counts in.
@@ -162,22 +193,24 @@ pub struct Cli {
     pub crash_window: String,
 
     /// The command to run and its arguments [default: privitty-edged next to privitty-init, else on PATH].
-    #[arg(
-        value_name = "CMD",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
+    #[arg(value_name = "CMD", trailing_var_arg = true)]
     pub command: Vec<OsString>,
 }
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `--plain`: minimal init (no license work, no restarts).
+    /// `--plain` (or run as `tini`/`dumb-init`): minimal init (no license work, no restarts).
     pub plain: bool,
     /// CMD and its arguments; never empty.
     pub command: Vec<OsString>,
     pub stop_timeout: Duration,
+    /// How many `-v`.
+    pub verbosity: u8,
+    /// `-e`: the child's exit codes that become 0 (plain mode).
+    pub remap_to_zero: Vec<i32>,
+    /// `-p`: the signal the kernel sends us when our parent dies.
+    pub parent_death_signal: Option<Signal>,
     pub managed: ManagedConfig,
 }
 
@@ -239,6 +272,18 @@ pub enum Problem {
     },
     #[error("the command is empty: give CMD after `--`, or nothing to run {DEFAULT_COMMAND}")]
     EmptyCommand,
+    #[error(
+        "run as {name}, privitty-init needs the command to run: {name} [OPTIONS] -- CMD [ARGS…]"
+    )]
+    NoCommand { name: String },
+    #[error("-e {value:?}: not an exit code; give a number from 0 to 255, e.g. -e 143")]
+    ExitCode { value: String },
+    #[error(
+        "-p {value:?}: not a signal; give its name or number, e.g. -p SIGTERM, -p SIGKILL, -p 10"
+    )]
+    Signal { value: String },
+    #[error("{flag} applies to plain mode only: add --plain, or leave it out")]
+    PlainOnly { flag: &'static str },
 }
 
 /// Why the configuration was not accepted.
@@ -259,22 +304,46 @@ fn list(problems: &[Problem]) -> String {
 impl Config {
     /// Parses this process's arguments and environment.
     pub fn from_env() -> Result<Config, ConfigError> {
-        Config::from_cli(Cli::try_parse()?)
+        Config::try_parse_from(std::env::args_os())
     }
 
-    /// Parses the given arguments (the first is the program name); variables come from the
-    /// process environment, as clap reads them.
+    /// Parses the given arguments (the first is the program name: one of [`PLAIN_NAMES`] means
+    /// plain mode); variables come from the process environment, as clap reads them.
     pub fn try_parse_from<I, T>(args: I) -> Result<Config, ConfigError>
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        Config::from_cli(Cli::try_parse_from(args)?)
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let plain_name = args.first().and_then(|arg0| plain_name(arg0));
+        Config::validate(Cli::try_parse_from(&args)?, plain_name)
+    }
+
+    /// The log filter used when `PRIVITTY_LOG` is not set: plain mode is quiet (warnings and
+    /// errors, as tini and dumb-init), managed mode tells its lifecycle; each `-v` adds a level.
+    pub fn log_filter(&self) -> &'static str {
+        const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+        let base = if self.plain { 1 } else { 2 };
+        LEVELS[(base + usize::from(self.verbosity)).min(LEVELS.len() - 1)]
     }
 
     /// Validates every value, collecting all problems.
     pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
+        Config::validate(cli, None)
+    }
+
+    /// [`Config::from_cli`] for a program run under `plain_name` (`tini`, `dumb-init`), which
+    /// means plain mode and a command that must be given.
+    fn validate(mut cli: Cli, plain_name: Option<&str>) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
+        if let Some(name) = plain_name {
+            cli.plain = true;
+            if cli.command.is_empty() {
+                problems.push(Problem::NoCommand {
+                    name: name.to_string(),
+                });
+            }
+        }
         let mut duration =
             |var: &str, flag: &str, value: &str, zero_ok: bool| -> Option<Duration> {
                 let name = origin(var, flag);
@@ -374,6 +443,27 @@ impl Config {
         if command[0].is_empty() {
             problems.push(Problem::EmptyCommand);
         }
+        let mut remap_to_zero = Vec::new();
+        for value in &cli.remap_exit {
+            match value.trim().parse::<u8>() {
+                Ok(code) => remap_to_zero.push(i32::from(code)),
+                Err(_) => problems.push(Problem::ExitCode {
+                    value: value.clone(),
+                }),
+            }
+        }
+        if !cli.remap_exit.is_empty() && !cli.plain {
+            problems.push(Problem::PlainOnly { flag: "-e" });
+        }
+        let parent_death_signal = cli.parent_death_signal.as_deref().and_then(|value| {
+            let sig = parse_signal(value);
+            if sig.is_none() {
+                problems.push(Problem::Signal {
+                    value: value.to_string(),
+                });
+            }
+            sig
+        });
 
         match (
             stop_timeout,
@@ -398,6 +488,9 @@ impl Config {
                 plain: cli.plain,
                 command,
                 stop_timeout,
+                verbosity: cli.verbose,
+                remap_to_zero,
+                parent_death_signal,
                 managed: ManagedConfig {
                     accounts: cli.accounts,
                     listen,
@@ -413,6 +506,27 @@ impl Config {
             _ => Err(ConfigError::Invalid(problems)),
         }
     }
+}
+
+/// The plain-mode name we were run under (`tini`, `dumb-init`), if any.
+fn plain_name(arg0: &OsString) -> Option<&'static str> {
+    let name = Path::new(arg0).file_name()?;
+    PLAIN_NAMES.into_iter().find(|n| name == *n)
+}
+
+/// A signal by name (`SIGTERM`, `TERM`, any case) or number.
+fn parse_signal(value: &str) -> Option<Signal> {
+    let value = value.trim();
+    if let Ok(n) = value.parse::<i32>() {
+        return Signal::try_from(n).ok();
+    }
+    let upper = value.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse().ok()
 }
 
 /// How a problem names its value: both ways it can be given.
@@ -491,6 +605,9 @@ mod tests {
         assert_eq!(c.command, vec!["sleep", "-x", "1"]);
         let c = parse(&["--plain", "ls", "-l"]).unwrap();
         assert_eq!(c.command, vec!["ls", "-l"]);
+        // Everything after the command is its own, a `--` included.
+        let c = parse(&["--plain", "sh", "-c", "x", "--", "-e"]).unwrap();
+        assert_eq!(c.command, vec!["sh", "-c", "x", "--", "-e"]);
     }
 
     #[test]
@@ -597,6 +714,87 @@ mod tests {
             err.to_string().contains("/nonexistent/privitty/url"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn tini_options_are_accepted_in_plain_mode() {
+        let c = parse(&[
+            "--plain", "-s", "-g", "-e", "143", "-e130", "-p", "SIGUSR1", "-vv", "--", "sleep",
+            "-e", "1",
+        ])
+        .unwrap();
+        assert_eq!(c.remap_to_zero, vec![143, 130]);
+        assert_eq!(c.parent_death_signal, Some(Signal::SIGUSR1));
+        assert_eq!(c.verbosity, 2);
+        // Options after the command are the command's.
+        assert_eq!(c.command, vec!["sleep", "-e", "1"]);
+        // tini's own spelling needs no `--`.
+        let c = parse(&["--plain", "-sg", "sleep", "1"]).unwrap();
+        assert_eq!(c.command, vec!["sleep", "1"]);
+        for (value, sig) in [
+            ("SIGKILL", Signal::SIGKILL),
+            ("term", Signal::SIGTERM),
+            ("10", Signal::SIGUSR1),
+        ] {
+            let c = parse(&["--plain", "-p", value, "--", "x"]).unwrap();
+            assert_eq!(c.parent_death_signal, Some(sig), "{value}");
+        }
+    }
+
+    #[test]
+    fn bad_tini_option_values_are_reported_with_the_rest() {
+        let err = parse(&[
+            "-e",
+            "256",
+            "-e",
+            "x",
+            "-p",
+            "SIGNOPE",
+            "--stop-timeout",
+            "8",
+            "--",
+            "x",
+        ])
+        .unwrap_err();
+        let ConfigError::Invalid(problems) = &err else {
+            panic!("expected Invalid, got {err:?}");
+        };
+        // Two bad codes, the signal, -e outside plain mode, the duration.
+        assert_eq!(problems.len(), 5, "{err}");
+        let text = err.to_string();
+        for needle in ["\"256\"", "SIGNOPE", "plain mode only", env::STOP_TIMEOUT] {
+            assert!(text.contains(needle), "{needle} missing from: {text}");
+        }
+    }
+
+    #[test]
+    fn run_as_tini_or_dumb_init_means_plain_mode() {
+        for name in ["tini", "/usr/bin/tini", "dumb-init", "/sbin/dumb-init"] {
+            let c = Config::try_parse_from([name, "-e", "143", "--", "sleep", "1"]).unwrap();
+            assert!(c.plain, "{name}");
+            assert_eq!(c.command, vec!["sleep", "1"]);
+            assert_eq!(c.remap_to_zero, vec![143]);
+            let err = Config::try_parse_from([name]).unwrap_err();
+            assert!(
+                err.to_string().contains("needs the command"),
+                "{name}: {err}"
+            );
+        }
+        let c = Config::try_parse_from(["/usr/bin/privitty-init", "--", "x"]).unwrap();
+        assert!(!c.plain);
+        let c = Config::try_parse_from(["tini-static", "--", "x"]).unwrap();
+        assert!(!c.plain, "only the exact names switch modes");
+    }
+
+    #[test]
+    fn plain_mode_is_quiet_unless_asked() {
+        let level = |args: &[&str]| parse(args).unwrap().log_filter();
+        assert_eq!(level(&["--plain", "--", "x"]), "warn");
+        assert_eq!(level(&["--plain", "-v", "--", "x"]), "info");
+        assert_eq!(level(&["--plain", "-vv", "--", "x"]), "debug");
+        assert_eq!(level(&["--plain", "-vvvvv", "--", "x"]), "trace");
+        assert_eq!(level(&["--", "x"]), "info");
+        assert_eq!(level(&["--verbose", "--", "x"]), "debug");
     }
 
     #[test]

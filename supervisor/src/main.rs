@@ -1,12 +1,19 @@
 use std::process::ExitCode;
 
 use supervisor::config::{Config, ConfigError, exit};
-use supervisor::pid1::Pid1;
+use supervisor::pid1::{Pid1, hardening};
 
 fn main() -> ExitCode {
+    // Before anything can change it: `-p` compares with it to catch a parent that died early.
+    let parent = nix::unistd::getppid();
     if let Err(e) = supervisor::pid1::block_signals() {
         // Not fatal: only a signal in the first milliseconds could be missed.
         eprintln!("privitty-init: cannot block signals during start-up: {e}");
+    }
+    // Our environment may hold the license TOKEN: closed to same-uid processes from here on.
+    if let Err(e) = hardening::make_undumpable() {
+        eprintln!("privitty-init: cannot make the process non-dumpable: {e}");
+        return code(exit::FAILURE);
     }
     let config = match Config::from_env() {
         Ok(config) => config,
@@ -17,7 +24,17 @@ fn main() -> ExitCode {
             return code(exit::CONFIG);
         }
     };
-    licensectl::logging::init("info");
+    // Nothing has been created yet; everything from here on, children's files included, is private.
+    if !config.plain {
+        hardening::set_private_umask();
+    }
+    if let Some(sig) = config.parent_death_signal
+        && let Err(e) = hardening::set_parent_death_signal(sig, parent)
+    {
+        eprintln!("privitty-init: cannot set the parent-death signal {sig}: {e}");
+        return code(exit::FAILURE);
+    }
+    licensectl::logging::init(config.log_filter());
 
     // Plain mode has nothing to run concurrently: one thread keeps PID 1 small.
     let runtime = if config.plain {

@@ -6,6 +6,7 @@
 //! writes. Must not: sleep to wait (everything waits with [`support::eventually`]).
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -19,18 +20,58 @@ use crate::support::{self, Proc};
 /// How long any single awaited condition may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
-/// True when PID namespaces can be created here (root and `unshare` present); otherwise prints
-/// why `test` is skipped.
+/// Set to `1` to make every test that cannot run here fail instead of being skipped (CI).
+pub const REQUIRE_ALL_TESTS: &str = "PRIVITTY_REQUIRE_ALL_TESTS";
+
+/// Reports that `test` cannot run here and returns false, so the caller returns at once. The line
+/// bypasses the test harness's output capture, so a skip is seen even when the test "passes";
+/// with `PRIVITTY_REQUIRE_ALL_TESTS=1` it is a failure instead.
+pub fn skip(test: &str, reason: &str) -> bool {
+    if std::env::var(REQUIRE_ALL_TESTS).is_ok_and(|v| v == "1") {
+        panic!("{test} cannot run: {reason} ({REQUIRE_ALL_TESTS}=1)");
+    }
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {reason}");
+    false
+}
+
+/// Whether `program` can be run (it answers `--version`).
+pub fn has_command(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// True when PID namespaces can be created here (root and `unshare` present); otherwise reports
+/// that `test` is skipped (see [`skip`]).
 pub fn can_unshare(test: &str) -> bool {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED {test}: needs root for `unshare --pid` (run the tests as root)");
-        return false;
+        return skip(
+            test,
+            "needs root for `unshare --pid` (run the tests as root)",
+        );
     }
-    if Command::new("unshare").arg("--version").output().is_err() {
-        eprintln!("SKIPPED {test}: `unshare` (util-linux) is not installed");
-        return false;
+    if !has_command("unshare") {
+        return skip(test, "`unshare` (util-linux) is not installed");
     }
     true
+}
+
+/// Sends signal number `signo` to `pid` with the `kill` command: nix's `kill` names only the
+/// classic signals, and this crate has no unsafe code for the raw call.
+pub fn send_signal_number(pid: Pid, signo: i32) {
+    let out = Command::new("kill")
+        .args(["-s", &signo.to_string(), &pid.to_string()])
+        .output()
+        .expect("running kill");
+    assert!(
+        out.status.success(),
+        "kill -s {signo} {pid}: {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub fn testproc() -> PathBuf {
@@ -49,6 +90,8 @@ pub struct InitSpec {
     pub extra_fds: bool,
     /// The init binary (default: our privitty-init).
     pub init: Option<PathBuf>,
+    /// The directory init is started in (default: the test's).
+    pub cwd: Option<PathBuf>,
 }
 
 impl InitSpec {
@@ -62,6 +105,7 @@ impl InitSpec {
             pid_namespace: true,
             extra_fds: false,
             init: None,
+            cwd: None,
         }
     }
 
@@ -77,6 +121,11 @@ impl InitSpec {
 
     pub fn with_extra_fds(mut self) -> InitSpec {
         self.extra_fds = true;
+        self
+    }
+
+    pub fn in_dir(mut self, dir: &Path) -> InitSpec {
+        self.cwd = Some(dir.to_path_buf());
         self
     }
 }
@@ -121,6 +170,9 @@ impl Init {
         for (k, v) in &spec.env {
             cmd.env(k, v);
         }
+        if let Some(dir) = &spec.cwd {
+            cmd.current_dir(dir);
+        }
         let proc = Proc::spawn(name, cmd, log_dir);
         let launcher = Pid::from_raw(proc.pid() as i32);
         let mut proc = proc;
@@ -146,6 +198,11 @@ impl Init {
     pub fn signal(&self, sig: Signal) {
         nix::sys::signal::kill(self.pid, sig)
             .unwrap_or_else(|e| panic!("kill({}, {sig}): {e}\n{}", self.pid, self.proc.output()));
+    }
+
+    /// Sends signal number `signo` (a realtime one, say) to init itself.
+    pub fn signal_number(&self, signo: i32) {
+        send_signal_number(self.pid, signo);
     }
 
     /// Waits for init to exit; the exit code, with 128+N for death by signal N (as unshare passes

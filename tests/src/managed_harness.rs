@@ -138,6 +138,7 @@ impl Stack {
             pid_namespace: spec.pid_namespace,
             extra_fds: false,
             init: None,
+            cwd: None,
         };
         let defaults = [
             ("PRIVITTY_ACCOUNTS", dirs.accounts.display().to_string()),
@@ -342,6 +343,8 @@ pub struct HttpResponse {
 #[derive(Debug)]
 pub struct Conn {
     reader: BufReader<TcpStream>,
+    /// The `Host` header: the address connected to, as a browser would send it.
+    host: String,
 }
 
 impl Conn {
@@ -352,6 +355,7 @@ impl Conn {
         stream.set_read_timeout(Some(DEADLINE)).ok();
         Ok(Conn {
             reader: BufReader::new(stream),
+            host: addr.to_string(),
         })
     }
 
@@ -365,8 +369,9 @@ impl Conn {
     ) -> Result<HttpResponse, HttpError> {
         let body = body.unwrap_or_default();
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: privitty\r\nContent-Type: application/json\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
              Content-Length: {}\r\nConnection: {}\r\n\r\n",
+            self.host,
             body.len(),
             if keep_alive { "keep-alive" } else { "close" }
         );

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
-use privitty_tests::init_harness::can_unshare;
+use privitty_tests::init_harness::{can_unshare, children_of, testproc, wait_line};
 use privitty_tests::license_server::{Fault, LicenseServer, LicenseSpec};
 use privitty_tests::managed_harness::{
     ClientKind, ClientReport, DEADLINE, LICENSE_REQUIRED, Stack, StackSpec, TestDirs, get, jti,
@@ -82,12 +82,152 @@ fn startup_activation_installs_the_license_before_the_first_generation_serves() 
         "the TOKEN leaked into the log"
     );
     // edged and its engine never need the URL: the TOKEN is not handed to them either.
-    let edged = stack.edged_pid(1);
-    let environ = std::fs::read(format!("/proc/{edged}/environ")).expect("edged's environment");
-    assert!(
-        !String::from_utf8_lossy(&environ).contains(token),
-        "the TOKEN is in edged's environment"
+    for (who, environ) in environments_of_edged_and_engine(&stack, 1) {
+        assert!(
+            !environ.contains(token) && !environ.contains("PRIVITTY_LICENSE_URL"),
+            "the license URL is in {who}'s environment: {environ}"
+        );
+    }
+}
+
+/// The environments (`/proc/<pid>/environ`, one `KEY=VALUE` per line) of generation `n`'s edged
+/// and of its engine.
+fn environments_of_edged_and_engine(stack: &Stack, n: u64) -> Vec<(&'static str, String)> {
+    let edged = stack.edged_pid(n);
+    // Ready means the engine answered: it runs.
+    let engine = support::eventually(DEADLINE, "edged's engine", || {
+        children_of(edged).into_iter().find_map(|(pid, _)| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            comm.starts_with("deltachat").then_some(pid)
+        })
+    });
+    [("edged", edged), ("the engine", engine)]
+        .into_iter()
+        .map(|(who, pid)| {
+            let raw = std::fs::read(format!("/proc/{pid}/environ"))
+                .unwrap_or_else(|e| panic!("{who}'s environment: {e}"));
+            (who, String::from_utf8_lossy(&raw).replace('\0', "\n"))
+        })
+        .collect()
+}
+
+#[test]
+fn the_license_url_file_reaches_neither_edged_nor_the_engine() {
+    let dirs = TestDirs::new();
+    let server = LicenseServer::start(&dirs.server);
+    let url = server.create_license(&LicenseSpec::default());
+    let secret = dirs.server.join("license-url");
+    std::fs::write(&secret, format!("{url}\n")).expect("write the URL file");
+    let stack = Stack::start(
+        "init",
+        &dirs,
+        StackSpec::default()
+            .trusting(&server)
+            .env("PRIVITTY_LICENSE_URL_FILE", secret.display().to_string()),
     );
+    stack.wait_log(msg::ACTIVATED, 1);
+    let token = url.rsplit('/').next().unwrap();
+    for (who, environ) in environments_of_edged_and_engine(&stack, 1) {
+        assert!(
+            !environ.contains("PRIVITTY_LICENSE_URL") && !environ.contains(token),
+            "{who} was handed the license URL or its file: {environ}"
+        );
+        // The check sees the environment that was handed on.
+        assert!(environ.contains("PRIVITTY_ACCOUNTS="), "{who}: {environ}");
+    }
+    assert_licensed(&stack);
+}
+
+/// Files the license library writes with an exact mode of its own, whatever the umask: the signed
+/// license and the device identity, which hold no secret.
+const PUBLIC_BY_DESIGN: [&str; 2] = ["privitty.lic", "device.uuid"];
+
+#[test]
+fn files_the_stack_creates_in_the_data_dir_are_private() {
+    // The test runs with a umask that lets group and others read (022): the stack's own 077
+    // must be what keeps the engine's database and everything else to the container's user.
+    let dirs = TestDirs::new();
+    let server = LicenseServer::start(&dirs.server);
+    let url = server.create_license(&LicenseSpec::default());
+    let stack = Stack::start(
+        "init",
+        &dirs,
+        StackSpec::default()
+            .trusting(&server)
+            .env("PRIVITTY_LICENSE_URL", &url),
+    );
+    stack.wait_generation(1);
+    assert_licensed(&stack);
+    let mut seen = Vec::new();
+    let mut open = Vec::new();
+    let mut queue = vec![dirs.accounts.clone()];
+    while let Some(dir) = queue.pop() {
+        for entry in std::fs::read_dir(&dir)
+            .expect("list the data dir")
+            .flatten()
+        {
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            if meta.is_dir() {
+                queue.push(entry.path());
+            }
+            let exempt = dir == dirs.accounts
+                && PUBLIC_BY_DESIGN
+                    .iter()
+                    .any(|name| entry.file_name() == *name);
+            if mode & 0o077 != 0 && !exempt {
+                open.push(format!("{} {mode:o}", entry.path().display()));
+            }
+            seen.push(entry.path());
+        }
+    }
+    assert!(
+        seen.iter().any(|p| p.ends_with("dc.db")),
+        "the engine's database was not found: {seen:?}"
+    );
+    assert!(
+        open.is_empty(),
+        "files readable or writable by group or others:\n{}",
+        open.join("\n")
+    );
+}
+
+#[test]
+fn realtime_signals_reach_the_running_generation() {
+    // A stand-in generation records what it receives (it never reports ready; the ready timeout
+    // is long enough not to replace it).
+    let dirs = TestDirs::new();
+    let file = dirs.logs.join("signals.log");
+    let stack = Stack::start(
+        "init",
+        &dirs,
+        StackSpec {
+            command: vec![
+                testproc().into(),
+                "record-signals".into(),
+                file.clone().into(),
+                "--exit-on".into(),
+                "SIGTERM".into(),
+            ],
+            ..StackSpec::default()
+        }
+        .env("PRIVITTY_READY_TIMEOUT", "1h"),
+    );
+    wait_line(
+        &file,
+        &format!("main ready pid={0} pgid={0}", {
+            let started = stack.wait_log(msg::STARTED, 1);
+            started["pid"].as_i64().expect("pid")
+        }),
+    );
+    let (min, max) = (nix::libc::SIGRTMIN(), nix::libc::SIGRTMAX());
+    for signo in [min, min + 5, max] {
+        stack.init.signal_number(signo);
+        wait_line(&file, &format!("main SIGRTMIN+{}", signo - min));
+    }
 }
 
 #[test]

@@ -1,13 +1,19 @@
 //! privitty-init's PID-1 duties with real processes: as PID 1 of a fresh PID namespace
-//! (`unshare --pid --fork --mount-proc`, root only) and as a child subreaper.
+//! (`unshare --pid --fork --mount-proc`, root only) and as a child subreaper; plain mode as a
+//! drop-in for tini and dumb-init; privitty-init's own hardening.
+//!
+//! A test that cannot run here (not root, a tool missing) prints `SKIPPED: …` past the output
+//! capture; with `PRIVITTY_REQUIRE_ALL_TESTS=1` it fails instead.
 //!
 //! Build first: `cargo build -p supervisor -p privitty-tests --bins`.
 
+use std::ffi::OsString;
 use std::path::Path;
 
 use nix::sys::signal::Signal;
 use privitty_tests::init_harness::{
-    DEADLINE, Init, InitSpec, can_unshare, lines, testproc, wait_line, wait_lines_starting,
+    DEADLINE, Init, InitSpec, can_unshare, has_command, lines, skip, testproc, wait_line,
+    wait_lines_starting,
 };
 use privitty_tests::support::{DumpDirOnFailure, eventually};
 
@@ -540,13 +546,10 @@ fn descendants(init: &Init) -> Vec<i32> {
 #[test]
 fn the_child_gets_the_terminals_foreground_group() {
     // `script` runs init on a fresh pseudo-terminal, as `docker run -t` does.
-    if std::process::Command::new("script")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!(
-            "SKIPPED the_child_gets_the_terminals_foreground_group: `script` is not installed"
+    if !has_command("script") {
+        skip(
+            "the_child_gets_the_terminals_foreground_group",
+            "`script` (util-linux) is not installed",
         );
         return;
     }
@@ -768,4 +771,385 @@ fn stop_kills_a_descendant_that_left_for_its_own_session() {
     eventually(DEADLINE, "the daemon to be gone", || {
         nix::sys::signal::kill(daemon, None).is_err().then_some(())
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plain mode as a drop-in for tini and dumb-init.
+
+/// `privitty-init --plain <init_args…> -- sh -c <script>`, as PID 1.
+fn plain_sh(init_args: &[&str], script: &str) -> InitSpec {
+    let mut args: Vec<OsString> = vec!["--plain".into()];
+    args.extend(init_args.iter().map(OsString::from));
+    args.extend(["--", "sh", "-c", script].map(OsString::from));
+    InitSpec {
+        args,
+        ..InitSpec::plain(&[])
+    }
+}
+
+/// A child that is a C program with every signal at its default action (and no core file).
+const SLEEPER: &str = "ulimit -c 0; exec sleep 1000";
+
+/// Waits until init's child runs `comm`; returns its host pid.
+fn child_running(init: &Init, comm: &str) -> nix::unistd::Pid {
+    eventually(DEADLINE, &format!("init's child to run {comm}"), || {
+        init.children().into_iter().find_map(|(pid, _)| {
+            let c = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (c.trim() == comm).then_some(pid)
+        })
+    })
+}
+
+#[test]
+fn int_and_quit_reach_the_child_as_themselves() {
+    if !can_unshare("int_and_quit_reach_the_child_as_themselves") {
+        return;
+    }
+    // nginx, Python and `STOPSIGNAL SIGINT` images tell these apart from TERM: a child with
+    // default dispositions dies of the very signal init was sent.
+    let (dir, _dump) = tempdir();
+    for (sig, code) in [(Signal::SIGINT, 130), (Signal::SIGQUIT, 131)] {
+        let mut init = Init::start("init-int-quit", plain_sh(&[], SLEEPER), dir.path());
+        child_running(&init, "sleep");
+        init.signal(sig);
+        assert_eq!(init.wait_exit(), code, "{sig}\n{}", init.proc.output());
+    }
+}
+
+#[test]
+fn a_stop_signal_goes_on_as_itself_and_the_stop_still_escalates() {
+    if !can_unshare("a_stop_signal_goes_on_as_itself_and_the_stop_still_escalates") {
+        return;
+    }
+    let (dir, _dump) = tempdir();
+    let file = dir.path().join("signals.log");
+    // The child records what it gets and never exits on it.
+    let mut init = Init::start(
+        "init-int-escalate",
+        InitSpec::plain(&["record-signals", path_str(&file), "--group", "1"])
+            .env("PRIVITTY_STOP_TIMEOUT", "300ms"),
+        dir.path(),
+    );
+    lines_ready(&file, 2);
+    init.signal(Signal::SIGINT);
+    assert_eq!(
+        init.wait_exit(),
+        128 + Signal::SIGKILL as i32,
+        "{}",
+        init.proc.output()
+    );
+    let log = lines(&file);
+    for role in ["main", "child-0"] {
+        assert!(
+            log.contains(&format!("{role} SIGINT")),
+            "{role} did not get SIGINT: {log:?}"
+        );
+        assert!(
+            !log.contains(&format!("{role} SIGTERM")),
+            "{role} got SIGTERM instead of the signal init was sent: {log:?}"
+        );
+    }
+    assert!(
+        init.proc.stderr().contains("SIGKILL"),
+        "init did not escalate:\n{}",
+        init.proc.stderr()
+    );
+}
+
+#[test]
+fn realtime_signals_reach_the_childs_group() {
+    if !can_unshare("realtime_signals_reach_the_childs_group") {
+        return;
+    }
+    let (dir, _dump) = tempdir();
+    let file = dir.path().join("signals.log");
+    let mut init = Init::start(
+        "init-realtime",
+        InitSpec::plain(&[
+            "record-signals",
+            path_str(&file),
+            "--group",
+            "1",
+            "--exit-on",
+            "SIGTERM",
+        ]),
+        dir.path(),
+    );
+    lines_ready(&file, 2);
+    let (min, max) = (nix::libc::SIGRTMIN(), nix::libc::SIGRTMAX());
+    assert!(max - min >= 8, "SIGRTMIN {min}, SIGRTMAX {max}");
+    for signo in min..=max {
+        init.signal_number(signo);
+        for role in ["main", "child-0"] {
+            wait_line(&file, &format!("{role} SIGRTMIN+{}", signo - min));
+        }
+    }
+    init.signal(Signal::SIGTERM);
+    assert_eq!(init.wait_exit(), 0, "{}", init.proc.output());
+}
+
+#[test]
+fn listed_exit_codes_become_zero() {
+    if !can_unshare("listed_exit_codes_become_zero") {
+        return;
+    }
+    let (dir, _dump) = tempdir();
+    // A Java-like child that dies of the SIGTERM of `docker stop`: 143, unless -e 143.
+    for (args, expected) in [
+        (&[][..], 143),
+        (&["-e", "143"][..], 0),
+        (&["-e143", "-e", "7"], 0),
+    ] {
+        let mut init = Init::start("init-remap", plain_sh(args, SLEEPER), dir.path());
+        child_running(&init, "sleep");
+        init.signal(Signal::SIGTERM);
+        assert_eq!(
+            init.wait_exit(),
+            expected,
+            "{args:?}\n{}",
+            init.proc.output()
+        );
+    }
+    // Only the listed codes.
+    let mut init = Init::start(
+        "init-remap-other",
+        plain_sh(&["-e", "143"], "exit 3"),
+        dir.path(),
+    );
+    assert_eq!(init.wait_exit(), 3, "{}", init.proc.output());
+}
+
+#[test]
+fn the_parent_death_signal_reaches_the_child_when_the_parent_dies() {
+    if !can_unshare("the_parent_death_signal_reaches_the_child_when_the_parent_dies") {
+        return;
+    }
+    let (dir, _dump) = tempdir();
+    let file = dir.path().join("signals.log");
+    let mut args: Vec<OsString> = ["--plain", "-p", "SIGUSR1", "--"].map(Into::into).to_vec();
+    args.push(testproc().into());
+    args.extend(["record-signals", path_str(&file), "--exit-on", "SIGTERM"].map(Into::into));
+    let mut init = Init::start(
+        "init-pdeathsig",
+        InitSpec {
+            args,
+            ..InitSpec::plain(&[])
+        },
+        dir.path(),
+    );
+    lines_ready(&file, 1);
+    let pid = init.pid;
+    // Once its parent is gone, init (and its namespace) outlives the test unless stopped here.
+    struct StopOnDrop(nix::unistd::Pid);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            // Only on failure: after a pass the pid is gone and may belong to someone else.
+            if std::thread::panicking() {
+                let _ = nix::sys::signal::kill(self.0, Signal::SIGKILL);
+            }
+        }
+    }
+    // `unshare --kill-child` asked for SIGKILL on its death; init's -p replaced that with USR1.
+    let _cleanup = StopOnDrop(pid);
+    init.proc
+        .child
+        .kill()
+        .expect("kill init's parent (unshare)");
+    init.proc.child.wait().expect("reap unshare");
+    wait_line(&file, "main SIGUSR1");
+    // Init itself carried on: it still stops its child on request.
+    init.signal(Signal::SIGTERM);
+    wait_line(&file, "main SIGTERM");
+    eventually(DEADLINE, "init to exit", || {
+        matches!(init.state(), 'Z' | 'X' | '?').then_some(())
+    });
+}
+
+#[test]
+fn plain_mode_writes_nothing_of_its_own_on_a_terminal() {
+    const TEST: &str = "plain_mode_writes_nothing_of_its_own_on_a_terminal";
+    if !can_unshare(TEST) {
+        return;
+    }
+    if !has_command("script") {
+        skip(TEST, "`script` (util-linux) is not installed");
+        return;
+    }
+    // `docker run -it`: init and its child share the terminal, and only the child may speak.
+    let (dir, _dump) = tempdir();
+    let init = privitty_tests::support::bin("privitty-init");
+    let inner = format!(
+        "unshare --pid --fork --mount-proc --kill-child {} --plain -- sh -c 'printf child-output'",
+        init.display()
+    );
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &inner, "/dev/null"])
+        .env_remove("PRIVITTY_LOG");
+    let mut proc = privitty_tests::support::Proc::spawn("script-quiet", cmd, dir.path());
+    let child = &mut proc.child;
+    let status = eventually(DEADLINE, "script to exit", || {
+        child.try_wait().expect("try_wait")
+    });
+    assert!(status.success(), "{status}\n{}", proc.output());
+    let out = proc.stdout().replace('\r', "");
+    assert_eq!(
+        out,
+        "child-output",
+        "the terminal shows more than the child's output:\n{}",
+        proc.output()
+    );
+}
+
+#[test]
+fn pid1_leaves_its_directory_and_the_child_keeps_it() {
+    if !can_unshare("pid1_leaves_its_directory_and_the_child_keeps_it") {
+        return;
+    }
+    let (dir, _dump) = tempdir();
+    let file = dir.path().join("signals.log");
+    let started_in = dir.path().canonicalize().expect("canonical temp dir");
+    let mut init = Init::start(
+        "init-cwd",
+        InitSpec::plain(&["record-signals", path_str(&file), "--exit-on", "SIGTERM"])
+            .in_dir(&started_in),
+        dir.path(),
+    );
+    lines_ready(&file, 1);
+    let cwd = |pid: nix::unistd::Pid| std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    eventually(DEADLINE, "init to move to /", || {
+        (cwd(init.pid)? == Path::new("/")).then_some(())
+    });
+    let child = child_running(&init, "privitty-testpr");
+    assert_eq!(cwd(child), Some(started_in), "the child lost its directory");
+    init.signal(Signal::SIGTERM);
+    assert_eq!(init.wait_exit(), 0, "{}", init.proc.output());
+}
+
+#[test]
+fn run_as_tini_or_dumb_init_it_is_plain_mode_with_their_options() {
+    if !can_unshare("run_as_tini_or_dumb_init_it_is_plain_mode_with_their_options") {
+        return;
+    }
+    // An image swaps it in by a symlink, keeping its ENTRYPOINT line as it was.
+    let (dir, _dump) = tempdir();
+    let real = privitty_tests::support::bin("privitty-init");
+    let link = |name: &str| {
+        let path = dir.path().join(name);
+        std::os::unix::fs::symlink(&real, &path).expect("symlink");
+        path
+    };
+    let (tini, dumb_init) = (link("tini"), link("dumb-init"));
+    let as_named = |init: &Path, args: &[&str]| {
+        let mut all: Vec<OsString> = args.iter().map(OsString::from).collect();
+        all.extend(["sh", "-c", SLEEPER].map(OsString::from));
+        InitSpec {
+            args: all,
+            init: Some(init.to_path_buf()),
+            ..InitSpec::plain(&[])
+        }
+    };
+    let cases: [(&Path, &[&str], Signal, i32); 3] = [
+        (&tini, &["-s", "-g", "-e", "143", "--"], Signal::SIGTERM, 0),
+        (&tini, &["-v"], Signal::SIGINT, 130),
+        (&dumb_init, &["--"], Signal::SIGQUIT, 131),
+    ];
+    for (init_path, args, sig, code) in cases {
+        let mut init = Init::start("init-as-named", as_named(init_path, args), dir.path());
+        child_running(&init, "sleep");
+        init.signal(sig);
+        assert_eq!(
+            init.wait_exit(),
+            code,
+            "{} {args:?}, {sig}\n{}",
+            init_path.display(),
+            init.proc.output()
+        );
+        assert!(
+            !init.proc.stderr().contains("managed mode"),
+            "{}",
+            init.proc.stderr()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// privitty-init's own hardening.
+
+#[test]
+fn init_is_not_dumpable_so_its_own_uid_cannot_read_its_environment() {
+    const TEST: &str = "init_is_not_dumpable_so_its_own_uid_cannot_read_its_environment";
+    // Root reads any process's environment; the check is meaningful only for another uid.
+    if !nix::unistd::geteuid().is_root() {
+        skip(TEST, "needs root to start privitty-init under another uid");
+        return;
+    }
+    if !has_command("setpriv") {
+        skip(TEST, "`setpriv` (util-linux) is not installed");
+        return;
+    }
+    let (dir, _dump) = tempdir();
+    // The unprivileged init's child writes its report here.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod the temp dir");
+    }
+    let file = dir.path().join("signals.log");
+    let token = "NOT-FOR-SAME-UID-EYES";
+    let url = format!("https://license.example.com/v1/license/{token}");
+    const NOBODY: [&str; 3] = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+    let mut args: Vec<OsString> = NOBODY.map(Into::into).to_vec();
+    args.push(privitty_tests::support::bin("privitty-init").into());
+    args.extend(["--plain", "--"].map(Into::into));
+    args.push(testproc().into());
+    args.extend(["record-signals", path_str(&file), "--exit-on", "SIGTERM"].map(Into::into));
+    let mut init = Init::start(
+        "init-undumpable",
+        InitSpec {
+            args,
+            init: Some("setpriv".into()),
+            ..InitSpec::plain(&[]).without_namespace()
+        }
+        .env("PRIVITTY_LICENSE_URL", &url),
+        dir.path(),
+    );
+    lines_ready(&file, 1);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", init.pid)).expect("status");
+    assert!(
+        status.lines().any(|l| l.starts_with("Uid:\t65534\t")),
+        "init does not run as uid 65534:\n{status}"
+    );
+    let read_as_nobody = |pid: nix::unistd::Pid| {
+        std::process::Command::new("setpriv")
+            .args(NOBODY)
+            .arg("cat")
+            .arg(format!("/proc/{pid}/environ"))
+            .output()
+            .expect("run setpriv cat")
+    };
+    let out = read_as_nobody(init.pid);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "a process of init's own uid read its environment ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout).replace('\0', " ")
+    );
+    {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(format!("/proc/{}/environ", init.pid))
+            .expect("stat environ")
+            .uid();
+        assert_eq!(owner, 0, "init's /proc entries still belong to its own uid");
+    }
+    // The same read of the child works: the check above fails for the right reason, and exec
+    // gave the child (a program of its own) the ordinary setting back.
+    let child = child_running(&init, "privitty-testpr");
+    let out = read_as_nobody(child);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(token),
+        "cannot read the child's environment as its own uid: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    init.signal(Signal::SIGTERM);
+    assert_eq!(init.wait_exit(), 0, "{}", init.proc.output());
 }

@@ -19,6 +19,7 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use super::backoff::{Backoff, CrashBudget};
+use crate::pid1::Realtime;
 
 /// Exit code when generations exit unexpectedly more than `crash_limit` times within
 /// `crash_window` (EX_SOFTWARE).
@@ -61,6 +62,8 @@ pub enum Input {
         status: WaitStatus,
     },
     Signal(Signal),
+    /// A realtime signal (SIGRTMIN…SIGRTMAX): forwarded, it has no meaning of its own here.
+    Realtime(Realtime),
     /// The result of a license check; `license` is `None` when no valid license is on disk, and
     /// `withdrawn` says that is because its activation was deactivated or revoked (authoritative,
     /// unlike a file that does not verify).
@@ -89,6 +92,8 @@ pub enum Action {
     /// Signal one process (an edged generation, never its whole group: its engine must keep
     /// answering while edged drains in-flight requests).
     Signal { pid: Pid, signal: Signal },
+    /// [`Action::Signal`] for a realtime signal.
+    SignalRealtime { pid: Pid, signal: Realtime },
     /// SIGKILL a generation's process group: leftovers of an exited or overdue generation.
     KillGroup { pgid: Pid },
     /// Feed `Input::Timer(timer)` back at `at`.
@@ -213,6 +218,11 @@ impl Machine {
             Input::Ready { generation } => self.on_ready(now, generation, &mut out),
             Input::Exited { pid, status } => self.on_exited(now, pid, status, &mut out),
             Input::Signal(signal) => self.on_signal(signal, &mut out),
+            Input::Realtime(signal) => {
+                for pid in self.live_pids() {
+                    out.push(Action::SignalRealtime { pid, signal });
+                }
+            }
             Input::LicenseChecked {
                 license,
                 forced,
@@ -395,13 +405,20 @@ impl Machine {
             Signal::SIGHUP => out.push(Action::CheckLicense { forced: true }),
             other if !crate::pid1::signals::is_forwarded(other) => {}
             other => {
-                for g in self.gens.iter().filter(|g| g.live()) {
-                    if let Some(pid) = g.pid {
-                        out.push(Action::Signal { pid, signal: other });
-                    }
+                for pid in self.live_pids() {
+                    out.push(Action::Signal { pid, signal: other });
                 }
             }
         }
+    }
+
+    /// The pids of the generations that are not being stopped: where forwarded signals go.
+    fn live_pids(&self) -> Vec<Pid> {
+        self.gens
+            .iter()
+            .filter(|g| g.live())
+            .filter_map(|g| g.pid)
+            .collect()
     }
 
     fn on_license(
@@ -1121,6 +1138,35 @@ mod tests {
             vec![Action::Signal {
                 pid: pid(200),
                 signal: Signal::SIGUSR1
+            }]
+        );
+    }
+
+    #[test]
+    fn realtime_signals_are_forwarded_to_the_live_generation_only() {
+        let (mut m, t0) = serving();
+        m.step(
+            t0,
+            Input::LicenseChecked {
+                license: lic("b"),
+                forced: false,
+                withdrawn: false,
+            },
+        );
+        m.step(
+            t0,
+            Input::Spawned {
+                generation: 2,
+                pid: pid(200),
+                license: lic("b"),
+            },
+        );
+        let rt = Realtime::min_plus(2).unwrap();
+        assert_eq!(
+            m.step(t0, Input::Realtime(rt)),
+            vec![Action::SignalRealtime {
+                pid: pid(200),
+                signal: rt
             }]
         );
     }

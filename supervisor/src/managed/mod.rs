@@ -241,6 +241,7 @@ impl Driver<'_> {
             tokio::select! {
                 event = pid1.next() => inputs.push_back(match event {
                     Event::Signal(signal) => Input::Signal(signal),
+                    Event::Realtime(signal) => Input::Realtime(signal),
                     Event::Exited { pid, status } => Input::Exited { pid, status },
                 }),
                 Some(note) = notes.recv() => match note {
@@ -297,6 +298,7 @@ impl Driver<'_> {
                     signal_generation(pid, Signal::SIGCONT);
                 }
             }
+            Action::SignalRealtime { pid, signal } => pid1::signal_realtime(pid, signal),
             Action::KillGroup { pgid } => pid1::signal_group(pgid, Signal::SIGKILL),
             Action::SetTimer { at, timer } => self.timers.push((at, timer)),
             Action::CheckLicense { forced } => inputs.push_back(self.check(forced)),
@@ -328,8 +330,11 @@ impl Driver<'_> {
                     self.dir.path().as_os_str().to_os_string(),
                 ),
             ],
-            // Consumed here; edged and its engine never need the TOKEN it carries.
-            env_remove: vec![crate::config::env::LICENSE_URL.into()],
+            // Consumed here; edged and its engine never need the TOKEN (or where to read it).
+            env_remove: vec![
+                crate::config::env::LICENSE_URL.into(),
+                crate::config::env::LICENSE_URL_FILE.into(),
+            ],
             listen_fds: vec![(self.listener.as_raw_fd(), listener::FD_NAME.to_string())],
             foreground_tty: false,
         };
@@ -457,8 +462,10 @@ impl Driver<'_> {
         let status = pid1
             .stop(
                 &[],
+                Signal::SIGTERM,
                 main.unwrap_or(Pid::from_raw(0)),
                 self.config.stop_timeout,
+                pid1::ignore_while_stopping,
             )
             .await;
         for (_, task) in self.readiness.drain() {

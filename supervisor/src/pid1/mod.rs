@@ -5,6 +5,7 @@
 //! status when not PID 1, and fork/exec (unsafe code lives in `sys` only). Must not: decide what a
 //! signal or an exit means — that is the lifecycle's job in `plain` and `managed`.
 
+pub mod hardening;
 pub mod signals;
 mod spawn;
 mod sys;
@@ -18,6 +19,7 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
+pub use signals::Realtime;
 pub use spawn::{SpawnError, SpawnSpec, spawn};
 
 /// Something that happened to PID 1.
@@ -25,6 +27,8 @@ pub use spawn::{SpawnError, SpawnSpec, spawn};
 pub enum Event {
     /// A caught signal (see [`signals::HANDLED`]; SIGCHLD never appears, it drives the reaper).
     Signal(Signal),
+    /// A caught realtime signal (SIGRTMIN…SIGRTMAX).
+    Realtime(Realtime),
     /// A child of ours (spawned, or an orphan re-parented to us) exited and was reaped.
     Exited { pid: Pid, status: WaitStatus },
 }
@@ -53,11 +57,16 @@ pub struct Pid1 {
 /// Call it first thing in `main`, before any thread starts (threads inherit the mask); the signal
 /// thread unblocks them and receives what is pending.
 pub fn block_signals() -> Result<(), Errno> {
+    handled_set().thread_block()
+}
+
+/// Every signal the signal thread takes: [`signals::HANDLED`] and the realtime ones.
+fn handled_set() -> SigSet {
     let mut handled = SigSet::empty();
     for sig in signals::HANDLED {
         handled.add(sig);
     }
-    handled.thread_block()
+    sys::sigset_with(handled, signals::realtime_range())
 }
 
 impl Pid1 {
@@ -70,7 +79,11 @@ impl Pid1 {
         if !is_pid1 {
             nix::sys::prctl::set_child_subreaper(true).map_err(Pid1Error::Subreaper)?;
         }
-        let raw: Vec<i32> = signals::HANDLED.iter().map(|s| *s as i32).collect();
+        let raw: Vec<i32> = signals::HANDLED
+            .iter()
+            .map(|s| *s as i32)
+            .chain(signals::realtime_range())
+            .collect();
         let mut sigs = signal_hook::iterator::Signals::new(&raw).map_err(Pid1Error::Signals)?;
         let handle = sigs.handle();
         let (tx, events) = mpsc::unbounded_channel();
@@ -78,21 +91,21 @@ impl Pid1 {
             .name("pid1-signals".into())
             .spawn(move || {
                 // A parent may have started us with signals blocked; this thread takes them all.
-                let mut handled = SigSet::empty();
-                for sig in signals::HANDLED {
-                    handled.add(sig);
-                }
-                if let Err(e) = handled.thread_unblock() {
+                if let Err(e) = handled_set().thread_unblock() {
                     tracing::warn!(error = %e, "cannot unblock the handled signals");
                 }
                 reap(&tx);
                 for raw in sigs.forever() {
-                    let Ok(sig) = Signal::try_from(raw) else {
-                        continue;
+                    let event = match (Signal::try_from(raw), Realtime::from_raw(raw)) {
+                        (Ok(Signal::SIGCHLD), _) => {
+                            reap(&tx);
+                            continue;
+                        }
+                        (Ok(sig), _) => Event::Signal(sig),
+                        (Err(_), Some(rt)) => Event::Realtime(rt),
+                        (Err(_), None) => continue,
                     };
-                    if sig == Signal::SIGCHLD {
-                        reap(&tx);
-                    } else if tx.send(Event::Signal(sig)).is_err() {
+                    if tx.send(event).is_err() {
                         break;
                     }
                 }
@@ -119,27 +132,30 @@ impl Pid1 {
             .expect("the signal thread lives as long as Pid1")
     }
 
-    /// The stop procedure: SIGTERM (then SIGCONT, so stopped processes can act on it) to each
+    /// The stop procedure: `signal` (then SIGCONT, so stopped processes can act on it) to each
     /// process group, wait (consuming events) until every child of ours has exited or `timeout`
     /// passed, then SIGKILL what is left (all our descendants), and return as soon as nothing is
-    /// left. Returns the status of `main` if it was seen.
+    /// left. Signals that arrive meanwhile go to `on_signal` (the lifecycle decides whether they
+    /// are passed on). Returns the status of `main` if it was seen.
     pub async fn stop(
         &mut self,
         groups: &[Pid],
+        signal: Signal,
         main: Pid,
         timeout: Duration,
+        mut on_signal: impl FnMut(&Event),
     ) -> Option<WaitStatus> {
         let mut main_status = None;
         for group in groups {
-            signal_group(*group, Signal::SIGTERM);
+            signal_group(*group, signal);
             signal_group(*group, Signal::SIGCONT);
         }
         let deadline = tokio::time::Instant::now() + timeout;
         if self
-            .wait_for_no_children(main, &mut main_status, deadline)
+            .wait_for_no_children(main, &mut main_status, deadline, &mut on_signal)
             .await
         {
-            tracing::debug!("every process exited after SIGTERM");
+            tracing::debug!(signal = %signal, "every process exited after the stop signal");
             return main_status;
         }
         let left = descendants(nix::unistd::getpid());
@@ -162,7 +178,7 @@ impl Pid1 {
         let deadline = tokio::time::Instant::now() + timeout.max(Duration::from_secs(1));
         loop {
             if self
-                .wait_for_no_children(main, &mut main_status, deadline)
+                .wait_for_no_children(main, &mut main_status, deadline, &mut on_signal)
                 .await
             {
                 return main_status;
@@ -180,15 +196,14 @@ impl Pid1 {
         main: Pid,
         main_status: &mut Option<WaitStatus>,
         deadline: tokio::time::Instant,
+        on_signal: &mut impl FnMut(&Event),
     ) -> bool {
         let mut record = |ev: Event| match ev {
             Event::Exited { pid, status } if pid == main => *main_status = Some(status),
             Event::Exited { pid, status } => {
                 tracing::debug!(%pid, ?status, "reaped while stopping")
             }
-            Event::Signal(sig) => {
-                tracing::info!(signal = %sig, "already stopping; signal not acted on")
-            }
+            Event::Signal(_) | Event::Realtime(_) => on_signal(&ev),
         };
         loop {
             while let Ok(ev) = self.events.try_recv() {
@@ -319,6 +334,31 @@ pub fn signal_group(group: Pid, sig: Signal) {
         Ok(()) | Err(Errno::ESRCH) => {}
         Err(e) => tracing::warn!(%group, signal = %sig, error = %e, "cannot signal process group"),
     }
+}
+
+/// [`signal_group`] for a realtime signal.
+pub fn signal_group_realtime(group: Pid, sig: Realtime) {
+    // kill(-1) would mean every process we may signal, not a group.
+    if group.as_raw() <= 1 {
+        return;
+    }
+    match sys::kill_raw(-group.as_raw(), sig.raw()) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(e) => tracing::warn!(%group, signal = %sig, error = %e, "cannot signal process group"),
+    }
+}
+
+/// Sends a realtime signal to one process; one that is already gone is not an error.
+pub fn signal_realtime(pid: Pid, sig: Realtime) {
+    match sys::kill_raw(pid.as_raw(), sig.raw()) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(e) => tracing::warn!(%pid, signal = %sig, error = %e, "cannot signal"),
+    }
+}
+
+/// What a lifecycle that does not act on signals during a stop passes to [`Pid1::stop`].
+pub fn ignore_while_stopping(event: &Event) {
+    tracing::info!(?event, "already stopping; signal not acted on");
 }
 
 #[cfg(test)]

@@ -3,18 +3,21 @@
 //!
 //! | signal | handled as |
 //! |---|---|
-//! | TERM, INT, QUIT | event → stop the process tree |
+//! | TERM, INT, QUIT | event → stop the process tree (plain: the signal itself goes to the child's group first; managed: SIGTERM to edged) |
 //! | HUP | event → plain: forwarded; managed: new generation |
 //! | USR1 USR2 WINCH CONT ALRM TSTP ABRT URG XCPU XFSZ VTALRM PROF IO PWR STKFLT | event → forwarded to the child's group |
+//! | SIGRTMIN … SIGRTMAX | [`Realtime`] event → forwarded (both modes) |
 //! | TTIN, TTOU | event → ignored: a handler means they never stop us (tcsetpgrp from a background group) |
 //! | CHLD | the reaper: `waitpid(-1, WNOHANG)` until nothing is left, one `Exited` event each |
-//! | PIPE | left ignored (as Rust sets it): a write to a closed log pipe must not kill PID 1 |
+//! | PIPE | left ignored (as Rust sets it): a write to a closed log pipe must not kill PID 1, and a handler could not tell that SIGPIPE from a sent one, so it is not forwarded |
 //! | ILL FPE SEGV BUS TRAP SYS | default: they are synchronous faults of our own code |
 //! | KILL, STOP | cannot be caught |
 //!
 //! A handler is needed for each of these because the kernel drops signals without a handler that
 //! are sent to the init of a PID namespace. Until the handlers exist they are blocked
 //! ([`super::block_signals`], first thing in `main`), so one sent during start-up stays pending.
+//! Like every signal caught through a handler, several instances of one realtime signal that arrive
+//! before the signal thread runs are delivered once (their queueing is not kept).
 
 use nix::sys::signal::Signal;
 
@@ -51,6 +54,39 @@ pub const HANDLED: [Signal; 22] = [
     Signal::SIGCHLD,
 ];
 
+/// A realtime signal, `SIGRTMIN+n` (nix's [`Signal`] names only the classic ones). The range is
+/// the C library's: it keeps the first few kernel realtime signals for itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Realtime(i32);
+
+impl Realtime {
+    /// The realtime signal with this number, if it is one the C library leaves to applications.
+    pub fn from_raw(signo: i32) -> Option<Realtime> {
+        realtime_range().contains(&signo).then_some(Realtime(signo))
+    }
+
+    /// `SIGRTMIN + offset`, if that is within the range.
+    pub fn min_plus(offset: i32) -> Option<Realtime> {
+        Realtime::from_raw(nix::libc::SIGRTMIN() + offset)
+    }
+
+    /// The signal number.
+    pub fn raw(self) -> i32 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for Realtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SIGRTMIN+{}", self.0 - nix::libc::SIGRTMIN())
+    }
+}
+
+/// SIGRTMIN..=SIGRTMAX as this process's C library defines them.
+pub fn realtime_range() -> std::ops::RangeInclusive<i32> {
+    nix::libc::SIGRTMIN()..=nix::libc::SIGRTMAX()
+}
+
 /// Whether `sig` is one that plain mode forwards to the child's process group.
 pub fn is_forwarded(sig: Signal) -> bool {
     HANDLED.contains(&sig)
@@ -76,5 +112,19 @@ mod tests {
         assert!(!is_forwarded(Signal::SIGPIPE));
         assert!(!is_forwarded(Signal::SIGKILL));
         assert_eq!(HANDLED.iter().filter(|s| is_forwarded(**s)).count(), 16);
+    }
+
+    #[test]
+    fn realtime_signals_are_named_from_sigrtmin() {
+        let range = realtime_range();
+        assert!(range.end() - range.start() >= 8, "{range:?}");
+        let first = Realtime::from_raw(*range.start()).unwrap();
+        assert_eq!(first.to_string(), "SIGRTMIN+0");
+        assert_eq!(Realtime::min_plus(3).unwrap().raw(), range.start() + 3);
+        assert!(Realtime::from_raw(*range.end()).is_some());
+        assert!(Realtime::from_raw(range.end() + 1).is_none());
+        assert!(Realtime::from_raw(Signal::SIGUSR1 as i32).is_none());
+        // The C library's own (32, 33 with glibc) are not ours to catch or forward.
+        assert!(Realtime::from_raw(32).is_none());
     }
 }

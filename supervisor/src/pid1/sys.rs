@@ -1,10 +1,12 @@
-//! The crate's only unsafe code: fork and the child's side of exec.
+//! The crate's only unsafe code: fork and the child's side of exec, and the raw signal calls nix
+//! has no safe form for (realtime signals, which its `Signal` cannot name).
 //!
 //! Owns: the fork, everything the child does before `execve` (new process group, terminal
 //! foreground, the listen-fd hand-over, closing every other fd, `LISTEN_PID`, default signal
-//! dispositions and mask), and the exec-error pipe that tells the parent why an exec failed.
-//! Must not: allocate, lock or log in the child — the parent is multi-threaded, so between fork and
-//! exec only async-signal-safe calls on memory prepared before the fork are allowed.
+//! dispositions and mask), and the exec-error pipe that tells the parent why an exec failed;
+//! `kill` and signal-set edits by number. Must not: allocate, lock or log in the child — the parent
+//! is multi-threaded, so between fork and exec only async-signal-safe calls on memory prepared
+//! before the fork are allowed.
 #![allow(unsafe_code)]
 
 use std::ffi::{CString, c_char, c_int, c_uint};
@@ -269,6 +271,27 @@ fn close_from_to(first: c_int, last: c_int, max_fd: c_int) {
             }
         }
     }
+}
+
+/// `kill(pid, signo)` for any signal number (a negative `pid` is a process group).
+pub(crate) fn kill_raw(pid: i32, signo: c_int) -> Result<(), Errno> {
+    // SAFETY: kill takes plain integers and touches no memory of ours.
+    let r = unsafe { libc::kill(pid, signo) };
+    if r == 0 { Ok(()) } else { Err(Errno::last()) }
+}
+
+/// `set` with the signals numbered `extra` added (nix's `SigSet::add` takes named signals only).
+pub(crate) fn sigset_with(set: SigSet, extra: impl IntoIterator<Item = c_int>) -> SigSet {
+    let mut raw: libc::sigset_t = *set.as_ref();
+    for signo in extra {
+        // SAFETY: `raw` is an initialised sigset_t on our stack; sigaddset rejects (EINVAL) a
+        // number out of range without touching it.
+        unsafe {
+            libc::sigaddset(&mut raw, signo);
+        }
+    }
+    // SAFETY: `raw` came from a valid SigSet and was only changed through sigaddset.
+    unsafe { SigSet::from_sigset_t_unchecked(raw) }
 }
 
 /// Closes `fd` whoever owns it: for tests that lay out fds by number, each in a process of its own.

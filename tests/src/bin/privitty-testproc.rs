@@ -12,6 +12,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
 
 #[derive(Debug, Parser)]
@@ -30,7 +31,8 @@ enum Mode {
     Exit { code: i32 },
     /// Die of signal SIG (a number), with its default action.
     KillSelf { signal: i32 },
-    /// Block every signal and append "<role> <SIGNAME>" to FILE for each one received.
+    /// Block every signal and append "<role> <SIGNAME>" to FILE for each one received (realtime
+    /// ones as "SIGRTMIN+n").
     RecordSignals {
         file: PathBuf,
         /// Exit 0 after recording this signal (a name such as SIGTERM); default: never.
@@ -198,16 +200,26 @@ fn append(file: &Path, line: &str) -> Result<()> {
 }
 
 fn record(file: &Path, role: &str, set: SigSet, exit_on: Option<Signal>) -> Result<()> {
+    // A signalfd rather than sigwait: it reports realtime signals, which nix's `Signal` cannot name.
+    let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).context("signalfd")?;
     let pid = nix::unistd::getpid();
     let pgid = nix::unistd::getpgrp();
     append(file, &format!("{role} ready pid={pid} pgid={pgid}"))?;
     loop {
-        let sig = set.wait()?;
-        if sig == Signal::SIGCHLD {
+        let Some(info) = signals.read_signal()? else {
+            continue;
+        };
+        let signo = info.ssi_signo as i32;
+        let sig = Signal::try_from(signo).ok();
+        if sig == Some(Signal::SIGCHLD) {
             continue;
         }
-        append(file, &format!("{role} {}", sig.as_str()))?;
-        if Some(sig) == exit_on {
+        let name = match sig {
+            Some(sig) => sig.as_str().to_string(),
+            None => format!("SIGRTMIN+{}", signo - nix::libc::SIGRTMIN()),
+        };
+        append(file, &format!("{role} {name}"))?;
+        if sig.is_some() && sig == exit_on {
             return Ok(());
         }
     }
