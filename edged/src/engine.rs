@@ -42,6 +42,8 @@ pub struct EngineConfig {
     pub profile: String,
     /// Longest answer read from the engine (`PRIVITTY_RPC_MAX_RESPONSE`).
     pub max_answer: usize,
+    /// Set `webxdc_realtime_enabled` to 0 on account 1 (unless the policy allows realtime).
+    pub realtime_off: bool,
 }
 
 /// Errors of one engine call.
@@ -312,6 +314,18 @@ impl Engine {
             ],
         )
         .await?;
+        if self.inner.config.realtime_off {
+            // Realtime channels reach public relays (iroh) the moment any realtime call happens.
+            self.call(
+                "set_config",
+                &[
+                    json!(ACCOUNT_ID),
+                    json!(crate::policy::REALTIME_KEY),
+                    json!("0"),
+                ],
+            )
+            .await?;
+        }
         // Lets a configured account send and receive; a no-op for an unconfigured one.
         self.call("start_io_for_all_accounts", &[]).await?;
         Ok(())
@@ -722,6 +736,7 @@ mod tests {
                     data_dir: std::env::temp_dir(),
                     profile: "test".into(),
                     max_answer: 1024,
+                    realtime_off: true,
                 },
                 max_line: 1024,
                 next_id: AtomicU64::new(1),
@@ -771,6 +786,7 @@ done
             data_dir: dir.path().to_path_buf(),
             profile: "test".into(),
             max_answer: 1024 * 1024,
+            realtime_off: true,
         };
         let (stop_tx, stop) = watch::channel(false);
         let (engine, keeper) = Engine::start(config, Hub::new(4), stop, Duration::from_millis(200))

@@ -472,6 +472,10 @@ async fn rpc_request(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<R
         Body::Single(Item::Invalid { id, error }) => {
             json_text(StatusCode::OK, rpc::response(&id, &Err(error)))
         }
+        Body::Single(Item::BadParams { id, method, error }) => {
+            let error = shared.service.precheck(&method).unwrap_or(error);
+            json_text(StatusCode::OK, rpc::response(&id, &Err(error)))
+        }
         Body::Single(Item::Call(call)) => {
             tracing::debug!(method = %call.method, "rpc call");
             let outcome = shared
@@ -511,6 +515,10 @@ async fn batch(items: Vec<Item>, shared: &Arc<Shared>) -> Response<ResponseBody>
     for (i, item) in items.into_iter().enumerate() {
         match item {
             Item::Invalid { id, error } => answers[i] = Some(rpc::response(&id, &Err(error))),
+            Item::BadParams { id, method, error } => {
+                let error = shared.service.precheck(&method).unwrap_or(error);
+                answers[i] = Some(rpc::response(&id, &Err(error)));
+            }
             Item::Call(call) => {
                 let service = shared.service.clone();
                 let stop = shared.stop.clone();

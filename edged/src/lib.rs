@@ -185,6 +185,7 @@ pub async fn run(
         data_dir: config.accounts.clone(),
         profile: config.profile.clone(),
         max_answer: config.rpc_max_response,
+        realtime_off: !config.policy.realtime_allowed(),
     };
     let engine_deadline = config.stop_timeout * 2 / 5;
     let (engine, keeper) = tokio::select! {

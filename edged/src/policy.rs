@@ -251,6 +251,10 @@ pub const PRIVITTY_PATHS: &[(&str, &[PathArg])] = &[
     ("privitty_send_group_file", &[PathArg::In(2)]),
 ];
 
+/// The engine setting edged keeps at `0` (realtime channels reach public relays on the internet),
+/// unless the operator allowed a realtime method.
+pub const REALTIME_KEY: &str = "webxdc_realtime_enabled";
+
 /// The policy in force: the table plus the operator's `PRIVITTY_RPC_ALLOW`.
 #[derive(Clone, Debug)]
 pub struct Policy {
@@ -290,6 +294,37 @@ impl Policy {
         Ok(Policy {
             allowed_by_operator,
         })
+    }
+
+    /// Whether the operator allowed a realtime method (then `webxdc_realtime_enabled` is theirs).
+    pub fn realtime_allowed(&self) -> bool {
+        self.allowed_by_operator
+            .iter()
+            .any(|m| class(m) == Some(Deny(REALTIME)))
+    }
+
+    /// Refuses `set_config`/`batch_set_config` of `webxdc_realtime_enabled` unless realtime is
+    /// allowed: a client must not turn on what the policy keeps off.
+    pub fn check_settings(&self, method: &str, params: &[Value]) -> Result<(), RpcError> {
+        let sets_realtime = match method {
+            "set_config" => params.get(1).and_then(Value::as_str) == Some(REALTIME_KEY),
+            "batch_set_config" => params
+                .get(1)
+                .and_then(Value::as_object)
+                .is_some_and(|m| m.contains_key(REALTIME_KEY)),
+            _ => false,
+        };
+        if sets_realtime && !self.realtime_allowed() {
+            return Err(RpcError::new(
+                POLICY_DENIED,
+                format!(
+                    "{REALTIME_KEY} is kept at 0 by the gateway's method policy: {REALTIME}. An operator \
+                     can allow realtime with {ALLOW_SETTING}=send_webxdc_realtime_data,send_webxdc_realtime_advertisement,leave_webxdc_realtime"
+                ),
+            )
+            .with_data(json!({"setting": ALLOW_SETTING, "config": REALTIME_KEY})));
+        }
+        Ok(())
     }
 
     /// The decision for a method that is not one of edged's own.

@@ -64,7 +64,18 @@ pub struct Call {
 #[derive(Debug)]
 pub enum Item {
     Call(Call),
-    Invalid { id: Box<RawValue>, error: RpcError },
+    Invalid {
+        id: Box<RawValue>,
+        error: RpcError,
+    },
+    /// A well-formed request whose params are not positional: -32602, unless the method does not
+    /// exist (-32601 comes first, as the JSON-RPC 2.0 specification's examples show) or the gate
+    /// or the policy refuses it anyway.
+    BadParams {
+        id: Box<RawValue>,
+        method: String,
+        error: RpcError,
+    },
 }
 
 /// What a body parsed into.
@@ -155,12 +166,13 @@ fn item(raw: &RawValue) -> Item {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) => a,
         Some(_) => {
-            return Item::Invalid {
+            return Item::BadParams {
                 id: req.id.unwrap_or_else(null_id),
                 error: RpcError::new(
                     INVALID_PARAMS,
                     format!("invalid params: {method} takes positional params (a JSON array)"),
                 ),
+                method,
             };
         }
     };
@@ -266,10 +278,6 @@ mod tests {
             (r#"{"method":"m","id":1}"#, INVALID_REQUEST),
             (r#"{"jsonrpc":"2.0","method":5,"id":1}"#, INVALID_REQUEST),
             (
-                r#"{"jsonrpc":"2.0","method":"m","params":{"a":1},"id":1}"#,
-                INVALID_PARAMS,
-            ),
-            (
                 r#"{"jsonrpc":"2.0","method":"m","id":{"x":1}}"#,
                 INVALID_REQUEST,
             ),
@@ -297,6 +305,12 @@ mod tests {
                 }
                 other => panic!("{body}: {other:?}"),
             }
+        }
+        match parse(br#"{"jsonrpc":"2.0","method":"m","params":{"a":1},"id":1}"#) {
+            Body::Single(Item::BadParams { method, error, .. }) => {
+                assert_eq!((method.as_str(), error.code), ("m", INVALID_PARAMS))
+            }
+            other => panic!("{other:?}"),
         }
         match parse(br#"[1,{"jsonrpc":"2.0","method":"m","id":"x"}]"#) {
             Body::Batch(items) => {

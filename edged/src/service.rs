@@ -83,6 +83,9 @@ impl Service {
             match self.policy.decide(method) {
                 Decision::Unknown => Err(RpcError::method_not_found(method)),
                 Decision::Denied(e) => Err(e),
+                Decision::Run(_) if let Err(e) = self.policy.check_settings(method, &params) => {
+                    Err(e)
+                }
                 Decision::Run(paths) => match self.confine(method, params, paths).await {
                     Ok(params) => {
                         let budget = budget.unwrap_or_else(|| Budget::new(self.max_response));
@@ -99,6 +102,25 @@ impl Service {
             self.license.record_use(method);
         }
         outcome
+    }
+
+    /// The error a call to `method` gets before its params are looked at: the gate's, "method not
+    /// found", or the policy's denial. `None` when the method would run.
+    pub fn precheck(&self, method: &str) -> Option<RpcError> {
+        if let Err(e) = gate::check(method, &*self.license, SystemTime::now()) {
+            return Some(e);
+        }
+        if method == LICENSE_STATUS_METHOD || self.files.as_ref().is_some_and(|f| f.has(method)) {
+            return None;
+        }
+        if method.starts_with(gate::PRIVITTY_PREFIX) {
+            return Some(RpcError::method_not_found(method));
+        }
+        match self.policy.decide(method) {
+            Decision::Unknown => Some(RpcError::method_not_found(method)),
+            Decision::Denied(e) => Some(e),
+            Decision::Run(_) => None,
+        }
     }
 
     /// Resolves a call's path params inside the files directory (off the async runtime: it

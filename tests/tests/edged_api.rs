@@ -206,7 +206,7 @@ fn protocol_errors_batches_notifications_and_ids() {
         -32600
     );
     assert_eq!(edged.post_rpc("[]").json()["error"]["code"], -32600);
-    // -32601 from the engine for unknown Delta Chat methods.
+    // -32601 for methods that do not exist (edged's method table names every engine method).
     let r = edged
         .post_rpc(r#"{"jsonrpc":"2.0","method":"no_such_method","params":[],"id":4}"#)
         .json();
@@ -220,6 +220,20 @@ fn protocol_errors_batches_notifications_and_ids() {
         .post_rpc(r#"{"jsonrpc":"2.0","method":"get_config","params":[1],"id":6}"#)
         .json();
     assert_eq!(r["error"]["code"], -32602, "{r}");
+    // The JSON-RPC 2.0 specification's own example: a method that does not exist is -32601 even
+    // with named params; an existing one with named params stays -32602; a gated one -32001.
+    let r = edged
+        .post_rpc(r#"{"jsonrpc":"2.0","method":"foo.get","params":{"name":"myself"},"id":"5"}"#)
+        .json();
+    assert_eq!(
+        r,
+        json!({"jsonrpc":"2.0","error":{"code":-32601,"message":"method not found: foo.get"},"id":"5"})
+    );
+    let r = edged
+        .post_rpc(r#"[{"jsonrpc":"2.0","method":"foo.get","params":{"name":"myself"},"id":"5"},{"jsonrpc":"2.0","method":"privitty_send_file","params":{"a":1},"id":"6"}]"#)
+        .json();
+    assert_eq!(r[0]["error"]["code"], -32601, "{r}");
+    assert_eq!(r[1]["error"]["code"], -32001, "{r}");
 
     // Ids come back byte for byte.
     for id in ["\"abc\"", "42", "null", "12345678901234567890123", "-0.5"] {

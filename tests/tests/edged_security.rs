@@ -171,6 +171,25 @@ fn dangerous_methods_are_denied_by_default_and_allowed_by_the_setting() {
     }
     // Still there: the account edged manages.
     assert_eq!(edged.result("get_all_account_ids", json!([])), json!([1]));
+    // Realtime channels (public relays) are off, and a client cannot turn them on.
+    assert_eq!(
+        edged.result("get_config", json!([1, "webxdc_realtime_enabled"])),
+        json!("0")
+    );
+    for (method, params) in [
+        ("set_config", json!([1, "webxdc_realtime_enabled", "1"])),
+        (
+            "batch_set_config",
+            json!([1, {"webxdc_realtime_enabled": "1"}]),
+        ),
+    ] {
+        let r = edged.call(method, params);
+        assert_eq!(r["error"]["code"], -32003, "{method}: {r}");
+    }
+    assert_eq!(
+        edged.result("get_config", json!([1, "webxdc_realtime_enabled"])),
+        json!("0")
+    );
     drop(edged);
 
     let edged = EdgedStack::builder()
@@ -355,15 +374,11 @@ fn a_single_answer_over_the_cap_is_an_error() {
 
 #[test]
 fn idle_event_streams_cannot_starve_health() {
-    let edged = EdgedStack::builder()
-        .arg("--max-connections")
-        .arg("8")
-        .arg("--sse-max-clients")
-        .arg("4")
-        .start();
+    // The defaults: 512 connections, 64 of them may be /events clients.
+    let edged = EdgedStack::builder().start();
     let mut streams = Vec::new();
     let (mut ok, mut refused) = (0, 0);
-    for _ in 0..10 {
+    for _ in 0..70 {
         let mut s = TcpStream::connect(edged.addr()).unwrap();
         s.set_read_timeout(Some(DEADLINE)).unwrap();
         write!(s, "GET /events HTTP/1.1\r\nHost: {}\r\n\r\n", edged.addr()).unwrap();
@@ -376,10 +391,29 @@ fn idle_event_streams_cannot_starve_health() {
         }
         streams.push(s);
     }
-    assert_eq!((ok, refused), (4, 6));
+    assert_eq!((ok, refused), (64, 6));
     let h = edged.request("GET", "/health", None);
     assert_eq!(h.status, 200, "{h:?}");
-    assert_eq!(h.json()["sse_clients"], 4);
+    assert_eq!(h.json()["sse_clients"], 64);
+    // A smaller cap is a setting.
+    let edged = EdgedStack::builder()
+        .arg("--max-connections")
+        .arg("8")
+        .arg("--sse-max-clients")
+        .arg("2")
+        .start();
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(edged.addr()).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        write!(s, "GET /events HTTP/1.1\r\nHost: {}\r\n\r\n", edged.addr()).unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        codes.push(String::from_utf8_lossy(&head[9..]).to_string());
+        streams.push(s);
+    }
+    assert_eq!(codes, ["200", "200", "503"]);
+    assert_eq!(edged.request("GET", "/health", None).status, 200);
 }
 
 #[test]
