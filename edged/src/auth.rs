@@ -1,5 +1,6 @@
-//! Who may use the HTTP API: the bearer token on `/rpc` and `/events`, the Host check against DNS
-//! rebinding, and the CORS origin allow-list.
+//! Who may use the HTTP API: the bearer token on `/rpc` and `/events` (and on `/metrics` when
+//! `PRIVITTY_METRICS_AUTH=token`), the Host check against DNS rebinding, and the CORS origin
+//! allow-list.
 //!
 //! Owns: the decision per request (pass, 401, 421, 403) and keeping the expected token current (a
 //! rotation by `privitty-edge api-token --rotate` or a changed secret file takes effect within
@@ -12,7 +13,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -74,6 +74,35 @@ impl AuthSetting {
     }
 }
 
+/// `PRIVITTY_METRICS_AUTH`: who may read `GET /metrics`.
+///
+/// `Open` is the default: the metrics tell what `/health` tells (license status and times, request
+/// counts), nothing secret, and the API token opens every method, so asking for it would put a
+/// token that can send files into every Prometheus configuration. `Token` asks for it exactly when
+/// `/rpc` does (`PRIVITTY_API_AUTH`: required off loopback by default, optional on loopback).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsAuth {
+    Open,
+    Token,
+}
+
+impl MetricsAuth {
+    pub fn parse(text: &str) -> Option<MetricsAuth> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "open" => Some(MetricsAuth::Open),
+            "token" => Some(MetricsAuth::Token),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricsAuth::Open => "open",
+            MetricsAuth::Token => "token",
+        }
+    }
+}
+
 /// The outcome of the token check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -93,8 +122,15 @@ struct FileId {
     len: u64,
 }
 
-fn file_id(path: &std::path::Path) -> Option<FileId> {
-    let m = std::fs::symlink_metadata(path).ok()?;
+/// The identity of the file the token is read from: through links for a mounted secret (a
+/// Kubernetes Secret update swaps the `..data` link, not the file name), of the file itself in the
+/// data volume.
+fn file_id(source: &Source) -> Option<FileId> {
+    let m = match source {
+        Source::Env => return None,
+        Source::SecretFile(p) => std::fs::metadata(p).ok()?,
+        Source::DataDir(p) => std::fs::symlink_metadata(p).ok()?,
+    };
     Some(FileId {
         dev: m.dev(),
         ino: m.ino(),
@@ -108,8 +144,8 @@ fn file_id(path: &std::path::Path) -> Option<FileId> {
 #[derive(Debug)]
 pub struct Authenticator {
     mode: AuthMode,
-    /// The file the token is read from (None for `PRIVITTY_API_TOKEN`).
-    path: Option<PathBuf>,
+    /// Where the token is read from (`Env`: never re-read).
+    source: Source,
     expected: RwLock<Arc<str>>,
     /// Identity of the file when `expected` was read.
     seen: Mutex<Option<FileId>>,
@@ -124,11 +160,10 @@ impl Authenticator {
         accounts: &std::path::Path,
     ) -> Result<Authenticator, ApiTokenError> {
         let token = api_token::current(source, env_token, accounts)?;
-        let path = source.path().map(PathBuf::from);
-        let id = path.as_deref().and_then(file_id);
+        let id = file_id(source);
         Ok(Authenticator {
             mode,
-            path,
+            source: source.clone(),
             expected: RwLock::new(token.into()),
             seen: Mutex::new(id),
         })
@@ -138,7 +173,7 @@ impl Authenticator {
     pub fn fixed(mode: AuthMode, token: &str) -> Authenticator {
         Authenticator {
             mode,
-            path: None,
+            source: Source::Env,
             expected: RwLock::new(token.into()),
             seen: Mutex::new(None),
         }
@@ -182,15 +217,17 @@ impl Authenticator {
     /// expected token changed. A file that became unusable keeps the previous token (logged): an
     /// attacker in the volume can't turn authentication off by breaking the file.
     pub fn reload_if_changed(&self) -> bool {
-        let Some(path) = &self.path else { return false };
-        let now = file_id(path);
+        let Some(path) = self.source.path() else {
+            return false;
+        };
+        let now = file_id(&self.source);
         {
             let seen = self.seen.lock().expect("seen lock");
             if *seen == now {
                 return false;
             }
         }
-        match api_token::read_file(path) {
+        match api_token::read_source_file(&self.source) {
             Ok(Some(token)) => {
                 let changed = {
                     let mut expected = self.expected.write().expect("token lock");
@@ -220,7 +257,7 @@ impl Authenticator {
 
 /// Checks the token file every [`RELOAD_INTERVAL`] until `stop`.
 pub async fn watch(auth: Arc<Authenticator>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    if auth.path.is_none() || auth.mode == AuthMode::Off {
+    if auth.source.path().is_none() || auth.mode == AuthMode::Off {
         return;
     }
     let mut tick = tokio::time::interval(RELOAD_INTERVAL);

@@ -133,17 +133,37 @@ fn getrandom(buf: &mut [u8]) {
     OsRng.fill_bytes(buf);
 }
 
-/// Reads a token file: no symlink followed, no FIFO waited on, regular files only, size-capped,
-/// trailing newline removed, syntax checked. `Ok(None)` when it does not exist.
+/// Reads a token file: no FIFO waited on, regular files only, size-capped, trailing newline
+/// removed, syntax checked. `Ok(None)` when it does not exist. A symlink is followed only for a
+/// file the operator named (`PRIVITTY_API_TOKEN_FILE`: Kubernetes mounts Secrets as links into
+/// `..data/`), never in the data volume.
+pub fn read_source_file(source: &Source) -> Result<Option<String>, ApiTokenError> {
+    match source {
+        Source::Env => Ok(None),
+        Source::SecretFile(p) => read(p, true),
+        Source::DataDir(p) => read(p, false),
+    }
+}
+
+/// [`read_source_file`] for a file in the data volume: a symlink is refused.
 pub fn read_file(path: &Path) -> Result<Option<String>, ApiTokenError> {
+    read(path, false)
+}
+
+fn read(path: &Path, follow: bool) -> Result<Option<String>, ApiTokenError> {
     use std::os::unix::fs::OpenOptionsExt;
     let bad = |problem: &str| ApiTokenError::BadFile {
         path: path.to_path_buf(),
         problem: problem.to_string(),
     };
+    let flags = if follow {
+        nix::fcntl::OFlag::O_NONBLOCK
+    } else {
+        nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK
+    };
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+        .custom_flags(flags.bits())
         .open(path);
     let file = match file {
         Ok(f) => f,
@@ -196,7 +216,7 @@ pub fn current(
                 problem: "it is empty".to_string(),
             }),
         Source::SecretFile(p) => {
-            read_file(p)?.ok_or_else(|| ApiTokenError::Missing { path: p.clone() })
+            read(p, true)?.ok_or_else(|| ApiTokenError::Missing { path: p.clone() })
         }
         Source::DataDir(p) => match read_file(p)? {
             Some(t) => Ok(t),
@@ -317,6 +337,23 @@ mod tests {
         assert!(!err.contains("secret"), "{err}");
         std::fs::write(&path, vec![b'a'; 10_000]).unwrap();
         assert!(read_file(&path).is_err());
+    }
+
+    #[test]
+    fn a_mounted_secret_is_read_through_its_links_and_the_volume_file_is_not() {
+        // Kubernetes: token -> ..data/token, ..data -> ..2024_01_01_00_00_00.1/
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = dir.path().join("..v1");
+        std::fs::create_dir(&v1).unwrap();
+        std::fs::write(v1.join("token"), "0123456789abcdef-secret\n").unwrap();
+        std::os::unix::fs::symlink("..v1", dir.path().join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/token", dir.path().join("token")).unwrap();
+        let source = Source::SecretFile(dir.path().join("token"));
+        assert_eq!(
+            current(&source, None, dir.path()).unwrap(),
+            "0123456789abcdef-secret"
+        );
+        assert!(read_file(&dir.path().join("token")).is_err());
     }
 
     #[test]
