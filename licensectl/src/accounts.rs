@@ -1,8 +1,16 @@
 //! The accounts directory and the license files in it (license-protocol.md, "Files").
 //!
 //! Owns: file names, the exclusive lock for activate/sync/deactivate, atomic writes (temp file in the
-//! same directory, fsync, rename, fsync the directory), `device.uuid`, the `activation.json` record.
+//! same directory, fsync, rename, fsync the directory), `device.uuid`, the `activation.json` record,
+//! and moving a withdrawn license aside (`privitty.lic.revoked`).
 //! Must not: talk to the network.
+//!
+//! Trust boundary: everything in the accounts directory is untrusted input (it is a data volume that
+//! other processes and users can write). Every file is opened through [`open_in_dir`]: never
+//! through a symlink (`O_NOFOLLOW`), never blocking in `open` (`O_NONBLOCK`: a FIFO planted under a
+//! license file name would otherwise stall whoever holds the license lock), then checked to be a
+//! regular file (`fstat`) and read up to a size cap, so no file in the volume can redirect, hang or
+//! exhaust a reader.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -15,6 +23,9 @@ use crate::Error;
 
 pub const DEFAULT_ACCOUNTS_DIR: &str = "/var/lib/privitty";
 pub const LICENSE_FILE: &str = "privitty.lic";
+/// Where `privitty.lic` goes when the device sees its activation withdrawn (revoked, deactivated):
+/// kept for inspection, never read by the status rules.
+pub const REVOKED_LICENSE_FILE: &str = "privitty.lic.revoked";
 pub const DEVICE_UUID_FILE: &str = "device.uuid";
 pub const LICENSE_SERVER_FILE: &str = "license_server.txt";
 pub const ACTIVATION_FILE: &str = "activation.json";
@@ -181,7 +192,7 @@ impl AccountsDir {
         if let Some(existing) = self.device_uuid()? {
             return Ok(existing);
         }
-        if self.file(ACTIVATION_FILE).exists() {
+        if std::fs::symlink_metadata(self.file(ACTIVATION_FILE)).is_ok() {
             // A new identity would silently orphan the seat the activation holds.
             return Err(Error::MissingFile {
                 path: self.file(DEVICE_UUID_FILE),
@@ -194,7 +205,9 @@ impl AccountsDir {
         Ok(id)
     }
 
-    /// Reads `activation.json` (None when absent; corrupt content is an error).
+    /// Reads `activation.json` (None when absent). Content that does not parse is
+    /// [`Error::CorruptFile`]; a symlink, FIFO, directory, … in its place is
+    /// [`Error::NotRegularFile`].
     pub fn activation(&self) -> Result<Option<Activation>, Error> {
         let path = self.file(ACTIVATION_FILE);
         let Some(bytes) = read_optional(&path, MAX_META_BYTES)? else {
@@ -222,36 +235,47 @@ impl AccountsDir {
             .map(|b| String::from_utf8_lossy(&b).trim().to_string()))
     }
 
-    /// Reads `privitty.lic` without following a symlink. `Ok(None)` when absent;
+    /// Reads `privitty.lic` (never through a symlink, never blocking). `Ok(None)` when absent;
     /// `Ok(Some(Err(())))` when it is a symlink, not a regular file, or larger than 64 KiB.
     pub fn read_license(&self) -> Result<Option<Result<Vec<u8>, ()>>, Error> {
         let path = self.license_path();
-        let meta = match std::fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::read(path, e)),
-        };
-        if !meta.file_type().is_file() {
-            return Ok(Some(Err(())));
+        match read_bounded(&path, crate::jwt::MAX_LICENSE_BYTES as u64) {
+            Ok(Found::Absent) => Ok(None),
+            Ok(Found::Bytes(bytes)) => Ok(Some(Ok(bytes))),
+            Ok(Found::NotRegular(_) | Found::TooLarge) => Ok(Some(Err(()))),
+            Err(e) => Err(Error::read(path, e)),
         }
-        let file = match open_nofollow(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            // ELOOP: replaced by a symlink between the two calls.
-            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) => {
-                return Ok(Some(Err(())));
+    }
+
+    /// Moves `privitty.lic` aside to `privitty.lic.revoked` (replacing an older one) and fsyncs the
+    /// directory. Called under the lock when the device sees its activation withdrawn, *before*
+    /// `activation.json` records the new state: a crash in between leaves no license in place and
+    /// the activation still `active` (the next sync learns the withdrawal again), never a recorded
+    /// withdrawal next to a license that an older `activation.json` put back would revive.
+    /// Returns whether a license was moved.
+    pub fn retire_license(&self) -> Result<bool, Error> {
+        let from = self.license_path();
+        match std::fs::symlink_metadata(&from) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::write(from, e)),
+        }
+        if let Err(e) = std::fs::rename(&from, self.file(REVOKED_LICENSE_FILE)) {
+            // Something planted as privitty.lic.revoked (a directory, say) must not keep the
+            // license in its place: remove it instead. Anything but a regular file under the
+            // license name never verifies, so it can stay.
+            tracing::warn!(
+                error = %e,
+                file = %self.file(REVOKED_LICENSE_FILE).display(),
+                "cannot keep the withdrawn license for inspection; removing it instead"
+            );
+            let regular = std::fs::symlink_metadata(&from).is_ok_and(|m| m.file_type().is_file());
+            if regular {
+                std::fs::remove_file(&from).map_err(|e| Error::write(&from, e))?;
             }
-            Err(e) => return Err(Error::read(path, e)),
-        };
-        let limit = crate::jwt::MAX_LICENSE_BYTES as u64;
-        let mut bytes = Vec::new();
-        file.take(limit + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::read(&path, e))?;
-        if bytes.len() as u64 > limit {
-            return Ok(Some(Err(())));
         }
-        Ok(Some(Ok(bytes)))
+        self.sync_dir()?;
+        Ok(true)
     }
 
     /// Takes the exclusive lock, blocking until it is free. Blocks the thread: async callers use
@@ -263,22 +287,27 @@ impl AccountsDir {
         Ok(DirLock { _file: file })
     }
 
-    /// Takes the exclusive lock without blocking the async runtime.
+    /// Takes the exclusive lock without blocking the async runtime: the lock file is opened and
+    /// waited for on a blocking thread.
     pub async fn lock(&self) -> Result<DirLock, Error> {
-        let file = self.open_lock_file()?;
-        match file.try_lock() {
-            Ok(()) => return Ok(DirLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => {}
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(Error::write(self.file(LOCK_FILE), e));
-            }
-        }
-        tracing::debug!(dir = %self.path.display(), "waiting for another license operation to finish");
+        let dir = self.clone();
         let path = self.file(LOCK_FILE);
-        tokio::task::spawn_blocking(move || file.lock().map(|()| DirLock { _file: file }))
-            .await
-            .map_err(|e| Error::write(&path, std::io::Error::other(e)))?
-            .map_err(|e| Error::write(path, e))
+        tokio::task::spawn_blocking(move || {
+            let file = dir.open_lock_file()?;
+            match file.try_lock() {
+                Ok(()) => return Ok(DirLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(Error::write(dir.file(LOCK_FILE), e));
+                }
+            }
+            tracing::debug!(dir = %dir.path.display(), "waiting for another license operation to finish");
+            file.lock()
+                .map(|()| DirLock { _file: file })
+                .map_err(|e| Error::write(dir.file(LOCK_FILE), e))
+        })
+        .await
+        .map_err(|e| Error::write(&path, std::io::Error::other(e)))?
     }
 
     /// Opens the lock file without following a symlink, and gives it the directory's owner only
@@ -292,36 +321,50 @@ impl AccountsDir {
                 .read(true)
                 .write(write)
                 .create_new(create_new)
-                .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+                .custom_flags(OPEN_FLAGS)
                 .open(&path)
         };
-        let refuse = |e: std::io::Error| {
-            if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) {
-                Error::CorruptFile {
-                    path: path.clone(),
-                    problem: "it is a symlink, which is never followed".into(),
-                    remedy: "remove it (it is recreated as needed) and check who can write to the accounts directory",
-                }
-            } else {
-                Error::write(&path, e)
-            }
+        let refuse = |e: std::io::Error| match e.raw_os_error() {
+            Some(code) if code == nix::errno::Errno::ELOOP as i32 => Error::CorruptFile {
+                path: path.clone(),
+                problem: "it is a symlink, which is never followed".into(),
+                remedy: "remove it (it is recreated as needed) and check who can write to the accounts directory",
+            },
+            Some(code) if code == nix::errno::Errno::EISDIR as i32 => Error::NotRegularFile {
+                path: path.clone(),
+                kind: "a directory",
+            },
+            Some(code) if code == nix::errno::Errno::ENXIO as i32 => Error::NotRegularFile {
+                path: path.clone(),
+                kind: "a socket",
+            },
+            _ => Error::write(&path, e),
         };
-        match open(true, true) {
+        let file = match open(true, true) {
             Ok(file) => {
                 match_directory_owner(&self.path, &file).map_err(|e| Error::write(&path, e))?;
                 return Ok(file);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match open(true, false) {
+                Ok(file) => file,
+                // flock works on a read-only descriptor too (a lock file created by another user).
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    open(false, false).map_err(refuse)?
+                }
+                Err(e) => return Err(refuse(e)),
+            },
             Err(e) => return Err(refuse(e)),
+        };
+        // A FIFO or device under the lock file's name opens without blocking; it is still not a
+        // lock file.
+        let meta = file.metadata().map_err(|e| Error::write(&path, e))?;
+        if !meta.file_type().is_file() {
+            return Err(Error::NotRegularFile {
+                path,
+                kind: kind_of(meta.file_type()),
+            });
         }
-        match open(true, false) {
-            Ok(file) => Ok(file),
-            // flock works on a read-only descriptor too (a lock file created by another user).
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                open(false, false).map_err(refuse)
-            }
-            Err(e) => Err(refuse(e)),
-        }
+        Ok(file)
     }
 
     /// Creates the directory (mode 0700) when it does not exist yet; used by `activate` only.
@@ -370,7 +413,11 @@ impl AccountsDir {
     }
 
     fn sync_dir(&self) -> Result<(), Error> {
-        File::open(&self.path)
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags((nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_NONBLOCK).bits())
+            .open(&self.path)
             .and_then(|d| d.sync_all())
             .map_err(|e| Error::write(&self.path, e))
     }
@@ -418,34 +465,101 @@ fn match_directory_owner(dir: &Path, file: &File) -> std::io::Result<()> {
     std::os::unix::fs::fchown(file, Some(dir_meta.uid()), Some(dir_meta.gid()))
 }
 
-fn open_nofollow(path: &Path) -> std::io::Result<File> {
+/// The flags of every open of a file in the accounts directory: a symlink is never followed (it
+/// could point anywhere), a FIFO never blocks the open (it would stall whoever holds the license
+/// lock), and a terminal device never becomes the controlling terminal.
+const OPEN_FLAGS: i32 = nix::fcntl::OFlag::O_NOFOLLOW.bits()
+    | nix::fcntl::OFlag::O_NONBLOCK.bits()
+    | nix::fcntl::OFlag::O_NOCTTY.bits();
+
+/// Opens a file of the accounts directory for reading with [`OPEN_FLAGS`].
+pub(crate) fn open_in_dir(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    // O_NOFOLLOW: a symlink planted on the data volume must not redirect the read.
     std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .custom_flags(OPEN_FLAGS)
         .open(path)
 }
 
-/// Reads a whole small file; `None` when it does not exist. Larger than `limit` → corrupt.
-pub(crate) fn read_optional(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, Error> {
-    let file = match File::open(path) {
+/// What a bounded read of a file in the accounts directory found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Found {
+    Absent,
+    /// A symlink, FIFO, socket, device or directory under the file's name; never read.
+    NotRegular(&'static str),
+    /// Larger than the cap; not read beyond it.
+    TooLarge,
+    Bytes(Vec<u8>),
+}
+
+/// Reads a whole small file without following a symlink or blocking, after checking (`fstat` on
+/// the open descriptor, so nothing can be swapped in between) that it is a regular file of at most
+/// `limit` bytes; reading stops at the cap even if the file grows meanwhile.
+pub(crate) fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Found> {
+    let file = match open_in_dir(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::read(path, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Absent),
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) => {
+            return Ok(Found::NotRegular("a symlink"));
+        }
+        // open(2) on a UNIX socket.
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENXIO as i32) => {
+            return Ok(Found::NotRegular("a socket"));
+        }
+        Err(e) => return Err(e),
     };
-    let mut bytes = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::read(path, e))?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Ok(Found::NotRegular(kind_of(meta.file_type())));
+    }
+    if meta.len() > limit {
+        return Ok(Found::TooLarge);
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
-        return Err(Error::CorruptFile {
+        return Ok(Found::TooLarge);
+    }
+    Ok(Found::Bytes(bytes))
+}
+
+/// How a file type that is not a regular file is named in messages.
+fn kind_of(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symlink"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Reads a whole small file (see [`read_bounded`]); `None` when it does not exist. Not a regular
+/// file → [`Error::NotRegularFile`]; larger than `limit` → [`Error::CorruptFile`].
+pub(crate) fn read_optional(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, Error> {
+    match read_bounded(path, limit) {
+        Ok(Found::Absent) => Ok(None),
+        Ok(Found::Bytes(bytes)) => Ok(Some(bytes)),
+        Ok(Found::NotRegular(kind)) => Err(Error::NotRegularFile {
+            path: path.to_path_buf(),
+            kind,
+        }),
+        Ok(Found::TooLarge) => Err(Error::CorruptFile {
             path: path.to_path_buf(),
             problem: format!("it is larger than {limit} bytes"),
             remedy: "restore it from a backup",
-        });
+        }),
+        Err(e) => Err(Error::read(path, e)),
     }
-    Ok(Some(bytes))
 }
 
 #[cfg(test)]

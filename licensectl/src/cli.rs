@@ -104,7 +104,7 @@ enum LicenseCommand {
     },
     /// Refresh the license from the server and report usage.
     Sync,
-    /// Release this device's seat on the server; the license file is kept for inspection.
+    /// Release this device's seat on the server; the license file is kept for inspection as privitty.lic.revoked.
     Deactivate {
         /// Only mark the device deactivated locally, without contacting the server.
         #[arg(long)]
@@ -304,7 +304,7 @@ async fn license(dir: &AccountsDir, command: LicenseCommand) -> Result<u8, Failu
             if local_only {
                 writeln!(out, "deactivated locally (the seat is still held on the server until an administrator frees it)")
             } else {
-                writeln!(out, "deactivated (the seat was released on the server; privitty.lic is kept for inspection)")
+                writeln!(out, "deactivated (the seat was released on the server; privitty.lic is kept for inspection as privitty.lic.revoked)")
             }
             .map_err(io_failure)?;
             Ok(exit::OK)

@@ -45,6 +45,8 @@ pub(crate) struct ActivateResponse {
     pub activation_id: String,
     pub device_secret: String,
     pub license_jwt: String,
+    /// Unsigned, so informational only (logged when far from the local clock); the high-water
+    /// mark moves with the license's signed `iat` instead.
     #[serde(deserialize_with = "server_time")]
     pub server_time: i64,
 }
@@ -61,6 +63,7 @@ pub(crate) struct SyncBody<'a> {
 #[derive(Deserialize)]
 pub(crate) struct SyncResponse {
     pub license_jwt: String,
+    /// Unsigned, so informational only (see [`ActivateResponse::server_time`]).
     #[serde(deserialize_with = "server_time")]
     pub server_time: i64,
     #[serde(default)]

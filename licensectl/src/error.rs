@@ -93,6 +93,15 @@ pub enum Error {
         remedy: &'static str,
     },
 
+    /// Something other than a regular file (a symlink, FIFO, directory, device, socket) sits under
+    /// the name of a license file; it is neither followed nor read.
+    #[error(
+        "{} is {kind}, not a regular file; it is never followed or read: move it away (the license \
+         commands recreate what they need) and check who can write to the accounts directory",
+        path.display()
+    )]
+    NotRegularFile { path: PathBuf, kind: &'static str },
+
     /// A file the local state needs is missing.
     #[error("{} is missing; {remedy}", path.display())]
     MissingFile { path: PathBuf, remedy: &'static str },
@@ -168,6 +177,7 @@ impl Error {
             Error::Read { .. }
             | Error::Write { .. }
             | Error::CorruptFile { .. }
+            | Error::NotRegularFile { .. }
             | Error::MissingFile { .. }
             | Error::CaBundle { .. } => ErrorKind::LocalFiles,
             Error::Client(_) => ErrorKind::LocalFiles,

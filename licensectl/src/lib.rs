@@ -24,7 +24,9 @@ pub use accounts::AccountsDir;
 pub use error::{Error, ErrorKind};
 pub use keys::TrustedKeys;
 pub use ops::{ActivateRequest, Activated, Synced, activate, deactivate, sync};
-pub use status::{Evaluation, LicenseIdentity, LoadedLicense, Reason, Status, StatusReport};
+pub use status::{
+    Evaluation, LicenseIdentity, LoadedLicense, Reason, Status, StatusReport, needs_activation,
+};
 pub use url::DeliveryUrl;
 pub use usage::UsageCounters;
 

@@ -3,16 +3,19 @@
 //! `sync_state.json`, which nothing but `status` reads).
 //!
 //! Owns: the order of writes (`privitty.lic`, `license_server.txt`, then `activation.json` as the
-//! commit record) and the rule that a license is verified before anything is written.
-//! Must not: own a runtime (these are `async fn`s on the caller's), or log secrets.
+//! commit record; on a withdrawal, `privitty.lic` moved aside before `activation.json` records it),
+//! the rule that a license is verified before anything is written, and the high-water resets
+//! (to the `iat` of the verified license: the server's `server_time` is unsigned and only logged).
+//! Must not: own a runtime (these are `async fn`s on the caller's), block it (every file access
+//! runs in `spawn_blocking`), or log secrets.
 
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
 use crate::accounts::{
-    ACTIVATION_FILE, Activation, ActivationState, DEVICE_UUID_FILE, LICENSE_FILE,
-    LICENSE_SERVER_FILE, rfc3339,
+    ACTIVATION_FILE, Activation, ActivationState, DEVICE_UUID_FILE, DirLock, LICENSE_FILE,
+    LICENSE_SERVER_FILE, rfc3339, unix_secs,
 };
 use crate::client::{ActivateBody, Client, SyncBody};
 use crate::error::TransientCause;
@@ -34,6 +37,10 @@ pub struct SyncState {
     pub last_sync_error: Option<String>,
     pub last_sync_error_at: Option<String>,
 }
+
+/// The local clock differing from the server's by more than this is worth a warning (a wrong clock
+/// makes a license look expired, or hides that it is).
+pub const CLOCK_SKEW_WARNING: i64 = 3600;
 
 /// Reads `sync_state.json`; anything unreadable counts as absent (it is informational only).
 pub fn read_sync_state(dir: &AccountsDir) -> Option<SyncState> {
@@ -136,6 +143,35 @@ fn verify_response(
     Ok(claims)
 }
 
+/// Runs file work (bounded reads, fsyncs, renames) on a blocking thread, off the caller's runtime.
+async fn blocking<T, F>(dir: &AccountsDir, work: F) -> Result<T, Error>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Error> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(Error::write(dir.path(), std::io::Error::other(e))),
+    }
+}
+
+/// `server_time` is unsigned: it never moves the high-water clock, but a large difference from the
+/// local clock is worth telling the operator about.
+fn note_server_time(host: &str, server_time: i64) {
+    let skew = unix_secs(SystemTime::now()).saturating_sub(server_time);
+    if skew.abs() > CLOCK_SKEW_WARNING {
+        tracing::warn!(
+            server = %host,
+            skew_seconds = skew,
+            "the local clock differs from the license server's; check NTP (a clock ahead makes the \
+             license look expired)"
+        );
+    } else {
+        tracing::debug!(server = %host, skew_seconds = skew, "license server clock");
+    }
+}
+
 /// Checked before taking the lock, so a never-activated (or missing) directory is reported as such
 /// rather than as a lock-file error; the caller re-reads the file under the lock.
 fn require_activation_file(dir: &AccountsDir) -> Result<(), Error> {
@@ -150,17 +186,17 @@ fn require_activation_file(dir: &AccountsDir) -> Result<(), Error> {
 
 fn device_uuid_required(dir: &AccountsDir) -> Result<String, Error> {
     dir.device_uuid()?.ok_or_else(|| Error::MissingFile {
- path: dir.file(DEVICE_UUID_FILE),
- remedy: "the activation in activation.json depends on it: restore it from a backup (or move activation.json away to start over as a new device)",
- })
+        path: dir.file(DEVICE_UUID_FILE),
+        remedy: "the activation in activation.json depends on it: restore it from a backup (or move activation.json away to start over as a new device)",
+    })
 }
 
 fn delivery_url(dir: &AccountsDir) -> Result<DeliveryUrl, Error> {
     let path = dir.file(LICENSE_SERVER_FILE);
     let text = dir.license_server()?.ok_or_else(|| Error::MissingFile {
- path: path.clone(),
- remedy: "the activation in activation.json depends on it: run `privitty-edge license activate <url>` again",
- })?;
+        path: path.clone(),
+        remedy: "the activation in activation.json depends on it: run `privitty-edge license activate <url>` again",
+    })?;
     DeliveryUrl::parse(&text).map_err(|_| Error::CorruptFile {
         path,
         problem: "it does not hold a valid delivery URL".into(),
@@ -183,10 +219,14 @@ pub async fn activate(
             dir: crate::keys::SYSTEM_KEYS_DIR.into(),
         });
     }
-    dir.create()?;
-    let _lock = dir.lock().await?;
-    let device_uuid = dir.ensure_device_uuid_locked()?;
-    let previous = dir.activation()?;
+    let d = dir.clone();
+    blocking(dir, move || d.create()).await?;
+    let lock = dir.lock().await?;
+    let d = dir.clone();
+    let (device_uuid, previous) = blocking(dir, move || {
+        Ok((d.ensure_device_uuid_locked()?, d.activation()?))
+    })
+    .await?;
     let client = Client::new(url)?;
     let nonce = new_nonce();
     let body = ActivateBody {
@@ -196,6 +236,7 @@ pub async fn activate(
         nonce: &nonce,
     };
     let (new_seat, resp) = client.activate(&device_uuid, &body).await?;
+    note_server_time(&url.host(), resp.server_time);
     let binding = Binding {
         device_uuid: &device_uuid,
         activation_id: Some(&resp.activation_id),
@@ -209,48 +250,56 @@ pub async fn activate(
         &nonce,
     )?;
 
-    // Keep a newer license already on disk for this same activation (a retried activate may be
-    // answered by a replica that is behind).
-    let (lic_bytes, claims) = match current_license(dir, keys, &binding) {
-        Some((bytes, current)) if current.iat > received.iat => (bytes, current),
-        _ => {
-            dir.write_atomic(LICENSE_FILE, resp.license_jwt.trim().as_bytes(), 0o644)?;
-            (resp.license_jwt.trim().as_bytes().to_vec(), received)
-        }
-    };
-    dir.write_atomic(
-        LICENSE_SERVER_FILE,
-        format!("{}\n", url.expose_secret()).as_bytes(),
-        0o600,
-    )?;
+    let d = dir.clone();
+    let (keys, url_line) = (keys.clone(), format!("{}\n", url.expose_secret()));
+    let (activation, lic_bytes, claims) = blocking(dir, move || {
+        let _lock: DirLock = lock;
+        let binding = Binding {
+            device_uuid: &device_uuid,
+            activation_id: Some(&resp.activation_id),
+        };
+        // Keep a newer license already on disk for this same activation (a retried activate may
+        // be answered by a replica that is behind).
+        let (lic_bytes, claims) = match current_license(&d, &keys, &binding) {
+            Some((bytes, current)) if current.iat > received.iat => (bytes, current),
+            _ => {
+                d.write_atomic(LICENSE_FILE, resp.license_jwt.trim().as_bytes(), 0o644)?;
+                (resp.license_jwt.trim().as_bytes().to_vec(), received)
+            }
+        };
+        d.write_atomic(LICENSE_SERVER_FILE, url_line.as_bytes(), 0o600)?;
 
-    let now = SystemTime::now();
-    // The mark is reset to the server's time: processes that loaded the license earlier must not
-    // write their older readings back over it.
-    let high_water_epoch = previous
-        .as_ref()
-        .map_or(0, |p| p.high_water_epoch.wrapping_add(1));
-    let same = previous.filter(|p| p.activation_id == resp.activation_id);
-    let activation = Activation {
-        activation_id: resp.activation_id.clone(),
-        device_secret: resp.device_secret,
-        state: ActivationState::Active,
-        lic_jti: Some(claims.jti.clone()),
-        lic_iat: Some(claims.iat),
-        seq: same.as_ref().map_or(0, |p| p.seq),
-        high_water: resp.server_time,
-        high_water_epoch,
-        last_sync_ok_at: same.as_ref().and_then(|p| p.last_sync_ok_at.clone()),
-        last_sync_error: None,
-        activated_at: same
+        let now = SystemTime::now();
+        // The mark is reset to the license's signed issue time (recovering from a clock that was
+        // once ahead); processes that loaded the license earlier must not write their older
+        // readings back over it.
+        let high_water_epoch = previous
             .as_ref()
-            .and_then(|p| p.activated_at.clone())
-            .or_else(|| Some(rfc3339(now))),
-        deactivated_at: None,
-        extra: same.map(|p| p.extra).unwrap_or_default(),
-    };
-    dir.write_activation(&activation)?;
-    dir.remove(SYNC_STATE_FILE)?;
+            .map_or(0, |p| p.high_water_epoch.wrapping_add(1));
+        let same = previous.filter(|p| p.activation_id == resp.activation_id);
+        let activation = Activation {
+            activation_id: resp.activation_id.clone(),
+            device_secret: resp.device_secret,
+            state: ActivationState::Active,
+            lic_jti: Some(claims.jti.clone()),
+            lic_iat: Some(claims.iat),
+            seq: same.as_ref().map_or(0, |p| p.seq),
+            high_water: claims.iat,
+            high_water_epoch,
+            last_sync_ok_at: same.as_ref().and_then(|p| p.last_sync_ok_at.clone()),
+            last_sync_error: None,
+            activated_at: same
+                .as_ref()
+                .and_then(|p| p.activated_at.clone())
+                .or_else(|| Some(rfc3339(now))),
+            deactivated_at: None,
+            extra: same.map(|p| p.extra).unwrap_or_default(),
+        };
+        d.write_activation(&activation)?;
+        d.remove(SYNC_STATE_FILE)?;
+        Ok((activation, lic_bytes, claims))
+    })
+    .await?;
     tracing::info!(
         server = %url.host(),
         activation_id = %activation.activation_id,
@@ -266,14 +315,22 @@ pub async fn activate(
     })
 }
 
-/// Refreshes the license and sends usage reports. Requires an active activation.
-pub async fn sync(dir: &AccountsDir, keys: &TrustedKeys) -> Result<Synced, Error> {
-    require_activation_file(dir)?;
-    let _lock = dir.lock().await?;
-    let mut activation = dir.activation()?.ok_or_else(|| Error::NotActivated {
+/// What a sync reads under the lock before it calls the server.
+struct SyncPrepared {
+    activation: Activation,
+    device_uuid: String,
+    url: DeliveryUrl,
+    current: Option<(Vec<u8>, LicenseClaims)>,
+    usage: Option<UsageStore>,
+    reports: Vec<UsageReport>,
+}
+
+fn prepare_sync(dir: &AccountsDir, keys: &TrustedKeys) -> Result<SyncPrepared, Error> {
+    let activation = dir.activation()?.ok_or_else(|| Error::NotActivated {
         dir: dir.path().into(),
     })?;
     if activation.state != ActivationState::Active {
+        retire_leftover_license(dir, keys, &activation);
         return Err(Error::Inactive {
             dir: dir.path().into(),
             state: activation.state.as_str(),
@@ -294,7 +351,6 @@ pub async fn sync(dir: &AccountsDir, keys: &TrustedKeys) -> Result<Synced, Error
 
     // The period is closed into a report and persisted before sending, so a lost response
     // resends the same report_id rather than counting twice.
-    let now = SystemTime::now();
     let mut usage = match UsageStore::read(dir) {
         Ok(store) => Some(store),
         Err(e) => {
@@ -303,7 +359,7 @@ pub async fn sync(dir: &AccountsDir, keys: &TrustedKeys) -> Result<Synced, Error
         }
     };
     if let Some(store) = usage.as_mut()
-        && store.close_period(now)
+        && store.close_period(SystemTime::now())
     {
         store.write(dir)?;
     }
@@ -317,6 +373,53 @@ pub async fn sync(dir: &AccountsDir, keys: &TrustedKeys) -> Result<Synced, Error
                 .collect()
         })
         .unwrap_or_default();
+    Ok(SyncPrepared {
+        activation,
+        device_uuid,
+        url,
+        current,
+        usage,
+        reports,
+    })
+}
+
+/// A withdrawal recorded while this activation's license stayed in place (by a version before the
+/// license was moved aside, or when the move failed) is completed now, under the lock. Only this
+/// activation's license moves: a license dropped in for file-drop provisioning stays.
+fn retire_leftover_license(dir: &AccountsDir, keys: &TrustedKeys, activation: &Activation) {
+    let Ok(Some(device_uuid)) = dir.device_uuid() else {
+        return;
+    };
+    let binding = Binding {
+        device_uuid: &device_uuid,
+        activation_id: Some(&activation.activation_id),
+    };
+    if current_license(dir, keys, &binding).is_none() {
+        return;
+    }
+    match dir.retire_license() {
+        Ok(_) => tracing::info!(
+            state = activation.state.as_str(),
+            "the license of a withdrawn activation was still in place; moved it aside"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not move the withdrawn license aside"),
+    }
+}
+
+/// Refreshes the license and sends usage reports. Requires an active activation.
+pub async fn sync(dir: &AccountsDir, keys: &TrustedKeys) -> Result<Synced, Error> {
+    let d = dir.clone();
+    blocking(dir, move || require_activation_file(&d)).await?;
+    let lock = dir.lock().await?;
+    let (d, k) = (dir.clone(), keys.clone());
+    let SyncPrepared {
+        mut activation,
+        device_uuid,
+        url,
+        current,
+        usage,
+        reports,
+    } = blocking(dir, move || prepare_sync(&d, &k)).await?;
 
     let client = Client::new(&url)?;
     let nonce = new_nonce();
@@ -327,47 +430,69 @@ pub async fn sync(dir: &AccountsDir, keys: &TrustedKeys) -> Result<Synced, Error
         nonce: &nonce,
         usage: &reports,
     };
+    let binding = Binding {
+        device_uuid: &device_uuid,
+        activation_id: Some(&activation.activation_id),
+    };
     let result = match client
         .sync(&device_uuid, &activation.device_secret, &body)
         .await
     {
-        Ok(resp) => verify_response(&client, "sync", &resp.license_jwt, keys, &binding, &nonce)
-            .map(|c| (resp, c)),
+        Ok(resp) => {
+            note_server_time(&url.host(), resp.server_time);
+            verify_response(&client, "sync", &resp.license_jwt, keys, &binding, &nonce)
+                .map(|c| (resp, c))
+        }
         Err(e) => Err(e),
     };
+    let d = dir.clone();
     let (resp, received) = match result {
         Ok(ok) => ok,
-        Err(e) => return Err(record_sync_failure(dir, &mut activation, e)),
-    };
-
-    let (lic_bytes, claims, license_changed) = match current {
-        Some((bytes, cur)) if cur.iat > received.iat => (bytes, cur, false),
-        Some((bytes, cur)) if bytes.trim_ascii() == resp.license_jwt.trim().as_bytes() => {
-            (bytes, cur, false)
-        }
-        _ => {
-            let bytes = resp.license_jwt.trim().as_bytes().to_vec();
-            dir.write_atomic(LICENSE_FILE, &bytes, 0o644)?;
-            (bytes, received, true)
+        Err(e) => {
+            return Err(blocking(dir, move || {
+                let _lock: DirLock = lock;
+                Ok(record_sync_failure(&d, &mut activation, e))
+            })
+            .await
+            .unwrap_or_else(|e| e));
         }
     };
-    activation.seq += 1;
-    activation.lic_jti = Some(claims.jti.clone());
-    activation.lic_iat = Some(claims.iat);
-    activation.high_water = resp.server_time;
-    activation.high_water_epoch = activation.high_water_epoch.wrapping_add(1);
-    activation.last_sync_ok_at = Some(rfc3339(SystemTime::now()));
-    activation.last_sync_error = None;
-    dir.write_activation(&activation)?;
-    dir.remove(SYNC_STATE_FILE)?;
 
-    let mut acked_reports = 0;
-    if let Some(mut store) = usage {
-        acked_reports = store.remove_acked(&resp.acked_report_ids);
-        if acked_reports > 0 {
-            store.write(dir)?;
+    let (license_changed, lic_bytes, claims, acked_reports) = blocking(dir, move || {
+        let _lock: DirLock = lock;
+        let (lic_bytes, claims, license_changed) = match current {
+            Some((bytes, cur)) if cur.iat > received.iat => (bytes, cur, false),
+            Some((bytes, cur)) if bytes.trim_ascii() == resp.license_jwt.trim().as_bytes() => {
+                (bytes, cur, false)
+            }
+            _ => {
+                let bytes = resp.license_jwt.trim().as_bytes().to_vec();
+                d.write_atomic(LICENSE_FILE, &bytes, 0o644)?;
+                (bytes, received, true)
+            }
+        };
+        activation.seq += 1;
+        activation.lic_jti = Some(claims.jti.clone());
+        activation.lic_iat = Some(claims.iat);
+        // Reset to the signed issue time of the license now on disk (never older than the one
+        // just received), not to the unsigned `server_time`.
+        activation.high_water = claims.iat;
+        activation.high_water_epoch = activation.high_water_epoch.wrapping_add(1);
+        activation.last_sync_ok_at = Some(rfc3339(SystemTime::now()));
+        activation.last_sync_error = None;
+        d.write_activation(&activation)?;
+        d.remove(SYNC_STATE_FILE)?;
+
+        let mut acked_reports = 0;
+        if let Some(mut store) = usage {
+            acked_reports = store.remove_acked(&resp.acked_report_ids);
+            if acked_reports > 0 {
+                store.write(&d)?;
+            }
         }
-    }
+        Ok((license_changed, lic_bytes, claims, acked_reports))
+    })
+    .await?;
     tracing::info!(license_changed, jti = %claims.jti, acked_reports, "license synced");
     Ok(Synced {
         license_changed,
@@ -376,24 +501,29 @@ pub async fn sync(dir: &AccountsDir, keys: &TrustedKeys) -> Result<Synced, Error
     })
 }
 
-/// Notes a failed sync: a definitive refusal goes into `activation.json` (410 deactivated/revoked
-/// also change its state); a transient one only into `sync_state.json`. Returns the original error
-/// (a failure to record is logged, not reported, as it must not hide the cause).
+/// Notes a failed sync: a definitive refusal goes into `activation.json`; `410 deactivated` /
+/// `410 revoked` also move `privitty.lic` aside and then change its state (see
+/// [`withdraw`]); a transient failure only goes into `sync_state.json`. Returns the original error
+/// (a failure to record is logged, not reported, as it must not hide the cause). Caller holds the
+/// lock.
 fn record_sync_failure(dir: &AccountsDir, activation: &mut Activation, err: Error) -> Error {
     let now = rfc3339(SystemTime::now());
     let recorded = match &err {
         Error::Refused { status, code, .. } => {
-            match (*status, code.as_str()) {
-                (410, "deactivated") => {
-                    activation.state = ActivationState::Deactivated;
-                    activation.deactivated_at = Some(now.clone());
-                }
-                (410, "revoked") => activation.state = ActivationState::Revoked,
-                _ => {}
-            }
             activation.last_sync_error = Some(format!("{now}: {err}"));
-            dir.write_activation(activation)
-                .and_then(|()| dir.remove(SYNC_STATE_FILE))
+            let withdrawn = match (*status, code.as_str()) {
+                (410, "deactivated") => {
+                    activation.deactivated_at = Some(now.clone());
+                    Some(ActivationState::Deactivated)
+                }
+                (410, "revoked") => Some(ActivationState::Revoked),
+                _ => None,
+            };
+            match withdrawn {
+                Some(state) => withdraw(dir, activation, state),
+                None => dir.write_activation(activation),
+            }
+            .and_then(|()| dir.remove(SYNC_STATE_FILE))
         }
         _ => {
             let state = SyncState {
@@ -413,17 +543,56 @@ fn record_sync_failure(dir: &AccountsDir, activation: &mut Activation, err: Erro
     err
 }
 
-/// Releases the seat on the server (unless `local_only`) and marks `activation.json` deactivated;
-/// `privitty.lic` is kept for inspection.
+/// Records a withdrawal (revoked, deactivated) the device has seen, under the lock: first
+/// `privitty.lic` moves to `privitty.lic.revoked` (rename, fsync the directory), then
+/// `activation.json` gets the new `state`. A kill between the two leaves no license in place and
+/// the activation `active` (the next sync or deactivate redoes it); a kill before the first leaves
+/// everything as it was. There is never a recorded withdrawal next to a license, which an older
+/// copy of `activation.json` would bring back. Should the license not move (an I/O error), the state
+/// is recorded all the same, as it alone makes the license unusable, and the error is returned.
+fn withdraw(
+    dir: &AccountsDir,
+    activation: &mut Activation,
+    state: ActivationState,
+) -> Result<(), Error> {
+    let retired = dir.retire_license();
+    if let Err(e) = &retired {
+        tracing::warn!(error = %e, "could not move the withdrawn license aside");
+    }
+    if activation.state == ActivationState::Active {
+        activation.state = state;
+    }
+    dir.write_activation(activation)?;
+    if let Ok(true) = retired {
+        tracing::info!(
+            state = activation.state.as_str(),
+            kept = %dir.file(crate::accounts::REVOKED_LICENSE_FILE).display(),
+            "the activation was withdrawn; the license file was moved aside"
+        );
+    }
+    retired.map(|_| ())
+}
+
+/// Releases the seat on the server (unless `local_only`), then moves `privitty.lic` aside to
+/// `privitty.lic.revoked` and marks `activation.json` deactivated.
 pub async fn deactivate(dir: &AccountsDir, local_only: bool) -> Result<(), Error> {
-    require_activation_file(dir)?;
-    let _lock = dir.lock().await?;
-    let mut activation = dir.activation()?.ok_or_else(|| Error::NotActivated {
-        dir: dir.path().into(),
-    })?;
-    if !local_only {
-        let device_uuid = device_uuid_required(dir)?;
-        let url = delivery_url(dir)?;
+    let d = dir.clone();
+    blocking(dir, move || require_activation_file(&d)).await?;
+    let lock = dir.lock().await?;
+    let d = dir.clone();
+    let (mut activation, server) = blocking(dir, move || {
+        let activation = d.activation()?.ok_or_else(|| Error::NotActivated {
+            dir: d.path().into(),
+        })?;
+        let server = if local_only {
+            None
+        } else {
+            Some((device_uuid_required(&d)?, delivery_url(&d)?))
+        };
+        Ok((activation, server))
+    })
+    .await?;
+    if let Some((device_uuid, url)) = server {
         let client = Client::new(&url)?;
         client.deactivate(&device_uuid, &activation.device_secret).await.map_err(|e| match e {
             Error::Refused { host, operation, status, code, message, .. } => Error::Refused {
@@ -438,12 +607,15 @@ pub async fn deactivate(dir: &AccountsDir, local_only: bool) -> Result<(), Error
             other => other,
         })?;
     }
-    if activation.state == ActivationState::Active {
-        activation.state = ActivationState::Deactivated;
-    }
-    activation.deactivated_at = Some(rfc3339(SystemTime::now()));
-    dir.write_activation(&activation)?;
-    tracing::info!(activation_id = %activation.activation_id, local_only, "license deactivated");
+    let d = dir.clone();
+    let activation_id = activation.activation_id.clone();
+    blocking(dir, move || {
+        let _lock: DirLock = lock;
+        activation.deactivated_at = Some(rfc3339(SystemTime::now()));
+        withdraw(&d, &mut activation, ActivationState::Deactivated)
+    })
+    .await?;
+    tracing::info!(activation_id = %activation_id, local_only, "license deactivated");
     Ok(())
 }
 

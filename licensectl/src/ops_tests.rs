@@ -11,11 +11,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::accounts::ActivationState;
+use crate::accounts::{ActivationState, REVOKED_LICENSE_FILE};
 use crate::client::{ActivateBody, Client};
 use crate::error::TransientCause;
 use crate::jwt::tests::{new_key, trusted};
 use crate::{ErrorKind, LoadedLicense, Reason, Status, UsageCounters};
+
+#[path = "integrity_tests.rs"]
+mod integrity;
 
 const TOKEN: &str = "SECRETTOKEN0123456789";
 
@@ -267,7 +270,12 @@ async fn activate_commits_the_files_and_is_idempotent() {
         (a.state, a.seq, a.device_secret.as_str()),
         (ActivationState::Active, 0, "dev-secret-1")
     );
-    assert!(a.high_water >= now() - 5 && a.lic_jti.is_some() && a.activated_at.is_some());
+    assert!(a.lic_jti.is_some() && a.activated_at.is_some());
+    assert_eq!(
+        Some(a.high_water),
+        a.lic_iat,
+        "the mark starts at the signed iat"
+    );
 
     let r = &server.requests()[0];
     assert_eq!(r.path, format!("/v1/license/{TOKEN}/devices/{uuid}"));
@@ -635,6 +643,112 @@ async fn sync_refusals_are_recorded_and_410_ends_the_activation() {
 }
 
 #[tokio::test]
+async fn a_withdrawal_moves_the_license_aside_so_no_older_file_revives_it() {
+    for code in ["revoked", "deactivated"] {
+        let (server, tmp, dir, key) = activated().await;
+        let keys = trusted(&key);
+        let before_lic = std::fs::read(dir.license_path()).unwrap();
+        let before_act = std::fs::read(dir.file(ACTIVATION_FILE)).unwrap();
+        server.answer(move |_| error_resp(410, code));
+        sync(&dir, &keys).await.unwrap_err();
+        assert!(!dir.license_path().exists(), "{code}: privitty.lic moved");
+        assert_eq!(
+            std::fs::read(dir.file(REVOKED_LICENSE_FILE)).unwrap(),
+            before_lic
+        );
+        // One file put back from before the withdrawal is not enough.
+        std::fs::write(dir.license_path(), &before_lic).unwrap();
+        let e = LoadedLicense::load(&dir, &keys)
+            .unwrap()
+            .evaluate(SystemTime::now());
+        assert_eq!(e.status, Status::NoLicense, "{code}: old privitty.lic");
+        std::fs::remove_file(dir.license_path()).unwrap();
+        let withdrawn = std::fs::read(dir.file(ACTIVATION_FILE)).unwrap();
+        std::fs::write(dir.file(ACTIVATION_FILE), &before_act).unwrap();
+        let e = LoadedLicense::load(&dir, &keys)
+            .unwrap()
+            .evaluate(SystemTime::now());
+        assert_eq!(e.status, Status::NoLicense, "{code}: old activation.json");
+        // Nor is activation.json removed with the old license back.
+        std::fs::remove_file(dir.file(ACTIVATION_FILE)).unwrap();
+        std::fs::write(dir.license_path(), &before_lic).unwrap();
+        let e = LoadedLicense::load(&dir, &keys)
+            .unwrap()
+            .evaluate(SystemTime::now());
+        assert_eq!(
+            (e.status, e.reason),
+            (Status::NoLicense, Some(Reason::ActivationMissing)),
+            "{code}: activation.json moved out"
+        );
+        // A license left in place next to a recorded withdrawal (written by an older version) is
+        // moved aside by the next sync, which the state refuses.
+        std::fs::write(dir.file(ACTIVATION_FILE), &withdrawn).unwrap();
+        std::fs::remove_file(dir.file(REVOKED_LICENSE_FILE)).unwrap();
+        assert_eq!(
+            sync(&dir, &keys).await.unwrap_err().kind(),
+            ErrorKind::State
+        );
+        assert!(!dir.license_path().exists(), "{code}: leftover moved aside");
+        assert_eq!(
+            std::fs::read(dir.file(REVOKED_LICENSE_FILE)).unwrap(),
+            before_lic
+        );
+        drop(tmp);
+    }
+}
+
+#[tokio::test]
+async fn server_time_never_moves_the_high_water_mark() {
+    let server = Server::start().await;
+    let key = new_key();
+    let keys = trusted(&key);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = AccountsDir::new(tmp.path());
+    // A server (or anything between) that says it is ten years later, and then ten years earlier.
+    let skewed = |key: SigningKey, shift: i64| {
+        move |r: &Req| {
+            let nonce = r.body["nonce"].as_str().map(str::to_string);
+            json_resp(
+                200,
+                json!({"activation_id": "act-1", "device_secret": "dev-secret-1",
+                       "license_jwt": license_for(&key, &device_of(r), "act-1", now(), nonce.as_deref()),
+                       "server_time": now() + shift, "acked_report_ids": []}),
+            )
+        }
+    };
+    let ten_years = TEN_YEARS.as_secs() as i64;
+    server.answer(skewed(key.clone(), ten_years));
+    activate(&dir, &server.url(), &keys, &req()).await.unwrap();
+    let a = dir.activation().unwrap().unwrap();
+    assert_eq!(Some(a.high_water), a.lic_iat);
+    assert!(a.high_water <= now());
+    assert_eq!(
+        crate::status::report(&dir, &keys, SystemTime::now())
+            .unwrap()
+            .status,
+        Status::Active
+    );
+    server.answer(skewed(key.clone(), ten_years));
+    sync(&dir, &keys).await.unwrap();
+    let a = dir.activation().unwrap().unwrap();
+    assert_eq!(
+        Some(a.high_water),
+        a.lic_iat,
+        "sync resets to the signed iat"
+    );
+    assert!(a.high_water <= now());
+    // A mark ahead (a clock that was wrong) is reset to the new license's iat, not further back.
+    let mut ahead = a.clone();
+    ahead.high_water = now() + ten_years;
+    dir.write_activation(&ahead).unwrap();
+    server.answer(skewed(key.clone(), -ten_years));
+    sync(&dir, &keys).await.unwrap();
+    let a = dir.activation().unwrap().unwrap();
+    assert_eq!(Some(a.high_water), a.lic_iat);
+    assert!(a.high_water >= now() - 5, "{} vs {}", a.high_water, now());
+}
+
+#[tokio::test]
 async fn sync_and_deactivate_need_an_activation() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = AccountsDir::new(tmp.path());
@@ -685,7 +799,11 @@ async fn deactivate_releases_the_seat_keeps_the_file_and_allows_reactivation() {
     assert_eq!(a.state, ActivationState::Deactivated);
     assert!(a.deactivated_at.is_some());
     assert!(
-        dir.license_path().exists(),
+        !dir.license_path().exists(),
+        "the license file leaves its place"
+    );
+    assert!(
+        dir.file(REVOKED_LICENSE_FILE).is_file(),
         "the license file is kept for inspection"
     );
     let report = crate::status::report(&dir, &keys, SystemTime::now()).unwrap();

@@ -1,9 +1,18 @@
 //! Status rules (license-protocol.md, "Status, evaluated at every check").
 //!
 //! Owns: the `Status`/`Reason` words, evaluation against a clock with the high-water rule
-//! `t = max(now, high_water, iat)`, and the license as loaded from an accounts directory at one moment.
+//! `t = max(now, high_water, iat)`, the binding of a license to its activation record, and the
+//! license as loaded from an accounts directory at one moment.
 //! Must not: touch the network, or write anything but the high-water mark
 //! (`LoadedLicense::persist_high_water`); `LoadedLicense::load` and `report` only read.
+//!
+//! Trust boundary: the license's signature is the only thing an attacker who can write the data
+//! volume cannot forge, so a license that names an activation (`act`) counts only next to a
+//! readable `activation.json` that is `active` for exactly that activation and has not recorded a
+//! newer license. Deleting, replacing or rolling back one of the files can therefore only take a
+//! license away, never give one back (the files a withdrawal leaves hold no license at all: see
+//! [`AccountsDir::retire_license`]). The high-water mark only grows from signed values (`iat`) and
+//! the local clock.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -60,6 +69,12 @@ pub enum Reason {
     UnsupportedVersion,
     Deactivated,
     Revoked,
+    /// The license names an activation (`act`), and `activation.json` is absent, unreadable, not a
+    /// regular file, or not an activation record at all.
+    ActivationMissing,
+    /// `activation.json` holds another activation than the license names (or exists beside a
+    /// license without `act`), or it recorded a newer license than `privitty.lic`.
+    ActivationMismatch,
 }
 
 impl Reason {
@@ -73,6 +88,8 @@ impl Reason {
             Reason::UnsupportedVersion => "unsupported_version",
             Reason::Deactivated => "deactivated",
             Reason::Revoked => "revoked",
+            Reason::ActivationMissing => "activation_missing",
+            Reason::ActivationMismatch => "activation_mismatch",
         }
     }
 }
@@ -118,41 +135,105 @@ pub struct LoadedLicense {
     epoch: AtomicU64,
 }
 
+/// `activation.json` as the status rules see it.
+enum Record<'a> {
+    Absent,
+    /// Present, but not a usable activation record: not a regular file, unreadable, or content
+    /// that does not parse.
+    Unusable,
+    Present(&'a Activation),
+}
+
+impl Record<'_> {
+    /// The reason when there is no `privitty.lic`: a withdrawal the device has seen moved it aside,
+    /// and says so; otherwise nothing was installed.
+    fn reason_without_license(&self) -> Reason {
+        match self {
+            Record::Present(a) if a.state == ActivationState::Revoked => Reason::Revoked,
+            Record::Present(a) if a.state == ActivationState::Deactivated => Reason::Deactivated,
+            _ => Reason::NotActivated,
+        }
+    }
+}
+
+/// Why a verified license is not usable with this activation record (`None`: it is).
+fn binding_problem(claims: &LicenseClaims, record: &Record<'_>) -> Option<Reason> {
+    match (claims.act.as_deref(), record) {
+        // File-drop provisioning: a license issued without an activation stands alone.
+        (None, Record::Absent) => None,
+        // The protocol binds `act` to activation.json "when that file exists", in whatever form.
+        (None, Record::Unusable | Record::Present(_)) => Some(Reason::ActivationMismatch),
+        (Some(_), Record::Absent | Record::Unusable) => Some(Reason::ActivationMissing),
+        (Some(act), Record::Present(a)) if a.activation_id != act => {
+            Some(Reason::ActivationMismatch)
+        }
+        (Some(_), Record::Present(a)) => match a.state {
+            ActivationState::Deactivated => Some(Reason::Deactivated),
+            ActivationState::Revoked => Some(Reason::Revoked),
+            // A license older than the one the activation committed is a copy put back.
+            ActivationState::Active if a.lic_iat.is_some_and(|iat| iat > claims.iat) => {
+                Some(Reason::ActivationMismatch)
+            }
+            ActivationState::Active => None,
+        },
+    }
+}
+
 impl LoadedLicense {
     /// Reads `privitty.lic`, `device.uuid` and `activation.json` and verifies the license.
-    /// Errors only when the directory cannot be read (I/O other than "not found"); unusable
-    /// content (including a corrupt `device.uuid` or `activation.json`) loads as `no_license`.
+    /// Errors only when `privitty.lic` or `device.uuid` cannot be read (I/O other than "not
+    /// found"); unusable content loads as `no_license` with the reason: a corrupt `device.uuid` as
+    /// `wrong_device`, an `activation.json` that is unreadable or not a regular file as
+    /// `activation_missing` (when the license names an activation).
     pub fn load(dir: &AccountsDir, keys: &TrustedKeys) -> Result<LoadedLicense, Error> {
-        let activation = match dir.activation() {
-            Ok(a) => a,
-            Err(Error::CorruptFile { .. }) => return Ok(LoadedLicense::invalid(Reason::Corrupt)),
-            Err(e) => return Err(e),
+        let activation = dir.activation();
+        let record = match &activation {
+            Ok(None) => Record::Absent,
+            Ok(Some(a)) => Record::Present(a),
+            Err(e) => {
+                tracing::debug!(error = %e, "activation.json is not usable");
+                Record::Unusable
+            }
+        };
+        let bytes = match dir.read_license()? {
+            None => return Ok(LoadedLicense::invalid(record.reason_without_license())),
+            Some(Err(())) => return Ok(LoadedLicense::invalid(Reason::Corrupt)),
+            Some(Ok(b)) => b,
         };
         let device_uuid = match dir.device_uuid() {
             Ok(d) => d,
-            Err(Error::CorruptFile { .. }) => {
+            Err(Error::CorruptFile { .. } | Error::NotRegularFile { .. }) => {
                 return Ok(LoadedLicense::invalid(Reason::WrongDevice));
             }
             Err(e) => return Err(e),
         };
-        let bytes = match dir.read_license()? {
-            None => return Ok(LoadedLicense::invalid(Reason::NotActivated)),
-            Some(Err(())) => return Ok(LoadedLicense::invalid(Reason::Corrupt)),
-            Some(Ok(b)) => b,
-        };
-        Ok(LoadedLicense::from_parts(
+        Ok(LoadedLicense::verify(
             &bytes,
             device_uuid.as_deref(),
-            activation.as_ref(),
+            &record,
             keys,
         ))
     }
 
-    /// Verifies license bytes against the given binding (what [`LoadedLicense::load`] read).
+    /// Verifies license bytes against the given binding (what [`LoadedLicense::load`] read);
+    /// `activation` is `None` when `activation.json` does not exist.
     pub fn from_parts(
         license: &[u8],
         device_uuid: Option<&str>,
         activation: Option<&Activation>,
+        keys: &TrustedKeys,
+    ) -> LoadedLicense {
+        let record = match activation {
+            Some(a) => Record::Present(a),
+            None => Record::Absent,
+        };
+        LoadedLicense::verify(license, device_uuid, &record, keys)
+    }
+
+    fn verify(
+        license: &[u8],
+        device_uuid: Option<&str>,
+        record: &Record<'_>,
         keys: &TrustedKeys,
     ) -> LoadedLicense {
         let Ok(text) = std::str::from_utf8(license) else {
@@ -161,34 +242,37 @@ impl LoadedLicense {
         let Some(device_uuid) = device_uuid else {
             return LoadedLicense::invalid(Reason::WrongDevice);
         };
+        // The activation is checked below, with its own reasons, so the JWT check binds the
+        // device only.
         let binding = Binding {
             device_uuid,
-            activation_id: activation.map(|a| a.activation_id.as_str()),
+            activation_id: None,
         };
         let claims = match crate::jwt::verify(text, keys, &binding) {
             Ok(c) => c,
             Err(reason) => return LoadedLicense::invalid(reason),
         };
-        let inactive = match activation.map(|a| a.state) {
-            Some(ActivationState::Deactivated) => Some(Reason::Deactivated),
-            Some(ActivationState::Revoked) => Some(Reason::Revoked),
-            Some(ActivationState::Active) | None => None,
+        let problem = binding_problem(&claims, record);
+        // Only the record of this very activation carries its high-water mark and epoch.
+        let own = match record {
+            Record::Present(a) if claims.act.as_deref() == Some(a.activation_id.as_str()) => {
+                Some(*a)
+            }
+            _ => None,
         };
-        let high_water = activation
-            .map_or(i64::MIN, |a| a.high_water)
-            .max(claims.iat);
+        let high_water = own.map_or(i64::MIN, |a| a.high_water).max(claims.iat);
         let identity = LicenseIdentity {
             sha256: hex::encode(Sha256::digest(license)),
             jti: claims.jti.clone(),
             iat: claims.iat,
         };
         LoadedLicense {
-            identity: inactive.is_none().then_some(identity),
-            invalid: inactive,
+            identity: problem.is_none().then_some(identity),
+            invalid: problem,
             claims: Some(claims),
             high_water: AtomicI64::new(high_water),
-            activation_id: activation.map(|a| a.activation_id.clone()),
-            epoch: AtomicU64::new(activation.map_or(0, |a| a.high_water_epoch)),
+            activation_id: own.map(|a| a.activation_id.clone()),
+            epoch: AtomicU64::new(own.map_or(0, |a| a.high_water_epoch)),
         }
     }
 
@@ -232,12 +316,14 @@ impl LoadedLicense {
         self.claims.as_ref()
     }
 
-    /// Why the license is not usable regardless of time (invalid file, deactivated, revoked).
+    /// Why the license is not usable regardless of time (invalid file, deactivated, revoked, no
+    /// matching activation).
     pub fn invalid_reason(&self) -> Option<Reason> {
         self.invalid
     }
 
-    /// `None` when there is no valid license (or its activation is deactivated/revoked).
+    /// `None` when there is no valid license (or its activation is deactivated/revoked, missing
+    /// or another one).
     pub fn identity(&self) -> Option<&LicenseIdentity> {
         self.identity.as_ref()
     }
@@ -294,6 +380,20 @@ impl LoadedLicense {
     }
 }
 
+/// Whether start-up activation (privitty-init with a delivery URL) has work to do: there is no
+/// `activation.json` in any form, and no license that is usable on its own (file-drop
+/// provisioning) is installed. A license left by an activation interrupted before its commit
+/// record names an activation that is missing, so it needs the activation (which is idempotent);
+/// a device whose activation was deactivated or revoked keeps its record and is not activated
+/// again behind the operator's back. Blocking (bounded reads): async callers use `spawn_blocking`.
+pub fn needs_activation(dir: &AccountsDir, keys: &TrustedKeys) -> bool {
+    if std::fs::symlink_metadata(dir.file(ACTIVATION_FILE)).is_ok() {
+        return false;
+    }
+    // Unreadable files: the activation reports what is wrong with them.
+    LoadedLicense::load(dir, keys).map_or(true, |l| l.identity().is_none())
+}
+
 /// The time rules of the status table, at `t` (already `max(now, high_water, iat)`).
 fn rule(t: i64, claims: &LicenseClaims) -> Status {
     if t >= claims.exp {
@@ -324,30 +424,38 @@ pub struct StatusReport {
     pub last_sync_error: Option<String>,
 }
 
-/// Reads the directory and builds the report (reads only, never writes). A corrupt
-/// `activation.json` or `device.uuid` is an error here (the operator must repair it), while
-/// [`LoadedLicense::load`] reports it as `no_license`.
+/// Reads the directory and builds the report (reads only, never writes). An `activation.json` or
+/// `device.uuid` that is corrupt or not a regular file is an error here (the operator must repair
+/// it; the message says how), while [`LoadedLicense::load`] reports it as `no_license`. Blocking
+/// (small bounded reads that never wait on a FIFO): async callers use `spawn_blocking`.
 pub fn report(
     dir: &AccountsDir,
     keys: &TrustedKeys,
     now: SystemTime,
 ) -> Result<StatusReport, Error> {
     let activation = dir.activation()?;
+    let record = match &activation {
+        Some(a) => Record::Present(a),
+        None => Record::Absent,
+    };
     let device_uuid = dir.device_uuid()?;
     let loaded = match dir.read_license()? {
-        None => LoadedLicense::invalid(Reason::NotActivated),
+        None => LoadedLicense::invalid(record.reason_without_license()),
         Some(Err(())) => LoadedLicense::invalid(Reason::Corrupt),
-        Some(Ok(bytes)) => {
-            LoadedLicense::from_parts(&bytes, device_uuid.as_deref(), activation.as_ref(), keys)
-        }
+        Some(Ok(bytes)) => LoadedLicense::verify(&bytes, device_uuid.as_deref(), &record, keys),
     };
     let eval = loaded.evaluate(now);
-    let license_server = dir
-        .license_server()?
-        .map(|text| match DeliveryUrl::parse(&text) {
+    // Informational: a damaged copy of the URL must not hide the status (sync reports it).
+    let license_server = match dir.license_server() {
+        Ok(text) => text.map(|text| match DeliveryUrl::parse(&text) {
             Ok(url) => url.redacted(),
             Err(_) => "(not a valid delivery URL)".to_string(),
-        });
+        }),
+        Err(_) => Some(format!(
+            "(unreadable {})",
+            crate::accounts::LICENSE_SERVER_FILE
+        )),
+    };
     let sync_state = crate::ops::read_sync_state(dir);
     let claims = loaded.claims();
     Ok(StatusReport {
@@ -414,6 +522,23 @@ mod tests {
         (tmp, dir, trusted(&key))
     }
 
+    /// A directory with a license issued offline (no `act`), valid 1000..2000..3000.
+    fn setup_offline() -> (tempfile::TempDir, AccountsDir, TrustedKeys) {
+        let (tmp, dir, _) = setup(None);
+        let key = new_key();
+        let mut c = claims(1000, 2000, 3000);
+        c.act = None;
+        std::fs::write(tmp.path().join(LICENSE_FILE), crate::jwt::sign(&c, &key)).unwrap();
+        (tmp, dir, trusted(&key))
+    }
+
+    fn reason_of(dir: &AccountsDir, keys: &TrustedKeys) -> Option<Reason> {
+        LoadedLicense::load(dir, keys)
+            .unwrap()
+            .evaluate(at(1500))
+            .reason
+    }
+
     #[test]
     fn active_then_grace_period_then_expired() {
         let (_tmp, dir, keys) = setup(Some(activation(ActivationState::Active, 0)));
@@ -444,7 +569,7 @@ mod tests {
         );
         assert_eq!(lic.high_water(), 2500);
         // A clock before the license was issued counts as its issue time.
-        let (_tmp, dir, keys) = setup(None);
+        let (_tmp, dir, keys) = setup_offline();
         let lic = LoadedLicense::load(&dir, &keys).unwrap();
         assert_eq!(lic.high_water(), 1000);
         assert_eq!(lic.evaluate(at(5)).status, Status::Active);
@@ -512,7 +637,7 @@ mod tests {
                 .unwrap()
                 .evaluate(at(1500))
                 .reason,
-            Some(Reason::Corrupt)
+            Some(Reason::ActivationMissing)
         );
         assert_eq!(
             report(&dir, &keys, at(1500)).unwrap_err().kind(),
@@ -530,6 +655,120 @@ mod tests {
                 .reason,
             Some(Reason::Corrupt)
         );
+    }
+
+    #[test]
+    fn a_license_with_act_is_usable_only_with_its_active_activation() {
+        let (_tmp, dir, keys) = setup(Some(activation(ActivationState::Active, 0)));
+        assert_eq!(reason_of(&dir, &keys), None);
+
+        // activation.json moved out of the volume
+        let (tmp, dir, keys) = setup(None);
+        assert_eq!(reason_of(&dir, &keys), Some(Reason::ActivationMissing));
+        let r = report(&dir, &keys, at(1500)).unwrap();
+        assert_eq!(
+            (r.status, r.reason),
+            (Status::NoLicense, Some(Reason::ActivationMissing))
+        );
+        assert_eq!(
+            serde_json::to_value(&r).unwrap()["reason"],
+            "activation_missing"
+        );
+
+        // another activation's record, a record that committed a newer license
+        let mut other = activation(ActivationState::Active, 0);
+        other.activation_id = "act-2".into();
+        dir.write_activation(&other).unwrap();
+        assert_eq!(reason_of(&dir, &keys), Some(Reason::ActivationMismatch));
+        let mut newer = activation(ActivationState::Active, 0);
+        newer.lic_iat = Some(1001);
+        dir.write_activation(&newer).unwrap();
+        assert_eq!(reason_of(&dir, &keys), Some(Reason::ActivationMismatch));
+        assert_eq!(
+            report(&dir, &keys, at(1500)).unwrap().reason,
+            Some(Reason::ActivationMismatch)
+        );
+        newer.lic_iat = Some(1000);
+        dir.write_activation(&newer).unwrap();
+        assert_eq!(reason_of(&dir, &keys), None);
+
+        // not a regular file: a symlink to a valid record, a directory, a FIFO (never blocks)
+        let elsewhere = tmp.path().join("elsewhere.json");
+        std::fs::rename(dir.file(ACTIVATION_FILE), &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.file(ACTIVATION_FILE)).unwrap();
+        assert_eq!(reason_of(&dir, &keys), Some(Reason::ActivationMissing));
+        let e = report(&dir, &keys, at(1500)).unwrap_err();
+        assert!(
+            e.to_string().contains("symlink") && e.to_string().contains(ACTIVATION_FILE),
+            "{e}"
+        );
+        std::fs::remove_file(dir.file(ACTIVATION_FILE)).unwrap();
+        std::fs::create_dir(dir.file(ACTIVATION_FILE)).unwrap();
+        assert_eq!(reason_of(&dir, &keys), Some(Reason::ActivationMissing));
+        std::fs::remove_dir(dir.file(ACTIVATION_FILE)).unwrap();
+        nix::unistd::mkfifo(&dir.file(ACTIVATION_FILE), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert_eq!(reason_of(&dir, &keys), Some(Reason::ActivationMissing));
+        let e = report(&dir, &keys, at(1500)).unwrap_err();
+        assert!(e.to_string().contains("a FIFO"), "{e}");
+
+        // an offline license stands alone, but not beside an activation record
+        let (_tmp, dir, keys) = setup_offline();
+        assert_eq!(reason_of(&dir, &keys), None);
+        dir.write_activation(&activation(ActivationState::Active, 0))
+            .unwrap();
+        assert_eq!(reason_of(&dir, &keys), Some(Reason::ActivationMismatch));
+    }
+
+    #[test]
+    fn a_withdrawn_activation_without_its_license_says_why() {
+        for (state, reason) in [
+            (ActivationState::Revoked, Reason::Revoked),
+            (ActivationState::Deactivated, Reason::Deactivated),
+            (ActivationState::Active, Reason::NotActivated),
+        ] {
+            let (_tmp, dir, keys) = setup(Some(activation(state, 0)));
+            assert!(dir.retire_license().unwrap());
+            assert!(!dir.retire_license().unwrap(), "nothing left to move");
+            assert!(dir.file(crate::accounts::REVOKED_LICENSE_FILE).is_file());
+            assert_eq!(reason_of(&dir, &keys), Some(reason));
+            assert_eq!(report(&dir, &keys, at(1500)).unwrap().reason, Some(reason));
+        }
+    }
+
+    #[test]
+    fn start_up_activation_is_needed_only_without_a_record_or_a_standalone_license() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(needs_activation(
+            &AccountsDir::new(tmp.path()),
+            &TrustedKeys::default()
+        ));
+        // An activation interrupted after privitty.lic, before activation.json.
+        let (_tmp, dir, keys) = setup(None);
+        assert!(needs_activation(&dir, &keys));
+        // File-drop provisioning.
+        let (_tmp, dir, keys) = setup_offline();
+        assert!(!needs_activation(&dir, &keys));
+        // Any record, whatever its state or form: the operator decides.
+        for state in [ActivationState::Active, ActivationState::Deactivated] {
+            let (_tmp, dir, keys) = setup(Some(activation(state, 0)));
+            dir.retire_license().unwrap();
+            assert!(!needs_activation(&dir, &keys));
+        }
+        let (_tmp, dir, keys) = setup(None);
+        std::fs::create_dir(dir.file(ACTIVATION_FILE)).unwrap();
+        assert!(!needs_activation(&dir, &keys));
+    }
+
+    #[test]
+    fn the_new_reasons_have_their_words() {
+        assert_eq!(Reason::ActivationMissing.as_str(), "activation_missing");
+        assert_eq!(Reason::ActivationMismatch.as_str(), "activation_mismatch");
+        for r in [Reason::ActivationMissing, Reason::ActivationMismatch] {
+            assert_eq!(
+                serde_json::to_value(r).unwrap(),
+                serde_json::json!(r.as_str())
+            );
+        }
     }
 
     #[test]

@@ -344,7 +344,9 @@ fn activate_status_sync_deactivate_round_trip() {
         stdout(&out).starts_with("no_license\n") && stdout(&out).contains("reason: deactivated")
     );
     assert_eq!(code(&run(tmp.path(), Some(&key), &["license", "sync"])), 7);
-    assert!(tmp.path().join("privitty.lic").exists());
+    // The license leaves its place, kept aside for inspection.
+    assert!(!tmp.path().join("privitty.lic").exists());
+    assert!(tmp.path().join("privitty.lic.revoked").is_file());
 }
 
 #[test]
