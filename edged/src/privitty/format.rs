@@ -435,7 +435,13 @@ impl<R: Read> Read for PrvReader<R> {
             match self.next_chunk() {
                 Ok(Some(_)) => {}
                 Ok(None) => return Ok(0),
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                Err(e) => {
+                    // The buffer holds the failed chunk's sealed bytes: never hand them out on a
+                    // later read (the reader keeps failing through `next_chunk`).
+                    self.buf.clear();
+                    self.pos = 0;
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                }
             }
             // An empty last chunk yields no bytes: that is the end.
             if self.buf.is_empty() {

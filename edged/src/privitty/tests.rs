@@ -527,6 +527,20 @@ fn tampered_chunk_is_refused_and_only_verified_chunks_are_released() {
         .and_then(|e| e.downcast_ref::<PrivittyError>())
         .unwrap();
     assert!(matches!(inner, PrivittyError::Tampered { chunk: 1, .. }));
+    // A caller that reads on after the error gets the error again, never the sealed bytes of the
+    // chunk that failed (found by the prv_reader fuzz target).
+    let mut out = [0u8; 64];
+    for _ in 0..3 {
+        let again = std::io::Read::read(&mut reader, &mut out).unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::InvalidData);
+    }
+    // Truncated in the last chunk: the same.
+    let cut = &s.bytes[..s.bytes.len() - 1];
+    let path = s.env.data.path().join("cut.prv");
+    fs::write(&path, cut).unwrap();
+    let mut reader = s.env.p.open_reader(&path).unwrap();
+    assert!(std::io::copy(&mut reader, &mut std::io::sink()).is_err());
+    assert!(std::io::Read::read(&mut reader, &mut out).is_err());
 }
 
 #[test]
