@@ -4,7 +4,8 @@
 //!
 //! `cargo run --release -p edged --example gate_bench [ACCOUNTS_DIR]`: with a data directory the
 //! real license files are loaded (trusting `PRIVITTY_LICENSE_PUBKEY`), else a fixed `active` status.
-//! Then the API token check and the method-policy lookup, alone and together with the gate.
+//! Then the API token check and the method-policy lookup, alone and together with the gate, and
+//! what recording one call in the metrics costs (and rendering one `/metrics` scrape).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use std::time::{Instant, SystemTime};
 use edged::auth::{AuthMode, Authenticator};
 use edged::gate;
 use edged::license::{Fixed, License, Loaded};
+use edged::metrics::{Class, Metrics, Sources};
 use edged::policy::Policy;
 use licensectl::{Evaluation, Status};
 
@@ -112,4 +114,81 @@ fn main() {
         ));
         black_box(policy.decide(black_box("get_config")));
     });
+
+    // Per call, edged takes the time twice and records class, outcome and duration.
+    let metrics = Metrics::new(
+        Sources {
+            license: license.clone(),
+            engine: None,
+            hub: edged::events::Hub::new(16),
+            generation: None,
+            accounts: None,
+        },
+        true,
+    );
+    measure("metrics record_call (engine ok)", &|| {
+        let started = Some(Instant::now());
+        metrics.record_call(
+            black_box(Class::Engine),
+            black_box("get_config"),
+            Ok(()),
+            false,
+            started,
+        );
+    });
+    let rejected = gate::rejection(&Evaluation {
+        status: Status::Expired,
+        reason: None,
+        expires_at: Some(1),
+        grace_ends_at: Some(2),
+    });
+    measure("metrics record_call (rejection)", &|| {
+        let started = Some(Instant::now());
+        metrics.record_call(
+            black_box(Class::Gated),
+            black_box("privitty_send_file"),
+            Err(&rejected),
+            false,
+            started,
+        );
+    });
+    // Two threads recording at once (edged's runtime has one worker per core): the contention.
+    let threads = 2;
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                for _ in 0..ROUNDS {
+                    let started = Some(Instant::now());
+                    metrics.record_call(
+                        black_box(Class::Engine),
+                        black_box("get_config"),
+                        Ok(()),
+                        false,
+                        started,
+                    );
+                }
+            });
+        }
+    });
+    let per_call = start.elapsed().as_nanos() as f64 / f64::from(ROUNDS);
+    println!(
+        "{:<31} {per_call:>8.1} ns/call",
+        format!("metrics record_call, {threads} threads")
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let start = Instant::now();
+    let scrapes = 10_000;
+    let mut bytes = 0;
+    for _ in 0..scrapes {
+        bytes = black_box(rt.block_on(metrics.render())).len();
+    }
+    let per_scrape = start.elapsed().as_nanos() as f64 / f64::from(scrapes);
+    println!(
+        "{:<31} {:>8.1} ns/scrape ({bytes} bytes)",
+        "metrics render", per_scrape
+    );
 }

@@ -33,6 +33,13 @@ pub mod env {
     pub const RPC_MAX_BATCH: &str = "PRIVITTY_RPC_MAX_BATCH";
     pub const RPC_MAX_RESPONSE: &str = "PRIVITTY_RPC_MAX_RESPONSE";
     pub const SSE_MAX_CLIENTS: &str = "PRIVITTY_SSE_MAX_CLIENTS";
+    pub const METRICS_AUTH: &str = "PRIVITTY_METRICS_AUTH";
+    pub const LICENSE_WARN_BEFORE: &str = "PRIVITTY_LICENSE_WARN_BEFORE";
+    /// Set by privitty-init for each generation it spawns (absent: edged runs on its own): the
+    /// generation's number, and the swaps and crashes privitty-init has seen so far.
+    pub const GENERATION: &str = "PRIVITTY_GENERATION";
+    pub const GENERATION_SWAPS: &str = "PRIVITTY_GENERATION_SWAPS";
+    pub const GENERATION_CRASHES: &str = "PRIVITTY_GENERATION_CRASHES";
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7200";
@@ -61,6 +68,10 @@ pub const MAX_RPC_MAX_RESPONSE: usize = 1024 * 1024 * 1024;
 pub const DEFAULT_SSE_MAX_CLIENTS: usize = 64;
 /// The files directory under the data directory, unless `PRIVITTY_FILES_DIR` names another.
 pub const FILES_SUBDIR: &str = "files";
+/// `PrivittyLicenseExpiring` starts this long before the license's next deadline.
+pub const DEFAULT_LICENSE_WARN_BEFORE: Duration = Duration::from_secs(14 * 24 * 60 * 60);
+/// The longest `PRIVITTY_LICENSE_WARN_BEFORE` (ten years: longer than any license).
+pub const MAX_LICENSE_WARN_BEFORE: Duration = Duration::from_secs(3650 * 24 * 60 * 60);
 
 /// The flags, each mirroring an environment variable.
 #[derive(Debug, Parser)]
@@ -134,6 +145,26 @@ pub struct Args {
     /// Fail at once when another privitty-edged holds the accounts directory, instead of waiting for it.
     #[arg(long)]
     pub no_wait_lock: bool,
+    /// Who may read `GET /metrics`: `open` (anyone who reaches the port, like /health) or `token`
+    /// (the API token, exactly when /rpc needs it: see --api-auth).
+    #[arg(long, env = env::METRICS_AUTH, default_value = "open", value_name = "MODE")]
+    pub metrics_auth: String,
+    /// `PrivittyLicenseExpiring` events and warnings start this long before the license's next
+    /// deadline (`expires_at`, then `grace_ends_at`), once a day; `0` turns them off.
+    #[arg(long, env = env::LICENSE_WARN_BEFORE, default_value = "14d", value_name = "DURATION")]
+    pub license_warn_before: String,
+    /// The generation number privitty-init gave this process (set by privitty-init).
+    #[arg(long, env = env::GENERATION, hide = true)]
+    pub generation: Option<String>,
+    /// Generation swaps privitty-init has made so far (set by privitty-init).
+    #[arg(long, env = env::GENERATION_SWAPS, hide = true)]
+    pub generation_swaps: Option<String>,
+    /// Unexpected exits of earlier generations privitty-init has seen (set by privitty-init).
+    #[arg(long, env = env::GENERATION_CRASHES, hide = true)]
+    pub generation_crashes: Option<String>,
+    /// Benchmarks only: serve /metrics but record nothing per request (measures the recording cost).
+    #[arg(long, hide = true)]
+    pub bench_no_metrics_recording: bool,
 }
 
 /// A checked configuration.
@@ -160,6 +191,13 @@ pub struct Config {
     pub sse_buffer: usize,
     pub stop_timeout: Duration,
     pub wait_for_lock: bool,
+    pub metrics_auth: crate::auth::MetricsAuth,
+    /// `None`: no expiry warnings (`PRIVITTY_LICENSE_WARN_BEFORE=0`).
+    pub license_warn_before: Option<Duration>,
+    /// What privitty-init told this generation; `None` when edged runs on its own.
+    pub generation: Option<crate::metrics::GenerationInfo>,
+    /// Per-request metrics (off only for the benchmark's comparison).
+    pub metrics_recording: bool,
 }
 
 /// Every problem found in the configuration, one per line.
@@ -196,6 +234,10 @@ impl Config {
             sse_buffer: DEFAULT_SSE_BUFFER,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             wait_for_lock: true,
+            metrics_auth: crate::auth::MetricsAuth::Open,
+            license_warn_before: Some(DEFAULT_LICENSE_WARN_BEFORE),
+            generation: None,
+            metrics_recording: true,
         }
     }
 
@@ -392,6 +434,41 @@ impl Config {
             &args.sse_ping_interval,
         );
         let stop_timeout = duration("stop-timeout", env::STOP_TIMEOUT, &args.stop_timeout);
+        let metrics_auth = crate::auth::MetricsAuth::parse(&args.metrics_auth);
+        if metrics_auth.is_none() {
+            problems.push(format!(
+                "--metrics-auth / {}: {:?} is not one of open, token",
+                env::METRICS_AUTH,
+                args.metrics_auth
+            ));
+        }
+        let license_warn_before = match humantime::parse_duration(args.license_warn_before.trim()) {
+            Ok(d) if d.is_zero() => Some(None),
+            Ok(d) if d > MAX_LICENSE_WARN_BEFORE => {
+                problems.push(format!(
+                    "--license-warn-before / {}: must be at most 3650days",
+                    env::LICENSE_WARN_BEFORE
+                ));
+                None
+            }
+            Ok(d) => Some(Some(d)),
+            Err(e) => {
+                problems.push(format!(
+                    "--license-warn-before / {}: {:?} is not a duration like 14d or 36h, or 0 for off ({e})",
+                    env::LICENSE_WARN_BEFORE,
+                    args.license_warn_before
+                ));
+                None
+            }
+        };
+        let generation = generation_info(
+            [
+                &args.generation,
+                &args.generation_swaps,
+                &args.generation_crashes,
+            ],
+            &mut problems,
+        );
         match (
             (listen, engine, profile, header_timeout),
             (body_timeout, sse_ping_interval, stop_timeout),
@@ -422,10 +499,38 @@ impl Config {
                 sse_buffer: args.sse_buffer,
                 stop_timeout,
                 wait_for_lock: !args.no_wait_lock,
+                metrics_auth: metrics_auth.unwrap_or(crate::auth::MetricsAuth::Open),
+                license_warn_before: license_warn_before.flatten(),
+                generation,
+                metrics_recording: !args.bench_no_metrics_recording,
             }),
             _ => Err(ConfigError { problems }),
         }
     }
+}
+
+/// What privitty-init handed this generation (`PRIVITTY_GENERATION`, `…_SWAPS`, `…_CRASHES`):
+/// `None` without `PRIVITTY_GENERATION` (edged on its own); the counters default to 0.
+fn generation_info(
+    [generation, swaps, crashes]: [&Option<String>; 3],
+    problems: &mut Vec<String>,
+) -> Option<crate::metrics::GenerationInfo> {
+    let mut number = |value: &Option<String>, flag: &str, var: &str| -> u64 {
+        let Some(text) = value.as_deref().map(str::trim).filter(|t| !t.is_empty()) else {
+            return 0;
+        };
+        text.parse().unwrap_or_else(|_| {
+            problems.push(format!("--{flag} / {var}: {text:?} is not a whole number"));
+            0
+        })
+    };
+    let present = generation.as_deref().is_some_and(|g| !g.trim().is_empty());
+    let info = crate::metrics::GenerationInfo {
+        number: number(generation, "generation", env::GENERATION),
+        swaps: number(swaps, "generation-swaps", env::GENERATION_SWAPS),
+        crashes: number(crashes, "generation-crashes", env::GENERATION_CRASHES),
+    };
+    present.then_some(info)
 }
 
 /// `16MiB`, `512KiB`, `1GiB`, `2MB`, or plain bytes.
@@ -595,6 +700,68 @@ mod tests {
         assert_eq!(c.profile, "host7");
         assert_eq!(c.listen.port(), 0);
         assert_eq!(c.header_timeout, DEFAULT_HEADER_TIMEOUT);
+    }
+
+    #[test]
+    fn metrics_warnings_and_what_privitty_init_hands_over() {
+        let base = ["--engine", "/bin/true"];
+        let parse = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            Config::from_args(args(&v), None, Some("gw".into()))
+        };
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.metrics_auth, crate::auth::MetricsAuth::Open);
+        assert_eq!(c.license_warn_before, Some(DEFAULT_LICENSE_WARN_BEFORE));
+        assert_eq!(c.generation, None, "standalone");
+        assert!(c.metrics_recording);
+        let c = parse(&[
+            "--metrics-auth",
+            "TOKEN",
+            "--license-warn-before",
+            "0",
+            "--generation",
+            "3",
+            "--generation-crashes",
+            "1",
+            "--bench-no-metrics-recording",
+        ])
+        .unwrap();
+        assert_eq!(c.metrics_auth, crate::auth::MetricsAuth::Token);
+        assert_eq!(c.license_warn_before, None, "0 turns warnings off");
+        assert_eq!(
+            c.generation,
+            Some(crate::metrics::GenerationInfo {
+                number: 3,
+                swaps: 0,
+                crashes: 1
+            })
+        );
+        assert!(!c.metrics_recording);
+        assert_eq!(
+            parse(&["--license-warn-before", "36h"])
+                .unwrap()
+                .license_warn_before,
+            Some(Duration::from_secs(36 * 3600))
+        );
+        let err = parse(&[
+            "--metrics-auth",
+            "maybe",
+            "--license-warn-before",
+            "soon",
+            "--generation",
+            "two",
+        ])
+        .unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 3, "{text}");
+        for needle in [
+            "PRIVITTY_METRICS_AUTH",
+            "PRIVITTY_LICENSE_WARN_BEFORE",
+            "PRIVITTY_GENERATION",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Events for `GET /events`: re-shaping the engine's events into the documented form, the fan-out
-//! hub, and each client's Server-Sent Events stream (pings, lag notices, end at shutdown).
+//! hub, and each client's Server-Sent Events stream (a greeting first, pings, lag notices, end at
+//! shutdown).
 //!
 //! Owns: the SSE wire format and the bounded per-client buffer. Must not: pull events from the
 //! engine (the bridge publishes into the hub) or block a publisher on a slow client.
@@ -47,8 +48,10 @@ impl Hub {
     }
 
     /// Publishes an event already in the documented shape (`{"type":…,"account_id":…,…}`).
-    pub fn publish(&self, event: &Value) {
-        let _ = self.tx.send(event.to_string().into());
+    pub fn publish(&self, event: &(impl Serialize + ?Sized)) {
+        if let Ok(text) = serde_json::to_string(event) {
+            let _ = self.tx.send(text.into());
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
@@ -113,18 +116,22 @@ pub fn snake_case(name: &str) -> String {
 
 pub type SseBody = BoxBody<Bytes, Infallible>;
 
-/// The body of one `/events` response. The client's task ends (and its buffer and `slot` are
-/// freed) when the client disconnects or `stop` turns true.
+/// The body of one `/events` response. It starts with the events `greeting` returns (asked for
+/// once the client is subscribed, so nothing published meanwhile is lost), then streams the hub.
+/// The client's task ends (and its buffer and `slot` are freed) when the client disconnects or
+/// `stop` turns true.
 pub fn sse_body(
     hub: &Hub,
+    greeting: impl FnOnce() -> Vec<String>,
     ping_every: Duration,
     stop: watch::Receiver<bool>,
     slot: tokio::sync::OwnedSemaphorePermit,
 ) -> SseBody {
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(8);
     let events = hub.subscribe();
+    let first = greeting();
     tokio::spawn(async move {
-        client_loop(events, tx, ping_every, stop).await;
+        client_loop(events, first, tx, ping_every, stop).await;
         drop(slot);
     });
     use http_body_util::BodyExt;
@@ -133,10 +140,17 @@ pub fn sse_body(
 
 async fn client_loop(
     mut events: broadcast::Receiver<Arc<str>>,
+    first: Vec<String>,
     tx: mpsc::Sender<Result<Frame<Bytes>, Infallible>>,
     ping_every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    for event in first {
+        let frame = Frame::data(Bytes::from(format!("data: {event}\n\n")));
+        if tx.send(Ok(frame)).await.is_err() {
+            return;
+        }
+    }
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -216,7 +230,7 @@ mod tests {
         let slot = Arc::new(tokio::sync::Semaphore::new(1))
             .try_acquire_owned()
             .unwrap();
-        let mut body = sse_body(&hub, Duration::from_secs(3600), stop, slot);
+        let mut body = sse_body(&hub, Vec::new, Duration::from_secs(3600), stop, slot);
         // The client task subscribes inside sse_body, before anything is published.
         assert_eq!(hub.clients(), 1);
         for i in 0..10 {
@@ -240,7 +254,18 @@ mod tests {
         let slot = Arc::new(tokio::sync::Semaphore::new(1))
             .try_acquire_owned()
             .unwrap();
-        let mut body = sse_body(&hub, Duration::from_secs(15), stop, slot);
+        let mut body = sse_body(
+            &hub,
+            || vec![r#"{"type":"First"}"#.to_string()],
+            Duration::from_secs(15),
+            stop,
+            slot,
+        );
+        assert_eq!(
+            next_text(&mut body).await,
+            "data: {\"type\":\"First\"}\n\n",
+            "the greeting comes first"
+        );
         assert_eq!(next_text(&mut body).await, ": ping\n\n");
         stop_tx.send(true).unwrap();
         assert!(body.frame().await.is_none(), "stream ends at shutdown");

@@ -1,15 +1,17 @@
-//! The HTTP/1.1 server: routes (`POST /rpc`, `GET /events`, `GET /health`), limits, CORS, and the
-//! graceful stop of connections.
+//! The HTTP/1.1 server: routes (`POST /rpc`, `GET /events`, `GET /health`, `GET /metrics`),
+//! limits, CORS, and the graceful stop of connections.
 //!
 //! Owns: the accept loop with its connection cap (excess connections wait in the kernel backlog:
 //! they are never refused), header/idle and body timeouts, the 1 MiB body cap, the batch and SSE
-//! client caps, the order of the checks on a request (Host, then the token, then the route), the
-//! HTTP status of each JSON-RPC answer (200, or 204 when there is nothing to return). Must not:
-//! know what a method does (that is [`crate::service`]) or how a token is checked
-//! ([`crate::auth`]).
+//! client caps, the order of the checks on a request (`/health`; then the Host; then `/metrics`,
+//! which asks for the token only with `PRIVITTY_METRICS_AUTH=token`; then the token; then the
+//! route), the HTTP status of each JSON-RPC answer (200, or 204 when there is nothing to return).
+//! Must not: know what a method does (that is [`crate::service`]), how a token is checked
+//! ([`crate::auth`]), or what the metrics are ([`crate::metrics`]).
 //!
 //! Trust boundary: every byte from a connection is hostile until [`crate::auth`] passed it; only
-//! `/health` (which tells nothing secret) answers before that.
+//! `/health` and, unless `PRIVITTY_METRICS_AUTH=token`, `/metrics` (which tell nothing secret)
+//! answer before that.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::auth::{Authenticator, Cors, HostCheck, Verdict};
+use crate::auth::{Authenticator, Cors, HostCheck, MetricsAuth, Verdict};
 use crate::config::MAX_BODY_BYTES;
 use crate::engine::Budget;
 use crate::rpc::{self, Body, Item, RpcError};
@@ -41,6 +43,8 @@ pub type ResponseBody = BoxBody<Bytes, Infallible>;
 pub struct HttpConfig {
     pub cors: Cors,
     pub auth: Arc<Authenticator>,
+    /// Whether `/metrics` asks for the token.
+    pub metrics_auth: MetricsAuth,
     pub host: HostCheck,
     pub max_batch: usize,
     pub max_response: usize,
@@ -230,6 +234,16 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Response
         misdirected()
     } else if req.method() == Method::OPTIONS && config.cors.enabled() {
         preflight()
+    } else if path == "/metrics" {
+        let refused = match config.metrics_auth {
+            MetricsAuth::Open => None,
+            MetricsAuth::Token => check_token(&req, config),
+        };
+        match refused {
+            Some(refused) => refused,
+            None if req.method() == Method::GET => metrics(&shared).await,
+            None => not_allowed("GET"),
+        }
     } else if let Some(refused) = check_token(&req, config) {
         refused
     } else {
@@ -243,7 +257,7 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Response
             (_, "/health" | "/events") => not_allowed("GET"),
             (_, path) => json_status(
                 StatusCode::NOT_FOUND,
-                &json!({"error": format!("no such endpoint: {path}; use POST /rpc, GET /events or GET /health")}),
+                &json!({"error": format!("no such endpoint: {path}; use POST /rpc, GET /events, GET /health or GET /metrics")}),
             ),
         }
     };
@@ -374,6 +388,17 @@ fn health(shared: &Shared) -> Response<ResponseBody> {
     )
 }
 
+/// The Prometheus scrape: read from memory (and at most once a second from the data directory's
+/// sync records), never from the engine.
+async fn metrics(shared: &Shared) -> Response<ResponseBody> {
+    let text = shared.service.metrics.render().await;
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
+        .body(full(text))
+        .expect("valid response")
+}
+
 fn events(shared: &Shared) -> Response<ResponseBody> {
     let Ok(slot) = shared.sse_slots.clone().try_acquire_owned() else {
         let mut r = json_status(
@@ -387,8 +412,10 @@ fn events(shared: &Shared) -> Response<ResponseBody> {
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         return r;
     };
+    let license = shared.service.license_events.clone();
     let body = crate::events::sse_body(
         &shared.service.hub,
+        move || license.greeting(),
         shared.config.sse_ping_interval,
         shared.stop.clone(),
         slot,
@@ -467,13 +494,18 @@ async fn rpc_request(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<R
             );
         }
     };
+    let service = &shared.service;
     match rpc::parse(&body) {
-        Body::Broken(err) => json_text(StatusCode::OK, rpc::response(&rpc::null_id(), &Err(err))),
+        Body::Broken(err) => {
+            service.metrics.record_invalid();
+            json_text(StatusCode::OK, rpc::response(&rpc::null_id(), &Err(err)))
+        }
         Body::Single(Item::Invalid { id, error }) => {
+            service.metrics.record_invalid();
             json_text(StatusCode::OK, rpc::response(&id, &Err(error)))
         }
         Body::Single(Item::BadParams { id, method, error }) => {
-            let error = shared.service.precheck(&method).unwrap_or(error);
+            let error = service.refuse_bad_params(&method, error);
             json_text(StatusCode::OK, rpc::response(&id, &Err(error)))
         }
         Body::Single(Item::Call(call)) => {
@@ -488,20 +520,23 @@ async fn rpc_request(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<R
                 (Some(id), outcome) => json_text(StatusCode::OK, rpc::response(&id, &outcome)),
             }
         }
-        Body::Batch(items) if items.len() > shared.config.max_batch => json_text(
-            StatusCode::OK,
-            rpc::response(
-                &rpc::null_id(),
-                &Err(RpcError::new(
-                    rpc::INVALID_REQUEST,
-                    format!(
-                        "invalid request: the batch has {} calls, more than the {} allowed (PRIVITTY_RPC_MAX_BATCH); split it",
-                        items.len(),
-                        shared.config.max_batch
-                    ),
-                )),
-            ),
-        ),
+        Body::Batch(items) if items.len() > shared.config.max_batch => {
+            service.metrics.record_invalid();
+            json_text(
+                StatusCode::OK,
+                rpc::response(
+                    &rpc::null_id(),
+                    &Err(RpcError::new(
+                        rpc::INVALID_REQUEST,
+                        format!(
+                            "invalid request: the batch has {} calls, more than the {} allowed (PRIVITTY_RPC_MAX_BATCH); split it",
+                            items.len(),
+                            shared.config.max_batch
+                        ),
+                    )),
+                ),
+            )
+        }
         Body::Batch(items) => batch(items, shared).await,
     }
 }
@@ -514,9 +549,12 @@ async fn batch(items: Vec<Item>, shared: &Arc<Shared>) -> Response<ResponseBody>
     let budget = Budget::new(shared.config.max_response);
     for (i, item) in items.into_iter().enumerate() {
         match item {
-            Item::Invalid { id, error } => answers[i] = Some(rpc::response(&id, &Err(error))),
+            Item::Invalid { id, error } => {
+                shared.service.metrics.record_invalid();
+                answers[i] = Some(rpc::response(&id, &Err(error)));
+            }
             Item::BadParams { id, method, error } => {
-                let error = shared.service.precheck(&method).unwrap_or(error);
+                let error = shared.service.refuse_bad_params(&method, error);
                 answers[i] = Some(rpc::response(&id, &Err(error)));
             }
             Item::Call(call) => {

@@ -17,6 +17,8 @@ pub mod gate;
 pub mod host;
 pub mod http;
 pub mod license;
+pub mod license_events;
+pub mod metrics;
 pub mod policy;
 pub mod privitty;
 pub mod rpc;
@@ -192,6 +194,25 @@ pub async fn run(
         r = engine::Engine::start(engine_config, hub.clone(), engine_stop, engine_deadline) => r?,
         _ = &mut shutdown => return Ok(()),
     };
+    let metrics = Arc::new(metrics::Metrics::new(
+        metrics::Sources {
+            license: license.clone(),
+            engine: Some(engine.clone()),
+            hub: hub.clone(),
+            generation: config.generation,
+            accounts: Some(licensectl::AccountsDir::new(&config.accounts)),
+        },
+        config.metrics_recording,
+    ));
+    let license_events = license_events::LicenseEvents::new(
+        license.clone(),
+        config.license_warn_before,
+        license_events::system_clock(),
+        config.generation.map(|g| g.number),
+    );
+    let (license_events_stop_tx, license_events_stop) = watch::channel(false);
+    let license_events_task =
+        tokio::spawn(license_events.clone().run(hub.clone(), license_events_stop));
     let service = Arc::new(service::Service {
         engine,
         license: license.clone(),
@@ -200,6 +221,8 @@ pub async fn run(
         policy: config.policy.clone(),
         files_dir,
         max_response: config.rpc_max_response,
+        metrics,
+        license_events,
     });
     let (auth_stop_tx, auth_stop) = watch::channel(false);
     let auth_watch = tokio::spawn(auth::watch(auth.clone(), auth_stop));
@@ -207,10 +230,17 @@ pub async fn run(
     let write_back = tokio::spawn(license::write_back(license.clone(), write_back_stop));
     let addr = listener.local_addr().map_err(RunError::Listener)?;
     host::notify_ready(&format!("serving on {addr}; license {}", eval.status));
-    tracing::info!(%addr, license = eval.status.as_str(), "ready");
+    tracing::info!(
+        %addr,
+        license = eval.status.as_str(),
+        generation = config.generation.map(|g| g.number),
+        metrics_auth = config.metrics_auth.as_str(),
+        "ready"
+    );
     let http_config = http::HttpConfig {
         cors: config.cors.clone(),
         auth,
+        metrics_auth: config.metrics_auth,
         host: auth::HostCheck::new(served, &config.allowed_hosts),
         max_batch: config.rpc_max_batch,
         max_response: config.rpc_max_response,
@@ -223,6 +253,8 @@ pub async fn run(
     };
     http::serve(listener, service, http_config, shutdown).await;
     host::notify_stopping();
+    let _ = license_events_stop_tx.send(true);
+    let _ = license_events_task.await;
     let _ = engine_stop_tx.send(true);
     if tokio::time::timeout(engine_deadline + Duration::from_millis(100), keeper)
         .await

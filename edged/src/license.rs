@@ -20,6 +20,10 @@ pub const HIGH_WATER_INTERVAL: Duration = Duration::from_secs(15 * 60);
 pub trait License: Send + Sync + std::fmt::Debug + 'static {
     /// Status at `now` (advances the in-memory high-water mark).
     fn evaluate(&self, now: SystemTime) -> Evaluation;
+    /// The license's id (the `sub` claim, never the delivery TOKEN), when there is one.
+    fn license_id(&self) -> Option<String> {
+        None
+    }
     /// Counts one successful gated call.
     fn record_use(&self, _method: &str) {}
     /// Writes pending usage counters to the accounts directory.
@@ -85,6 +89,10 @@ impl Loaded {
 impl License for Loaded {
     fn evaluate(&self, now: SystemTime) -> Evaluation {
         self.license.evaluate(now)
+    }
+
+    fn license_id(&self) -> Option<String> {
+        self.license.claims().map(|c| c.sub.clone())
     }
 
     fn record_use(&self, method: &str) {

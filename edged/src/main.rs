@@ -1,11 +1,12 @@
 //! `privitty-edged`: parse, set up logging, run, map the outcome to the documented exit code
-//! (0 clean stop, 1 runtime failure, 2 configuration or usage error).
+//! (0 clean stop, 1 runtime failure, 2 configuration or usage error). The image's multi-call
+//! executable (supervisor/multicall) compiles this same file in and calls its `main`.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     // Everything edged and the engine create (the message database, keys, the files directory)
     // is for the service user alone; under privitty-init this is already the inherited umask.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));

@@ -1,11 +1,13 @@
 //! What one JSON-RPC call does: the gate first, then edged's own methods, the Privitty file methods,
-//! or the engine, and the usage count of a licensed call that succeeded.
+//! or the engine, and what is counted of it (the usage of a licensed call that succeeded, and the
+//! call's class, outcome and duration in the metrics).
 //!
-//! Owns: the routing order (gate before "method not found", so unknown `privitty_*` names are gated).
-//! Must not: parse HTTP or JSON-RPC envelopes, or hold locks across an await.
+//! Owns: the routing order (gate before "method not found", so unknown `privitty_*` names are gated)
+//! and which [`Class`] a call belongs to. Must not: parse HTTP or JSON-RPC envelopes, or hold locks
+//! across an await.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -15,6 +17,8 @@ use crate::events::Hub;
 use crate::files::FilesDir;
 use crate::gate;
 use crate::license::License;
+use crate::license_events::LicenseEvents;
+use crate::metrics::{Class, Metrics};
 use crate::policy::{self, Decision, PathArg, Policy};
 use crate::rpc::{Outcome, RpcError};
 
@@ -54,6 +58,9 @@ pub struct Service {
     pub files_dir: FilesDir,
     /// `PRIVITTY_RPC_MAX_RESPONSE`: a single call's budget.
     pub max_response: usize,
+    pub metrics: Arc<Metrics>,
+    /// The license status last published on `/events`, for each new connection's snapshot.
+    pub license_events: Arc<LicenseEvents>,
 }
 
 impl Service {
@@ -65,43 +72,100 @@ impl Service {
         params: Vec<Value>,
         budget: Option<Arc<Budget>>,
     ) -> Outcome {
-        let licensed = gate::check(method, &*self.license, SystemTime::now())?;
-        let outcome = if method == LICENSE_STATUS_METHOD {
-            Ok(json!(self.license.evaluate(SystemTime::now())))
-        } else if let Some(files) = self.files.as_ref().filter(|f| f.has(method)) {
+        let licensed = match gate::check(method, &*self.license, SystemTime::now()) {
+            Ok(licensed) => licensed,
+            Err(e) => {
+                // Answered before the call starts: counted, not timed.
+                self.metrics
+                    .record_call(Class::Gated, method, Err(&e), false, None);
+                return Err(e);
+            }
+        };
+        // Long polls wait for something to happen: their time says nothing about the service.
+        let started =
+            (self.metrics.recording() && !LONG_POLL_METHODS.contains(&method)).then(Instant::now);
+        let (class, outcome) = self.run(method, params, budget).await;
+        if licensed && outcome.is_ok() {
+            self.license.record_use(method);
+        }
+        let result = outcome.as_ref().map(|_| ());
+        self.metrics
+            .record_call(class, method, result, licensed, started);
+        outcome
+    }
+
+    /// A call the gate let through.
+    async fn run(
+        &self,
+        method: &str,
+        params: Vec<Value>,
+        budget: Option<Arc<Budget>>,
+    ) -> (Class, Outcome) {
+        if method == LICENSE_STATUS_METHOD {
+            let status = json!(self.license.evaluate(SystemTime::now()));
+            return (Class::Edged, Ok(status));
+        }
+        if let Some(files) = self.files.as_ref().filter(|f| f.has(method)) {
             let paths = policy::PRIVITTY_PATHS
                 .iter()
                 .find(|(m, _)| *m == method)
                 .map(|(_, p)| *p);
-            match self.confine(method, params, paths).await {
+            let outcome = match self.confine(method, params, paths).await {
                 Ok(params) => self.call_files(files.clone(), method, params).await,
                 Err(e) => Err(e),
-            }
-        } else if method.starts_with(gate::PRIVITTY_PREFIX) {
-            Err(RpcError::method_not_found(method))
-        } else {
-            match self.policy.decide(method) {
-                Decision::Unknown => Err(RpcError::method_not_found(method)),
-                Decision::Denied(e) => Err(e),
-                Decision::Run(_) if let Err(e) = self.policy.check_settings(method, &params) => {
-                    Err(e)
-                }
-                Decision::Run(paths) => match self.confine(method, params, paths).await {
-                    Ok(params) => {
-                        let budget = budget.unwrap_or_else(|| Budget::new(self.max_response));
-                        self.engine
-                            .call_within(method, &params, Some(budget))
-                            .await
-                            .map_err(|e| e.to_rpc())
-                    }
-                    Err(e) => Err(e),
-                },
-            }
-        };
-        if licensed && outcome.is_ok() {
-            self.license.record_use(method);
+            };
+            return (Class::Gated, outcome);
         }
-        outcome
+        if method.starts_with(gate::PRIVITTY_PREFIX) {
+            return (Class::Gated, Err(RpcError::method_not_found(method)));
+        }
+        let (class, outcome) = match self.policy.decide(method) {
+            Decision::Unknown => (Class::Unknown, Err(RpcError::method_not_found(method))),
+            Decision::Denied(e) => (Class::Denied, Err(e)),
+            Decision::Run(_) if let Err(e) = self.policy.check_settings(method, &params) => {
+                (Class::Denied, Err(e))
+            }
+            Decision::Run(paths) => match self.confine(method, params, paths).await {
+                Ok(params) => {
+                    let budget = budget.unwrap_or_else(|| Budget::new(self.max_response));
+                    let answer = self
+                        .engine
+                        .call_within(method, &params, Some(budget))
+                        .await
+                        .map_err(|e| e.to_rpc());
+                    (Class::Engine, answer)
+                }
+                Err(e) => (Class::Engine, Err(e)),
+            },
+        };
+        (class, outcome)
+    }
+
+    /// The class of a call to `method`, without running it (for requests refused before they run).
+    pub fn class_of(&self, method: &str) -> Class {
+        if gate::access(method) == gate::Access::Licensed
+            || self.files.as_ref().is_some_and(|f| f.has(method))
+        {
+            return Class::Gated;
+        }
+        if method == LICENSE_STATUS_METHOD {
+            return Class::Edged;
+        }
+        match self.policy.decide(method) {
+            Decision::Unknown => Class::Unknown,
+            Decision::Denied(_) => Class::Denied,
+            Decision::Run(_) => Class::Engine,
+        }
+    }
+
+    /// The error of a call whose params are not positional: the gate's, "method not found" or the
+    /// policy's denial when one applies (see [`Service::precheck`]), else `error`; counted in the
+    /// metrics.
+    pub fn refuse_bad_params(&self, method: &str, error: RpcError) -> RpcError {
+        let error = self.precheck(method).unwrap_or(error);
+        self.metrics
+            .record_call(self.class_of(method), method, Err(&error), false, None);
+        error
     }
 
     /// The error a call to `method` gets before its params are looked at: the gate's, "method not

@@ -5,7 +5,10 @@
 //! license server — on port 0 in temp dirs, and print every process's output on failure.
 
 pub mod edged_stack;
+pub mod gateways;
 pub mod init_harness;
 pub mod license_server;
+pub mod mail_server;
 pub mod managed_harness;
+pub mod prometheus;
 pub mod support;
