@@ -6,11 +6,14 @@
 #                      rust and python base images.
 #   runtime-prebuilt   copies binaries built on the host into the same minimal image; needs no
 #                      registry (CI builds this one offline). tests/container/build-image.sh stages
-#                      target/image/ (static binaries of the `image` profile, the engine from its
-#                      wheel, the host's CA store, the directory skeleton) and builds it.
+#                      target/image/ (the executable of the `image` profile and its links, the
+#                      engine from its wheel, the host's CA store, the directory skeleton) and builds it.
 #
-# The runtime is FROM scratch: static binaries, the system CA store, passwd/group files and the
-# directory skeleton. No shell: the health check is `privitty-edge health`. Runs as uid/gid 1000
+# The runtime is FROM scratch: one static executable, /usr/local/bin/privitty-init, that is also
+# privitty-edged, privitty-edge and licensectl through symlinks (it picks the program by the name it
+# runs under: tokio, hyper and rustls exist once), the engine, the system CA store, passwd/group
+# files and the directory skeleton. No shell: the health check is `privitty-edge health`. Both
+# targets produce the same layout. Runs as uid/gid 1000
 # (privitty), which owns /var/lib/privitty, the one volume. Outbound HTTPS (the license server)
 # trusts /etc/ssl/certs/ca-certificates.crt plus the bundle named by SSL_CERT_FILE, if set.
 # Build with `--format docker` under podman/buildah: the OCI format has no HEALTHCHECK.
@@ -25,14 +28,14 @@ ARG DELTACHAT_RPC_SERVER_SHA256=f2ec9f161ad0ebd3352791a7f8a72d5a1a0e4f3babbd3f12
 FROM docker.io/library/rust:1.95-bookworm AS builder
 WORKDIR /src
 COPY . .
-# The `image` profile (root Cargo.toml) trades compile time for size: the image stays under 45 MB.
-RUN RUSTFLAGS='-C target-feature=+crt-static' \
-    cargo build --locked --profile image --target x86_64-unknown-linux-gnu \
-      --bin privitty-init --bin privitty-edged --bin privitty-edge \
+# The `image` profile (root Cargo.toml) trades compile time for size; static and non-PIE, as
+# tests/container/build-binaries.sh builds it (keep the two in step).
+RUN RUSTFLAGS='-C target-feature=+crt-static -C relocation-model=static' \
+    cargo build --locked --profile image --target x86_64-unknown-linux-gnu --bin privitty \
  && mkdir -p /out/bin /out/certs /out/skel/var/lib /out/skel/tmp /out/data \
  && chmod 0755 /out/skel/var /out/skel/var/lib && chmod 1777 /out/skel/tmp \
- && for b in privitty-init privitty-edged privitty-edge; do \
-      cp target/x86_64-unknown-linux-gnu/image/$b /out/bin/; done \
+ && install -m 0755 target/x86_64-unknown-linux-gnu/image/privitty /out/bin/privitty-init \
+ && for name in privitty-edged privitty-edge licensectl; do ln -s privitty-init /out/bin/$name; done \
  && cp /etc/ssl/certs/ca-certificates.crt /out/certs/
 
 FROM docker.io/library/python:3.11-slim-bookworm AS engine
@@ -68,6 +71,7 @@ ENTRYPOINT ["/usr/local/bin/privitty-init"]
 # ---------------------------------------------------------------- image from host-built binaries
 FROM base AS runtime-prebuilt
 COPY target/image/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+# privitty-init and its links (COPY keeps symlinks), and the engine.
 COPY target/image/bin/ /usr/local/bin/
 COPY target/image/skel/ /
 COPY --chown=1000:1000 target/image/data /var/lib/privitty
@@ -79,6 +83,7 @@ WORKDIR /var/lib/privitty
 FROM base AS runtime
 COPY --from=builder /out/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=engine /deltachat-rpc-server /usr/local/bin/deltachat-rpc-server
+# privitty-init and its links (COPY keeps symlinks).
 COPY --from=builder /out/bin/ /usr/local/bin/
 COPY --from=builder /out/skel/ /
 COPY --from=builder --chown=1000:1000 /out/data /var/lib/privitty

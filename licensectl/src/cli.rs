@@ -3,6 +3,12 @@
 //! Owns: argument parsing, the output formats (`license status` prints the status word alone on its
 //! first line) and the mapping of errors to the documented exit codes. Builds the one tokio
 //! current-thread runtime the CLI uses. Must not: print the TOKEN or the device secret.
+//!
+//! Two spellings, one program: `privitty-edge license status|activate|sync|deactivate` (the
+//! product's documented form; the bare `privitty-edge status` is refused with a pointer to it, so
+//! there is one way to write it in the product's scripts), and `licensectl status|activate|sync|
+//! deactivate` (the license tool's own name takes the license commands directly; `licensectl
+//! license …` works too). Both run the same code, with the same output and exit codes.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -29,6 +35,20 @@ pub mod exit {
     pub const STATE: u8 = 7;
 }
 
+/// The line a failed `license activate|sync` adds to standard error after the error when the server
+/// asked to wait (`Retry-After`): `retry after: <whole seconds>s`. privitty-init runs these
+/// commands as children and honours it.
+pub const RETRY_AFTER_PREFIX: &str = "retry after: ";
+
+/// The name the CLI runs under, which decides how the license commands are spelt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Name {
+    /// `privitty-edge license status|activate|sync|deactivate` (the documented spelling).
+    PrivittyEdge,
+    /// `licensectl status|activate|sync|deactivate` (and `licensectl license …`).
+    Licensectl,
+}
+
 /// The exit code for a library error.
 pub fn exit_code(kind: ErrorKind) -> u8 {
     match kind {
@@ -40,17 +60,19 @@ pub fn exit_code(kind: ErrorKind) -> u8 {
     }
 }
 
+const AFTER_HELP: &str = "Environment: PRIVITTY_ACCOUNTS (accounts directory), PRIVITTY_LICENSE_PUBKEY \
+    (extra trusted license keys: PEM text or a path), SSL_CERT_FILE (extra CA bundle for the license \
+    server), HTTPS_PROXY/NO_PROXY, PRIVITTY_PROFILE (device name on activation), PRIVITTY_LOG, \
+    PRIVITTY_LOG_FORMAT.\n\nExit codes: 0 ok; 1 internal error; 2 usage error; 3 license not usable \
+    (status); 4 local file error; 5 refused by the license server; 6 license server unreachable or \
+    transient failure; 7 local state does not allow it (not activated).";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "privitty-edge",
     version,
     about = "Privitty Edge command line: license management, the API token and the container health check",
-    after_help = "Environment: PRIVITTY_ACCOUNTS (accounts directory), PRIVITTY_LICENSE_PUBKEY (extra trusted \
-                  license keys: PEM text or a path), SSL_CERT_FILE (extra CA bundle for the license server), \
-                  HTTPS_PROXY/NO_PROXY, PRIVITTY_PROFILE (device name on activation), PRIVITTY_LOG, \
-                  PRIVITTY_LOG_FORMAT.\n\nExit codes: 0 ok; 1 internal error; 2 usage error; 3 license not \
-                  usable (status); 4 local file error; 5 refused by the license server; 6 license server \
-                  unreachable or transient failure; 7 local state does not allow it (not activated)."
+    after_help = AFTER_HELP
 )]
 struct Cli {
     /// The accounts (data) directory holding the license files [default: $PRIVITTY_ACCOUNTS, else
@@ -60,6 +82,44 @@ struct Cli {
     accounts: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `licensectl`: the license commands at the top level, then everything `privitty-edge` has.
+#[derive(Debug, Parser)]
+#[command(
+    name = "licensectl",
+    version,
+    about = "Privitty Edge license tool: `licensectl status|activate|sync|deactivate` (the same \
+             program as `privitty-edge license …`), the API token and the container health check",
+    after_help = AFTER_HELP
+)]
+struct LicensectlCli {
+    /// The accounts (data) directory holding the license files [default: $PRIVITTY_ACCOUNTS, else
+    /// /var/lib/privitty].
+    #[arg(long, global = true, value_name = "DIR")]
+    accounts: Option<PathBuf>,
+    #[command(subcommand)]
+    command: LicensectlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum LicensectlCommand {
+    #[command(flatten)]
+    License(LicenseCommand),
+    #[command(flatten)]
+    Other(Command),
+}
+
+impl From<LicensectlCli> for Cli {
+    fn from(c: LicensectlCli) -> Cli {
+        Cli {
+            accounts: c.accounts,
+            command: match c.command {
+                LicensectlCommand::License(command) => Command::License { command },
+                LicensectlCommand::Other(command) => command,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,6 +164,11 @@ enum LicenseCommand {
     },
     /// Refresh the license from the server and report usage.
     Sync,
+    /// Print this device's identity (`device.uuid`), creating it when absent. privitty-init runs
+    /// it at first boot, so that `license status` shows the identity a license issued offline
+    /// must name.
+    #[command(hide = true)]
+    DeviceId,
     /// Release this device's seat on the server; the license file is kept for inspection as privitty.lic.revoked.
     Deactivate {
         /// Only mark the device deactivated locally, without contacting the server.
@@ -112,9 +177,14 @@ enum LicenseCommand {
     },
 }
 
-/// Runs the CLI and returns the process exit code (documented in the README).
+/// Runs the `privitty-edge` CLI and returns the process exit code (documented in the README).
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    main_as(Name::PrivittyEdge)
+}
+
+/// Runs the CLI under `name` (see [`Name`]) with this process's arguments.
+pub fn main_as(name: Name) -> ExitCode {
+    let cli = match parse(name, std::env::args_os()) {
         Ok(cli) => cli,
         // clap exits 0 for --help/--version.
         Err(e) if !e.use_stderr() => e.exit(),
@@ -122,11 +192,42 @@ pub fn main() -> ExitCode {
         // must not print its TOKEN.
         Err(e) => {
             eprint!("{}", crate::url::redact_in(&e.render().to_string()));
+            if let Some(tip) = bare_license_command_tip(name, &e) {
+                eprintln!("{tip}");
+            }
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(exit::USAGE));
         }
     };
     crate::logging::init("warn");
     ExitCode::from(run(cli))
+}
+
+fn parse(
+    name: Name,
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Result<Cli, clap::Error> {
+    match name {
+        Name::PrivittyEdge => Cli::try_parse_from(args),
+        Name::Licensectl => LicensectlCli::try_parse_from(args).map(Cli::from),
+    }
+}
+
+/// `privitty-edge status` (the `licensectl` spelling) points at `privitty-edge license status`.
+fn bare_license_command_tip(name: Name, e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind as ClapKind};
+    if name != Name::PrivittyEdge || e.kind() != ClapKind::InvalidSubcommand {
+        return None;
+    }
+    let Some(ContextValue::String(given)) = e.get(ContextKind::InvalidSubcommand) else {
+        return None;
+    };
+    ["status", "activate", "sync", "deactivate"]
+        .contains(&given.as_str())
+        .then(|| {
+            format!(
+                "the license commands are `privitty-edge license {given}` (or `licensectl {given}`)"
+            )
+        })
 }
 
 fn run(cli: Cli) -> u8 {
@@ -156,6 +257,11 @@ fn run(cli: Cli) -> u8 {
         Ok(code) => code,
         Err(Failure::Lib(e)) => {
             eprintln!("error: {e}");
+            if let Some(after) = e.retry_after() {
+                // Whole seconds, rounded up: waiting less than asked would only be refused again.
+                let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+                eprintln!("{RETRY_AFTER_PREFIX}{secs}s");
+            }
             exit_code(e.kind())
         }
         Err(Failure::Internal(msg)) => {
@@ -299,6 +405,11 @@ async fn license(dir: &AccountsDir, command: LicenseCommand) -> Result<u8, Failu
             writeln!(out, "license jti: {}", done.license.jti).map_err(io_failure)?;
             Ok(exit::OK)
         }
+        LicenseCommand::DeviceId => {
+            let id = dir.ensure_device_uuid()?;
+            writeln!(out, "{id}").map_err(io_failure)?;
+            Ok(exit::OK)
+        }
         LicenseCommand::Deactivate { local_only } => {
             crate::deactivate(dir, local_only).await?;
             if local_only {
@@ -351,6 +462,7 @@ pub fn format_status(r: &StatusReport) -> String {
         ("license server", dash(&r.license_server)),
         ("last sync ok", dash(&r.last_sync_ok_at)),
         ("last sync error", dash(&r.last_sync_error)),
+        ("last activation error", dash(&r.last_activation_error)),
     ];
     let mut text = format!("{}\n", r.status);
     for (k, v) in lines {
@@ -367,6 +479,66 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+        LicensectlCli::command().debug_assert();
+    }
+
+    fn parsed(name: Name, args: &[&str]) -> Result<Cli, clap::Error> {
+        let argv0 = match name {
+            Name::PrivittyEdge => "privitty-edge",
+            Name::Licensectl => "licensectl",
+        };
+        parse(
+            name,
+            std::iter::once(argv0)
+                .chain(args.iter().copied())
+                .map(Into::into),
+        )
+    }
+
+    #[test]
+    fn licensectl_takes_the_license_commands_directly_and_privitty_edge_does_not() {
+        for args in [
+            &["status", "--json"][..],
+            &["license", "status", "--json"][..],
+        ] {
+            let cli = parsed(Name::Licensectl, args).unwrap();
+            assert!(
+                matches!(
+                    cli.command,
+                    Command::License {
+                        command: LicenseCommand::Status { json: true }
+                    }
+                ),
+                "{args:?}: {cli:?}"
+            );
+        }
+        let cli = parsed(Name::Licensectl, &["--accounts", "/a", "activate", "-"]).unwrap();
+        assert_eq!(cli.accounts, Some(PathBuf::from("/a")));
+        assert!(matches!(
+            cli.command,
+            Command::License {
+                command: LicenseCommand::Activate { .. }
+            }
+        ));
+        for args in [
+            &["sync"][..],
+            &["deactivate", "--local-only"],
+            &["api-token"],
+            &["health"],
+        ] {
+            assert!(parsed(Name::Licensectl, args).is_ok(), "{args:?}");
+        }
+        assert!(parsed(Name::PrivittyEdge, &["license", "sync"]).is_ok());
+        for bare in ["status", "activate", "sync", "deactivate"] {
+            let e = parsed(Name::PrivittyEdge, &[bare]).unwrap_err();
+            let tip = bare_license_command_tip(Name::PrivittyEdge, &e).expect("a tip");
+            assert!(
+                tip.contains(&format!("privitty-edge license {bare}")),
+                "{tip}"
+            );
+        }
+        let e = parsed(Name::PrivittyEdge, &["frobnicate"]).unwrap_err();
+        assert_eq!(bare_license_command_tip(Name::PrivittyEdge, &e), None);
     }
 
     #[test]
@@ -420,6 +592,7 @@ mod tests {
             license_server: None,
             last_sync_ok_at: None,
             last_sync_error: None,
+            last_activation_error: None,
         };
         let text = format_status(&r);
         assert_eq!(text.lines().next(), Some("no_license"));

@@ -31,11 +31,17 @@ pub const SYNC_STATE_FILE: &str = "sync_state.json";
 /// Usage reports sent in one sync; the rest go with the next one.
 pub const MAX_REPORTS_PER_SYNC: usize = 50;
 
-/// `sync_state.json`: the last transient sync failure (cleared by a successful sync).
+/// `sync_state.json`: the last transient sync failure (cleared by a successful sync), and the last
+/// definitive refusal of an activation (cleared by a successful activation), e.g. the seat limit
+/// of a device beyond a license's seats. Informational: `status` shows it, nothing decides on it.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct SyncState {
     pub last_sync_error: Option<String>,
     pub last_sync_error_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activation_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activation_error_at: Option<String>,
 }
 
 /// The local clock differing from the server's by more than this is worth a warning (a wrong clock
@@ -235,7 +241,30 @@ pub async fn activate(
         platform: &req.platform,
         nonce: &nonce,
     };
-    let (new_seat, resp) = client.activate(&device_uuid, &body).await?;
+    let (new_seat, resp) = match client.activate(&device_uuid, &body).await {
+        Ok(r) => r,
+        Err(e) => {
+            if let Error::Refused { .. } = e {
+                // Kept for `license status` (the device serves unlicensed meanwhile); the text is
+                // the error's, which never holds the TOKEN.
+                let d = dir.clone();
+                let text = e.to_string();
+                let recorded = blocking(dir, move || {
+                    let _lock: DirLock = lock;
+                    let mut state = read_sync_state(&d).unwrap_or_default();
+                    state.last_activation_error = Some(text);
+                    state.last_activation_error_at = Some(rfc3339(SystemTime::now()));
+                    let json = serde_json::to_vec(&state).expect("sync state serializes");
+                    d.write_atomic(SYNC_STATE_FILE, &json, 0o600)
+                })
+                .await;
+                if let Err(w) = recorded {
+                    tracing::warn!(error = %w, "cannot record the activation refusal for `license status`");
+                }
+            }
+            return Err(e);
+        }
+    };
     note_server_time(&url.host(), resp.server_time);
     let binding = Binding {
         device_uuid: &device_uuid,
@@ -529,6 +558,7 @@ fn record_sync_failure(dir: &AccountsDir, activation: &mut Activation, err: Erro
             let state = SyncState {
                 last_sync_error: Some(format!("{now}: {err}")),
                 last_sync_error_at: Some(now),
+                ..SyncState::default()
             };
             dir.write_atomic(
                 SYNC_STATE_FILE,

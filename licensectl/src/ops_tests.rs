@@ -327,9 +327,15 @@ async fn definitive_refusals_change_nothing_and_say_what_to_do() {
         assert_no_token(&e);
         assert_eq!(
             names(&dir),
-            vec![DEVICE_UUID_FILE],
-            "only the identity exists before the first call"
+            vec![DEVICE_UUID_FILE, SYNC_STATE_FILE],
+            "only the identity, and the refusal recorded for `license status`"
         );
+        let recorded = read_sync_state(&dir)
+            .unwrap()
+            .last_activation_error
+            .unwrap();
+        assert!(recorded.contains(code), "{recorded}");
+        assert!(!recorded.contains(TOKEN), "the TOKEN leaked: {recorded}");
     }
 }
 

@@ -422,6 +422,8 @@ pub struct StatusReport {
     pub license_server: Option<String>,
     pub last_sync_ok_at: Option<String>,
     pub last_sync_error: Option<String>,
+    /// The last definitive refusal of an activation (e.g. `seat_limit`), until one succeeds.
+    pub last_activation_error: Option<String>,
 }
 
 /// Reads the directory and builds the report (reads only, never writes). An `activation.json` or
@@ -470,6 +472,9 @@ pub fn report(
         activation_id: activation.as_ref().map(|a| a.activation_id.clone()),
         license_server,
         last_sync_ok_at: activation.as_ref().and_then(|a| a.last_sync_ok_at.clone()),
+        last_activation_error: sync_state
+            .as_ref()
+            .and_then(|s| s.last_activation_error.clone()),
         last_sync_error: sync_state
             .and_then(|s| s.last_sync_error)
             .or_else(|| activation.as_ref().and_then(|a| a.last_sync_error.clone())),

@@ -16,6 +16,9 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "CLITESTTOKEN0123456789";
 
+/// A key of a handler's answer that becomes a `Retry-After` header instead of body content.
+const RETRY_AFTER_KEY: &str = "__retry_after";
+
 /// (status, body) for a request (method, path, body).
 type Handler = Box<dyn Fn(&str, &str, &Value) -> (u16, Value) + Send>;
 
@@ -56,7 +59,13 @@ impl Server {
                 let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 let mut parts = first.split_whitespace();
                 let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                let (status, resp) = (h.lock().unwrap())(method, path, &body);
+                let (status, mut resp) = (h.lock().unwrap())(method, path, &body);
+                // A handler asks for a `Retry-After` header with this key in its answer.
+                let retry_after = resp
+                    .as_object_mut()
+                    .and_then(|o| o.remove(RETRY_AFTER_KEY))
+                    .map(|v| format!("Retry-After: {v}\r\n"))
+                    .unwrap_or_default();
                 let text = if status == 204 {
                     String::new()
                 } else {
@@ -64,7 +73,7 @@ impl Server {
                 };
                 let _ = write!(
                     conn,
-                    "HTTP/1.1 {status} X\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+                    "HTTP/1.1 {status} X\r\nConnection: close\r\n{retry_after}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
                     text.len()
                 );
             }
@@ -130,7 +139,19 @@ fn good_server(server: &Server, key: &SigningKey, sync_by: i64, exp: i64) {
 }
 
 fn run(dir: &Path, key: Option<&SigningKey>, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_privitty-edge"));
+    run_bin(env!("CARGO_BIN_EXE_privitty-edge"), dir, key, args, None)
+}
+
+/// Runs `bin` (`privitty-edge` or `licensectl`) with `--accounts dir`, the trusted `key` and
+/// `stdin` as its standard input; fails the test when a secret shows in its output.
+fn run_bin(
+    bin: &str,
+    dir: &Path,
+    key: Option<&SigningKey>,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Output {
+    let mut cmd = Command::new(bin);
     cmd.arg("--accounts")
         .arg(dir)
         .args(args)
@@ -147,7 +168,24 @@ fn run(dir: &Path, key: Option<&SigningKey>, args: &[&str]) -> Output {
         ),
         None => cmd.env_remove("PRIVITTY_LICENSE_PUBKEY"),
     };
-    let out = cmd.output().unwrap();
+    let out = match stdin {
+        None => cmd.output().unwrap(),
+        Some(text) => {
+            let mut child = cmd
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            child.wait_with_output().unwrap()
+        }
+    };
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -471,4 +509,162 @@ fn a_misplaced_url_argument_is_a_usage_error_without_the_token() {
     let out = run(tmp.path(), None, &["--help"]);
     assert_eq!(code(&out), 0, "--help still exits 0");
     assert!(stdout(&out).contains("license"), "--help prints to stdout");
+}
+
+/// `licensectl status|activate|sync|deactivate` is the same program as `privitty-edge license …`:
+/// the same output and exit codes at every step, side by side on two accounts directories.
+#[test]
+fn licensectl_takes_the_license_commands_directly_with_the_same_output_and_codes() {
+    let edge = env!("CARGO_BIN_EXE_privitty-edge");
+    let ctl = env!("CARGO_BIN_EXE_licensectl");
+    let key = SigningKey::from_bytes(&[6; 32]);
+    let server = Server::start();
+    good_server(&server, &key, now() + 3600, now() + 7200);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let url = server.url();
+    // The machine-dependent parts of the output: each directory has its own device.
+    let same = |x: &Output, y: &Output| {
+        let scrub = |o: &Output| {
+            stdout(o)
+                .lines()
+                .filter(|l| !l.starts_with("device uuid: ") && !l.starts_with("last sync ok: "))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            (code(x), scrub(x)),
+            (code(y), scrub(y)),
+            "{}{}",
+            stderr(x),
+            stderr(y)
+        );
+    };
+    /// privitty-edge's arguments, licensectl's, standard input, the expected exit code.
+    type Step<'a> = (&'a [&'a str], &'a [&'a str], Option<&'a str>, i32);
+    let steps: [Step<'_>; 7] = [
+        (&["license", "status"], &["status"], None, 3),
+        (
+            &["license", "activate", "-"],
+            &["activate", "-"],
+            Some(&url),
+            0,
+        ),
+        (&["license", "status"], &["status"], None, 0),
+        (
+            &["license", "status", "--json"],
+            &["status", "--json"],
+            None,
+            0,
+        ),
+        (&["license", "sync"], &["sync"], None, 0),
+        (&["license", "deactivate"], &["deactivate"], None, 0),
+        (&["license", "sync"], &["sync"], None, 7),
+    ];
+    for (edge_args, ctl_args, stdin, expected) in steps {
+        let x = run_bin(edge, a.path(), Some(&key), edge_args, stdin);
+        let y = run_bin(ctl, b.path(), Some(&key), ctl_args, stdin);
+        if edge_args.contains(&"--json") {
+            // Compare the documents without the per-device fields.
+            let doc = |o: &Output| {
+                let mut v: Value = serde_json::from_slice(&o.stdout).unwrap();
+                for k in ["device_uuid", "last_sync_ok_at"] {
+                    v.as_object_mut().unwrap().remove(k);
+                }
+                (code(o), v)
+            };
+            assert_eq!(doc(&x), doc(&y));
+        } else {
+            same(&x, &y);
+        }
+        assert_eq!(
+            code(&y),
+            expected,
+            "licensectl {ctl_args:?}: {}",
+            stderr(&y)
+        );
+    }
+    // `licensectl license status` (the privitty-edge spelling) keeps working.
+    let out = run_bin(ctl, b.path(), Some(&key), &["license", "status"], None);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+}
+
+#[test]
+fn privitty_edge_keeps_the_documented_spelling_and_points_to_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    for bare in ["status", "activate", "sync", "deactivate"] {
+        let out = run(tmp.path(), None, &[bare]);
+        assert_eq!(code(&out), 2, "privitty-edge {bare}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("privitty-edge license {bare}")),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let out = run_bin(
+        env!("CARGO_BIN_EXE_licensectl"),
+        tmp.path(),
+        None,
+        &["--help"],
+        None,
+    );
+    assert_eq!(code(&out), 0);
+    let help = stdout(&out);
+    for command in [
+        "status",
+        "activate",
+        "sync",
+        "deactivate",
+        "api-token",
+        "health",
+    ] {
+        assert!(
+            help.lines().any(|l| l.trim_start().starts_with(command)),
+            "licensectl --help lacks {command}:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn a_transient_failure_says_how_long_the_server_asked_to_wait() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = SigningKey::from_bytes(&[8; 32]);
+    let server = Server::start();
+    server.answer(|_, _, _| (503, json!({"error":"maintenance","message":"back soon"})));
+    let out = run(
+        tmp.path(),
+        Some(&key),
+        &["license", "activate", &server.url()],
+    );
+    assert_eq!(code(&out), 6, "{}", stderr(&out));
+    assert!(!stderr(&out).contains("retry after: "), "{}", stderr(&out));
+    server.answer(|_, _, _| (429, json!({"error":"slow_down", RETRY_AFTER_KEY: 7})));
+    let out = run_bin(
+        env!("CARGO_BIN_EXE_licensectl"),
+        tmp.path(),
+        Some(&key),
+        &["activate", &server.url()],
+        None,
+    );
+    assert_eq!(code(&out), 6, "{}", stderr(&out));
+    // Its own line after the error, for privitty-init (which runs `activate` as a child).
+    let line = format!("{}7s", licensectl::cli::RETRY_AFTER_PREFIX);
+    assert!(stderr(&out).lines().any(|l| l == line), "{}", stderr(&out));
+}
+
+/// privitty-init runs `license device-id` at first boot (hidden: not a documented command).
+#[test]
+fn device_id_creates_the_identity_once_and_prints_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = run(tmp.path(), None, &["license", "device-id"]);
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    let id = stdout(&first).trim().to_string();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id:?}");
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("device.uuid"))
+            .unwrap()
+            .trim(),
+        id
+    );
+    let again = run(tmp.path(), None, &["license", "device-id"]);
+    assert_eq!(stdout(&again).trim(), id, "the identity is kept");
 }

@@ -39,6 +39,9 @@ pub mod env {
 
 /// The command started when none is given.
 pub const DEFAULT_COMMAND: &str = "privitty-edged";
+/// The license command line that managed mode runs for activation, sync and the device identity
+/// (`privitty-edge license …`), found like [`DEFAULT_COMMAND`].
+pub const LICENSE_CLI: &str = "privitty-edge";
 /// Names under which privitty-init runs in plain mode without `--plain` (a symlink named like the
 /// init it replaces, so an image can swap it in with no other edit).
 pub const PLAIN_NAMES: [&str; 2] = ["tini", "dumb-init"];
@@ -56,7 +59,7 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 
 /// Exit codes of `privitty-init` itself (besides the child's own code, passed through).
 pub mod exit {
-    /// Internal failure of the supervisor (e.g. it could not install its signal handlers).
+    /// Internal failure of the supervisor (e.g. it could not block its signals).
     pub const FAILURE: i32 = 1;
     /// Invalid options or variables.
     pub const CONFIG: i32 = 2;
@@ -582,12 +585,23 @@ fn license_url(
 /// `privitty-edged` next to our own executable (the image's layout), else the bare name for a
 /// PATH search at spawn time.
 fn default_command() -> OsString {
+    beside_us(DEFAULT_COMMAND)
+}
+
+/// [`LICENSE_CLI`] next to our own executable, else the bare name for a PATH search.
+pub fn license_cli() -> OsString {
+    beside_us(LICENSE_CLI)
+}
+
+/// `name` next to our own executable (resolved: in the image, privitty-init's directory holds
+/// every name), else `name` alone, for a PATH search at spawn time.
+fn beside_us(name: &str) -> OsString {
     std::env::current_exe()
         .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join(DEFAULT_COMMAND)))
+        .and_then(|exe| exe.parent().map(|dir| dir.join(name)))
         .filter(|candidate| candidate.is_file())
         .map(OsString::from)
-        .unwrap_or_else(|| OsString::from(DEFAULT_COMMAND))
+        .unwrap_or_else(|| OsString::from(name))
 }
 
 #[cfg(test)]

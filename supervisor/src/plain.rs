@@ -73,7 +73,7 @@ pub fn exit_code(status: WaitStatus, remap_to_zero: &[i32]) -> i32 {
 }
 
 /// Runs plain mode to the end; returns the process exit code.
-pub async fn run(config: &Config, pid1: &mut Pid1) -> i32 {
+pub fn run(config: &Config, pid1: &mut Pid1) -> i32 {
     let spec = SpawnSpec {
         program: config.command[0].clone(),
         args: config.command[1..].to_vec(),
@@ -93,10 +93,22 @@ pub async fn run(config: &Config, pid1: &mut Pid1) -> i32 {
     if let Err(e) = nix::unistd::chdir("/") {
         tracing::warn!(error = %e, "cannot change to the root directory");
     }
+    pid1::release_startup_pages();
     let remap = &config.remap_to_zero;
     let stopping = |event: &Event| forward(child, while_stopping(child, event));
     loop {
-        let event = pid1.next().await;
+        let Some(event) = pid1.next(None) else {
+            // Only an unexpected sigtimedwait failure gets here: no signal could be seen again.
+            tracing::error!("cannot wait for signals any more; stopping");
+            pid1.stop(
+                &[child],
+                Signal::SIGTERM,
+                child,
+                config.stop_timeout,
+                stopping,
+            );
+            return exit::FAILURE;
+        };
         match transition(child, &event) {
             Action::None => {
                 if let Event::Exited { pid, status } = event {
@@ -108,9 +120,7 @@ pub async fn run(config: &Config, pid1: &mut Pid1) -> i32 {
             action @ (Action::Forward(_) | Action::ForwardRealtime(_)) => forward(child, action),
             Action::Stop(sig) => {
                 tracing::info!(signal = %sig, timeout = ?config.stop_timeout, "stopping");
-                let status = pid1
-                    .stop(&[child], sig, child, config.stop_timeout, stopping)
-                    .await;
+                let status = pid1.stop(&[child], sig, child, config.stop_timeout, stopping);
                 return finish(status, remap);
             }
             Action::Finish(status) => {
@@ -122,8 +132,7 @@ pub async fn run(config: &Config, pid1: &mut Pid1) -> i32 {
                     child,
                     config.stop_timeout,
                     stopping,
-                )
-                .await;
+                );
                 return finish(Some(status), remap);
             }
         }

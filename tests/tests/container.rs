@@ -185,6 +185,18 @@ impl Podman {
     /// accounts directory and port 7200 published on loopback (`host_port` 0: podman picks one).
     /// Returns the published port.
     fn run(&mut self, name: &str, volume: &str, host_port: u16, env: &[String]) -> u16 {
+        self.run_with(name, volume, host_port, env, &[])
+    }
+
+    /// [`Podman::run`] with extra `podman run` options (e.g. the hardened security settings).
+    fn run_with(
+        &mut self,
+        name: &str,
+        volume: &str,
+        host_port: u16,
+        env: &[String],
+        options: &[&str],
+    ) -> u16 {
         let publish = if host_port == 0 {
             "127.0.0.1::7200".to_string()
         } else {
@@ -201,6 +213,7 @@ impl Podman {
         for e in env {
             args.extend(["-e".to_string(), e.clone()]);
         }
+        args.extend(options.iter().map(|o| o.to_string()));
         args.push(self.image.clone());
         self.containers.push(name.to_string());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -1136,4 +1149,111 @@ fn file_drop_provisioning() {
         "figures: valid file drop (from `podman cp`) → gated call allowed after {:.2} s",
         pickup.as_secs_f64()
     );
+}
+
+/// The security settings of deploy/kubernetes (non-root 1000, read-only root file system, every
+/// capability dropped, no privilege escalation, /tmp the only other writable path).
+const HARDENED: &[&str] = &[
+    "--read-only",
+    "--cap-drop=ALL",
+    "--security-opt",
+    "no-new-privileges",
+    "--user",
+    "1000:1000",
+    "--tmpfs",
+    "/tmp:rw,size=64m",
+];
+
+/// A fleet from one delivery URL with three seats, with the manifests' security settings: three
+/// devices take three seats; a fourth serves unlicensed and `license status` names the seat limit;
+/// re-creating a device on its volume takes no new seat; `license deactivate` before removing a
+/// device frees its seat for the fourth.
+#[test]
+#[ignore = "needs the image and rootful podman: run tests/container/test.sh"]
+fn fleet_rehearsal_with_the_hardened_settings() {
+    let Some(image) = image() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let testproc = testproc();
+    let mut pod = Podman::new(image);
+    pod.sentinel(&testproc);
+    let server = license_server(&mut pod, tmp.path());
+    let url = server.create_license(&LicenseSpec {
+        seats: 3,
+        ..LicenseSpec::default()
+    });
+    let mut env = base_env("fleet");
+    env.push(format!("PRIVITTY_LICENSE_URL={url}"));
+    let mut devices = Vec::new();
+    for i in 0..4 {
+        let volume = pod.volume(&format!("fleet{i}"));
+        let name = unique(&format!("fleet{i}"));
+        let port = pod.run_with(&name, &volume, 0, &env, HARDENED);
+        devices.push((name, volume, port));
+    }
+    for (name, _, port) in &devices {
+        wait_health(*port, &format!("/health of {name} (hardened)"));
+    }
+    let words: Vec<String> = devices
+        .iter()
+        .map(|(n, _, _)| license_status(n).word)
+        .collect();
+    let active = words.iter().filter(|w| *w == "active").count();
+    assert_eq!(active, 3, "three seats, three active devices: {words:?}");
+    assert_eq!(server.activations().len(), 3, "three seats taken");
+    let (fourth, _) = devices
+        .iter()
+        .map(|(n, _, _)| (n.clone(), license_status(n)))
+        .find(|(_, s)| s.word != "active")
+        .expect("one device without a seat");
+    let status = license_status(&fourth);
+    assert_eq!(status.word, "no_license", "{}", status.text);
+    assert!(
+        status.field("last activation error").contains("seat_limit"),
+        "license status names the seat limit:\n{}",
+        status.text
+    );
+    eprintln!("step ok: 3 seats → 3 active devices; the 4th is no_license (seat_limit)");
+
+    // Re-create a licensed device on its volume: same identity, no new seat.
+    let (first, first_volume, _) = devices
+        .iter()
+        .find(|(n, _, _)| *n != fourth)
+        .cloned()
+        .unwrap();
+    let device = license_status(&first).field("device uuid");
+    podman_ok(&["rm", "-f", "-t", "8", &first]);
+    let again = unique("fleet-again");
+    let port = pod.run_with(&again, &first_volume, 0, &env, HARDENED);
+    wait_health(port, "/health of the re-created device");
+    let status = license_status(&again);
+    assert_eq!(status.word, "active", "{}", status.text);
+    assert_eq!(status.field("device uuid"), device, "same device");
+    assert_eq!(
+        server.activations().len(),
+        3,
+        "re-creating takes no new seat"
+    );
+    eprintln!("step ok: re-created on its volume → same device, no new seat");
+
+    // Decommission one device properly: its seat goes to the fourth.
+    let out = license_cmd(&again, &["deactivate"]);
+    assert!(out.status.success(), "deactivate: {}", text(&out.stderr));
+    podman_ok(&["rm", "-f", "-t", "8", &again]);
+    podman_ok(&["volume", "rm", "-f", &first_volume]);
+    let out = license_cmd(&fourth, &["activate", &url]);
+    assert!(
+        out.status.success(),
+        "the freed seat: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let status = license_status(&fourth);
+    assert_eq!(status.word, "active", "{}", status.text);
+    assert_eq!(
+        status.field("last activation error"),
+        "-",
+        "{}",
+        status.text
+    );
+    eprintln!("step ok: deactivate + remove frees the seat; the 4th device activates");
 }

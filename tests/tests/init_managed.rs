@@ -983,3 +983,63 @@ fn background_activation_stops_once_a_license_was_installed_by_other_means() {
     );
     assert_licensed(&stack);
 }
+
+/// The activation runs as a child of PID 1 (`privitty-edge license activate -`), reaped like any
+/// other: the TOKEN reaches it on its standard input, never in its arguments or environment, and
+/// PID 1 stays on its one thread (it never talks to the license server itself).
+#[test]
+fn startup_activation_runs_as_a_child_with_the_token_on_stdin_only() {
+    let dirs = TestDirs::new();
+    let server = LicenseServer::start(&dirs.server);
+    let url = new_license(&server);
+    let token = url.rsplit('/').next().unwrap().to_string();
+    // Another license operation holds the lock: the activation command waits, where it is seen.
+    let lock =
+        std::fs::File::create(dirs.accounts.join(".privitty-license.lock")).expect("lock file");
+    lock.lock().expect("take the license lock");
+    let stack = Stack::start(
+        "init",
+        &dirs,
+        StackSpec::default()
+            .trusting(&server)
+            .env("PRIVITTY_LICENSE_URL", &url)
+            .env("PRIVITTY_ACTIVATION_TIMEOUT", "1h")
+            .env("PRIVITTY_LOG", "debug"),
+    );
+    stack.wait_log("waiting for another license operation to finish", 1);
+    let (job, _) = children_of(stack.init.pid)
+        .into_iter()
+        .find(|(pid, _)| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "privitty-edge")
+        })
+        .expect("the activation command is a child of privitty-init");
+    let read = |what: &str| {
+        let raw = std::fs::read(format!("/proc/{job}/{what}")).expect(what);
+        String::from_utf8_lossy(&raw).replace('\0', " ")
+    };
+    let cmdline = read("cmdline");
+    assert!(
+        cmdline.trim_end().ends_with("license activate -"),
+        "{cmdline}"
+    );
+    for (what, text) in [("arguments", &cmdline), ("environment", &read("environ"))] {
+        assert!(
+            !text.contains(&token) && !text.contains("PRIVITTY_LICENSE_URL"),
+            "the license URL is in the activation command's {what}: {text}"
+        );
+    }
+    drop(lock);
+    stack.wait_log(msg::ACTIVATED, 1);
+    stack.wait_generation(1);
+    assert_licensed(&stack);
+    let init = stack.init.pid;
+    let threads = std::fs::read_dir(format!("/proc/{init}/task"))
+        .expect("init's tasks")
+        .count();
+    assert_eq!(threads, 1, "privitty-init runs on one thread");
+    assert!(
+        !stack.init.proc.stderr().contains(&token),
+        "the TOKEN leaked into the log"
+    );
+}

@@ -968,11 +968,22 @@ fn cli_seat_limit_refuses_a_second_device_until_the_first_deactivates() {
         "the message says what to do: {refused:?}"
     );
     assert!(!b.dir.join("privitty.lic").exists());
-    assert_eq!(w.status(&b)["status"], "no_license");
+    let st = w.status(&b);
+    assert_eq!(st["status"], "no_license");
+    // `license status` says why, until an activation succeeds.
+    let why = st["last_activation_error"].as_str().unwrap_or_default();
+    assert!(why.contains("seat_limit"), "{st}");
+    let text = w.edge(&b, &["status"]);
+    assert!(
+        text.stdout.contains("last activation error: ") && text.stdout.contains("seat_limit"),
+        "{text:?}"
+    );
 
     assert_eq!(w.edge(&a, &["deactivate"]).code, 0);
     w.activate(&b, &url);
-    assert_eq!(w.status(&b)["status"], "active");
+    let st = w.status(&b);
+    assert_eq!(st["status"], "active");
+    assert!(st["last_activation_error"].is_null(), "cleared: {st}");
 }
 
 #[test]
@@ -1427,11 +1438,15 @@ fn cli_sigkill_during_activate_or_sync_never_tears_the_directory() {
     let w = world();
     let url = w.license();
     let a = w.device("a");
-    // creates device.uuid only (the URL is refused), so every attempt below is the same device
+    // creates device.uuid (the URL is refused, and the refusal is recorded for `license status`
+    // in sync_state.json), so every attempt below is the same device
     let unknown = format!("{}/v1/license/NoSuchToken", w.server.base_url());
     assert_eq!(w.edge(&a, &["activate", &unknown]).code, 5);
     let empty = snapshot(&a.dir);
-    assert_eq!(empty.keys().collect::<Vec<_>>(), vec!["device.uuid"]);
+    assert_eq!(
+        empty.keys().collect::<Vec<_>>(),
+        vec!["device.uuid", "sync_state.json"]
+    );
 
     for syscalls in ["fsync,fdatasync", "rename,renameat,renameat2"] {
         let mut kills = 0;

@@ -1,29 +1,44 @@
-//! The managed-mode lifecycle as a pure state machine: inputs in (signal, child exited, spawned,
-//! ready, license checked, timer, activation finished), actions out (spawn, signal, timers, license
-//! check, shutdown).
+//! The managed-mode lifecycle as a pure state machine: inputs in (start-up facts, signal, child
+//! exited, spawned, ready, license checked, license command finished, timer), actions out (spawn a
+//! generation or a license command, signal, timers, license check, shutdown).
 //!
-//! Owns every decision about generations: when to start one, when to stop the previous one, what an
-//! unexpected exit costs, when a crash loop ends the container. Must not perform I/O, read the clock
-//! (every input carries `now`) or hold process handles: the driver in `mod.rs` executes the actions
-//! and reports their results back as inputs. Logging is the only effect it has.
+//! Owns every decision about generations and license work: when to start a generation, when to
+//! stop the previous one, what an unexpected exit costs, when a crash loop ends the container;
+//! whether start-up activation runs, when it is retried (honouring the server's `Retry-After`),
+//! when it gives up or is superseded by a license installed meanwhile, and when the periodic sync
+//! runs. Must not perform I/O, read the clock (every input carries `now`) or hold process
+//! handles: the driver in `mod.rs` executes the actions and reports their results back as inputs.
+//! Logging is the only effect it has; its randomness (the sync jitter) comes from a seed.
+//!
+//! License work runs as child processes (`privitty-edge license activate|sync|device-id`, see
+//! [`Job`]), so PID 1 runs no HTTP or TLS code; their documented exit codes say what happened
+//! (0 done, 5 refused, 6 transient, 4 local files, 7 local state).
 //!
 //! A swap starts generation N+1 first (it loads its license, then blocks on the accounts-dir lock)
 //! and only then asks generation N to stop, so the gap in service is N's drain plus N+1's engine
 //! start-up; edged's lock keeps the two engines from ever overlapping.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use licensectl::LicenseIdentity;
+use licensectl::cli::exit as cli_exit;
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use super::backoff::{Backoff, CrashBudget};
+use super::sync;
 use crate::pid1::Realtime;
 
 /// Exit code when generations exit unexpectedly more than `crash_limit` times within
 /// `crash_window` (EX_SOFTWARE).
 pub const EXIT_CRASH_LOOP: i32 = crate::config::exit::CRASH_LOOP;
+
+/// Retry pacing of start-up activation after a transient failure the server gave no
+/// `Retry-After` for.
+pub const ACTIVATION_RETRY_INITIAL: Duration = Duration::from_millis(250);
+pub const ACTIVATION_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Generation number; the first is 1.
 pub type Gen = u64;
@@ -35,12 +50,70 @@ pub struct Settings {
     pub crash_limit: u32,
     pub crash_window: Duration,
     pub backoff: Backoff,
+    /// A delivery URL is configured: activate at start-up when there is no license.
+    pub activate: bool,
+    /// How long start-up activation may hold the first generation back.
+    pub activation_timeout: Duration,
+    /// `None`: no periodic sync.
+    pub sync_interval: Option<Duration>,
+    /// Seeds the sync jitter (random in production, fixed in tests).
+    pub seed: u64,
+}
+
+/// What the driver finds before anything starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Boot {
+    /// `privitty.lic` exists (whatever it holds).
+    pub license_present: bool,
+    /// `device.uuid` exists.
+    pub device_identity_present: bool,
+    /// How long ago the last successful sync (or the activation) was, per `activation.json`;
+    /// `None` when unknown, or when the recorded time is in the future (the clock went back).
+    pub since_last_sync: Option<Duration>,
+}
+
+/// A license command privitty-init runs as a child process, reaped like every other child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Job {
+    /// `privitty-edge license activate -`, the delivery URL on its standard input (never in argv).
+    Activate,
+    /// `privitty-edge license sync`.
+    Sync,
+    /// `privitty-edge license device-id`: stores the device identity at first boot.
+    DeviceIdentity,
+}
+
+/// How a license command ended: its exit code and what it said.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobReport {
+    /// Its exit code; 128+N when signal N killed it; 126/127 when it could not be started.
+    pub code: i32,
+    /// The error it printed (`error: …`, without the prefix; never holds the TOKEN).
+    pub error: Option<String>,
+    /// How long the license server asked to wait (`Retry-After`).
+    pub retry_after: Option<Duration>,
+    /// Its first line of output (`activated (new seat)`, `synced (license updated; …)`).
+    pub summary: Option<String>,
+    /// The license it installed or refreshed (`license jti: …`).
+    pub jti: Option<String>,
+}
+
+impl JobReport {
+    /// Whether trying again later may succeed: the server was unreachable or answered with a
+    /// transient error (6), the command failed internally (1) or was killed (128+N).
+    fn transient(&self) -> bool {
+        let code = self.code;
+        code == i32::from(cli_exit::UNREACHABLE)
+            || code == i32::from(cli_exit::INTERNAL)
+            || code > 128
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
-    /// Start-up activation is over (whatever its outcome): generations may start.
-    ActivationFinished,
+    /// The first input: what the driver found on disk. Start-up activation or the first
+    /// generation follows.
+    Boot(Boot),
     /// The driver started the process for `Action::Spawn { generation }`, having read `license` just before.
     Spawned {
         generation: Gen,
@@ -56,7 +129,8 @@ pub enum Input {
     Ready {
         generation: Gen,
     },
-    /// A child of ours ended (any child: orphans are reported too and ignored here).
+    /// A child of ours ended (any child but a license command: orphans are reported too and
+    /// ignored here).
     Exited {
         pid: Pid,
         status: WaitStatus,
@@ -66,11 +140,22 @@ pub enum Input {
     Realtime(Realtime),
     /// The result of a license check; `license` is `None` when no valid license is on disk, and
     /// `withdrawn` says that is because its activation was deactivated or revoked (authoritative,
-    /// unlike a file that does not verify).
+    /// unlike a file that does not verify). `present`: a `privitty.lic` exists, valid or not.
     LicenseChecked {
         license: Option<LicenseIdentity>,
         forced: bool,
         withdrawn: bool,
+        present: bool,
+    },
+    /// The process for `Action::SpawnJob { job }` runs.
+    JobSpawned {
+        job: Job,
+        pid: Pid,
+    },
+    /// The license command ended (or could not be started: code 126/127).
+    JobFinished {
+        job: Job,
+        report: JobReport,
     },
     Timer(Timer),
 }
@@ -83,6 +168,12 @@ pub enum Timer {
     KillDeadline(Gen),
     /// The backoff after an unexpected exit is over.
     Restart,
+    /// Start-up activation has had `activation_timeout`: the first generation starts anyway.
+    ActivationDeadline,
+    /// The wait after a transient activation failure is over.
+    ActivationRetry,
+    /// The periodic license sync is due.
+    Sync,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,17 +191,22 @@ pub enum Action {
     SetTimer { at: Instant, timer: Timer },
     /// Read and verify the license on disk; answer with `Input::LicenseChecked { forced, .. }`.
     CheckLicense { forced: bool },
-    /// Stop every generation (SIGTERM to each edged, SIGKILL after the stop timeout) and exit with
-    /// `code`, or, when `None`, with `main`'s exit status (0 when there is no main).
+    /// Run the license command `job`; answer with `Input::JobSpawned`, then `Input::JobFinished`.
+    SpawnJob { job: Job },
+    /// Stop every generation (SIGTERM to each edged) and every license command (SIGTERM to its
+    /// group), SIGKILL what is left after the stop timeout, and exit with `code`, or, when
+    /// `None`, with `main`'s exit status (0 when there is no main).
     Shutdown {
         main: Option<Pid>,
         live: Vec<Pid>,
+        jobs: Vec<Pid>,
         code: Option<i32>,
     },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
+    /// Start-up activation holds the first generation back.
     Activating,
     Running,
     ShuttingDown,
@@ -144,6 +240,20 @@ impl Generation {
     }
 }
 
+/// Where start-up activation is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// Not configured, not needed (a license was present), or over.
+    Idle,
+    /// Attempt `n` runs.
+    Running(u32),
+    /// Attempt `n` failed transiently; [`Timer::ActivationRetry`] starts the next one.
+    Waiting(u32),
+    /// The retry after attempt `n` is due: a license check says first whether a license was
+    /// installed meanwhile.
+    Checking(u32),
+}
+
 #[derive(Debug)]
 pub struct Machine {
     settings: Settings,
@@ -159,6 +269,17 @@ pub struct Machine {
     /// How the last generation that served ended, when it left during a swap and the next one is
     /// not ready yet: a stop then exits with this, not with the newcomer's.
     served: Option<WaitStatus>,
+    /// Generations started to replace a serving one, since start (handed to each generation).
+    swaps: u64,
+    /// Generations that ended unexpectedly or never became ready, since start.
+    crashes_total: u64,
+    activation: Activation,
+    activation_backoff: Backoff,
+    /// Whether a `privitty.lic` was on disk at the last look (start-up, or a license check).
+    license_present: bool,
+    /// License commands asked for (the pid once it runs).
+    jobs: BTreeMap<Job, Option<Pid>>,
+    rng: fastrand::Rng,
 }
 
 impl Machine {
@@ -166,6 +287,7 @@ impl Machine {
         Machine {
             crashes: CrashBudget::new(settings.crash_limit, settings.crash_window),
             backoff: settings.backoff.clone(),
+            rng: fastrand::Rng::with_seed(settings.seed),
             settings,
             phase: Phase::Activating,
             next_gen: 1,
@@ -174,11 +296,37 @@ impl Machine {
             restart_at: None,
             ever_ready: false,
             served: None,
+            swaps: 0,
+            crashes_total: 0,
+            activation: Activation::Idle,
+            activation_backoff: Backoff::new(
+                ACTIVATION_RETRY_INITIAL,
+                ACTIVATION_RETRY_MAX,
+                Duration::MAX,
+            ),
+            license_present: false,
+            jobs: BTreeMap::new(),
         }
+    }
+
+    /// Swaps so far: generations started to replace a serving one (a new license, a withdrawal,
+    /// SIGHUP). Each generation gets it as `PRIVITTY_GENERATION_SWAPS`.
+    pub fn swaps(&self) -> u64 {
+        self.swaps
+    }
+
+    /// Generations so far that exited unexpectedly, failed to start, or missed the ready
+    /// deadline. Each generation gets it as `PRIVITTY_GENERATION_CRASHES`.
+    pub fn crashes_total(&self) -> u64 {
+        self.crashes_total
     }
 
     pub fn phase(&self) -> Phase {
         self.phase
+    }
+
+    pub fn activation(&self) -> Activation {
+        self.activation
     }
 
     pub fn generations(&self) -> &[Generation] {
@@ -201,12 +349,7 @@ impl Machine {
             return out;
         }
         match input {
-            Input::ActivationFinished => {
-                if self.phase == Phase::Activating {
-                    self.phase = Phase::Running;
-                    self.start_generation(now, &mut out);
-                }
-            }
+            Input::Boot(boot) => self.on_boot(now, boot, &mut out),
             Input::Spawned {
                 generation,
                 pid,
@@ -227,10 +370,206 @@ impl Machine {
                 license,
                 forced,
                 withdrawn,
-            } => self.on_license(now, license, forced, withdrawn, &mut out),
+                present,
+            } => {
+                self.license_present = present;
+                self.on_license(now, license, forced, withdrawn, &mut out);
+                if let Activation::Checking(attempt) = self.activation {
+                    self.retry_activation(now, attempt, &mut out);
+                }
+            }
+            Input::JobSpawned { job, pid } => {
+                if let Some(slot) = self.jobs.get_mut(&job) {
+                    *slot = Some(pid);
+                }
+            }
+            Input::JobFinished { job, report } => {
+                self.jobs.remove(&job);
+                match job {
+                    Job::Activate => self.on_activation_done(now, report, &mut out),
+                    Job::Sync => self.on_sync_done(now, report, &mut out),
+                    Job::DeviceIdentity => on_identity_done(&report),
+                }
+            }
             Input::Timer(timer) => self.on_timer(now, timer, &mut out),
         }
         out
+    }
+
+    fn on_boot(&mut self, now: Instant, boot: Boot, out: &mut Vec<Action>) {
+        if self.phase != Phase::Activating || !self.gens.is_empty() {
+            return;
+        }
+        self.license_present = boot.license_present;
+        if let Some(interval) = self.settings.sync_interval {
+            let wait = sync::first_wait(interval, boot.since_last_sync, self.rng.f64());
+            self.schedule_sync(now, wait, out);
+        }
+        if self.settings.activate && !boot.license_present {
+            tracing::info!(
+                timeout = %humantime::format_duration(self.settings.activation_timeout),
+                "no license yet: activating before serving"
+            );
+            self.activation = Activation::Running(1);
+            self.spawn_job(Job::Activate, out);
+            out.push(Action::SetTimer {
+                at: now + self.settings.activation_timeout,
+                timer: Timer::ActivationDeadline,
+            });
+            return;
+        }
+        if self.settings.activate {
+            tracing::info!("privitty.lic is present: start-up activation skipped");
+        }
+        if !boot.device_identity_present {
+            // So that an operator can read it from `license status` and have a license issued
+            // offline for this device (file-drop provisioning).
+            self.spawn_job(Job::DeviceIdentity, out);
+        }
+        self.end_activation_phase(now, out);
+    }
+
+    /// The first generation starts (once): activation is over, or it is left to the background.
+    fn end_activation_phase(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.phase == Phase::Activating {
+            self.phase = Phase::Running;
+            self.start_generation(now, out);
+        }
+    }
+
+    fn spawn_job(&mut self, job: Job, out: &mut Vec<Action>) {
+        self.jobs.insert(job, None);
+        out.push(Action::SpawnJob { job });
+    }
+
+    fn schedule_sync(&mut self, now: Instant, wait: Duration, out: &mut Vec<Action>) {
+        tracing::debug!(next_in = %humantime::format_duration(wait), "license sync scheduled");
+        out.push(Action::SetTimer {
+            at: now + wait,
+            timer: Timer::Sync,
+        });
+    }
+
+    fn on_activation_done(&mut self, now: Instant, report: JobReport, out: &mut Vec<Action>) {
+        let attempt = match self.activation {
+            Activation::Running(n) | Activation::Waiting(n) | Activation::Checking(n) => n,
+            Activation::Idle => 1,
+        };
+        let error = report.error.as_deref().unwrap_or("");
+        if report.code == i32::from(cli_exit::OK) {
+            tracing::info!(
+                attempt,
+                license = report.jti.as_deref(),
+                new_seat = report
+                    .summary
+                    .as_deref()
+                    .is_some_and(|s| s.contains("new seat")),
+                "license activated"
+            );
+            self.activation = Activation::Idle;
+            if self.phase == Phase::Activating {
+                self.end_activation_phase(now, out);
+            } else {
+                // Late (in the background): it takes effect like any new license.
+                out.push(Action::CheckLicense { forced: false });
+            }
+            return;
+        }
+        if report.transient() {
+            let delay = report
+                .retry_after
+                .unwrap_or_else(|| self.activation_backoff.next_delay());
+            tracing::warn!(
+                attempt,
+                code = report.code,
+                error,
+                retry_in_ms = delay.as_millis() as u64,
+                "license activation failed; retrying"
+            );
+            self.activation = Activation::Waiting(attempt);
+            out.push(Action::SetTimer {
+                at: now + delay,
+                timer: Timer::ActivationRetry,
+            });
+            return;
+        }
+        if report.code == i32::from(cli_exit::REFUSED) {
+            tracing::error!(
+                attempt,
+                error,
+                "license activation refused; not retrying. Gated calls stay blocked until a \
+                 license is installed: check the delivery URL with your administrator, then run \
+                 `privitty-edge license activate <url>` (no restart needed)"
+            );
+        } else {
+            tracing::error!(
+                attempt,
+                code = report.code,
+                error,
+                "license activation failed for a reason retrying cannot fix; not retrying. Fix \
+                 what the error names, then run `privitty-edge license activate <url>` (no \
+                 restart needed)"
+            );
+        }
+        self.activation = Activation::Idle;
+        self.end_activation_phase(now, out);
+    }
+
+    /// The wait after a transient failure is over: look at the files first (a license may have
+    /// been installed meanwhile, and activating now would take a second seat and replace it).
+    fn on_activation_retry(&mut self, out: &mut Vec<Action>) {
+        if let Activation::Waiting(attempt) = self.activation {
+            self.activation = Activation::Checking(attempt);
+            out.push(Action::CheckLicense { forced: false });
+        }
+    }
+
+    /// After the check that [`Machine::on_activation_retry`] asked for: the next attempt, or the
+    /// end of activation when a license is there now.
+    fn retry_activation(&mut self, now: Instant, attempt: u32, out: &mut Vec<Action>) {
+        if self.license_present {
+            tracing::info!(
+                attempt = attempt + 1,
+                "a license was installed meanwhile; start-up activation stops (the installed \
+                 license is used, and no second seat is taken)"
+            );
+            self.activation = Activation::Idle;
+            // Serving already: the check that saw the new license has swapped to it.
+            self.end_activation_phase(now, out);
+            return;
+        }
+        self.activation = Activation::Running(attempt + 1);
+        self.spawn_job(Job::Activate, out);
+    }
+
+    fn on_sync_done(&mut self, now: Instant, report: JobReport, out: &mut Vec<Action>) {
+        match report.code {
+            0 => tracing::info!(
+                license = report.jti.as_deref(),
+                changed = report
+                    .summary
+                    .as_deref()
+                    .is_some_and(|s| s.contains("license updated")),
+                "periodic license sync done"
+            ),
+            code if code == i32::from(cli_exit::STATE) => {
+                tracing::debug!("not activated (or the activation was withdrawn); no license sync")
+            }
+            code => tracing::warn!(
+                code,
+                error = report.error.as_deref().unwrap_or(""),
+                "license sync failed; the current license stays in use and the next sync retries"
+            ),
+        }
+        // A refreshed license, or one the server revoked (which the sync moved aside), goes
+        // through the same check as a dropped file; an unchanged one does not swap.
+        if report.code == 0 || report.code == i32::from(cli_exit::REFUSED) {
+            out.push(Action::CheckLicense { forced: false });
+        }
+        if let Some(interval) = self.settings.sync_interval {
+            let wait = sync::jittered(interval, self.rng.f64());
+            self.schedule_sync(now, wait, out);
+        }
     }
 
     fn start_generation(&mut self, now: Instant, out: &mut Vec<Action>) {
@@ -332,6 +671,7 @@ impl Machine {
         );
         if self.pending_swap {
             tracing::info!(generation, "starting the swap asked for during start-up");
+            self.swaps += 1;
             self.start_generation(now, out);
         }
     }
@@ -367,6 +707,7 @@ impl Machine {
     /// One unexpected end of a generation: charge the crash budget, then make sure something will
     /// serve again.
     fn after_failure(&mut self, now: Instant, uptime: Duration, out: &mut Vec<Action>) {
+        self.crashes_total += 1;
         if self.crashes.record(now) {
             tracing::error!(
                 crashes = self.crashes.recent(),
@@ -460,6 +801,7 @@ impl Machine {
             "swapping to a new generation"
         );
         if current.phase == GenPhase::Ready {
+            self.swaps += 1;
             self.start_generation(now, out);
         } else {
             // Two generations starting at once would only queue on the lock; one swap after the
@@ -484,6 +826,7 @@ impl Machine {
                     "generation did not report ready in time; replacing it"
                 );
                 self.stop_generation(now, idx, out);
+                self.crashes_total += 1;
                 if self.crashes.record(now) {
                     tracing::error!(
                         crashes = self.crashes.recent(),
@@ -511,6 +854,22 @@ impl Machine {
                     self.start_generation(now, out);
                 }
             }
+            Timer::ActivationDeadline => {
+                if self.phase == Phase::Activating {
+                    tracing::warn!(
+                        timeout = %humantime::format_duration(self.settings.activation_timeout),
+                        "license activation did not finish in time: starting unlicensed \
+                         (read-only calls work) and retrying in the background"
+                    );
+                    self.end_activation_phase(now, out);
+                }
+            }
+            Timer::ActivationRetry => self.on_activation_retry(out),
+            Timer::Sync => {
+                if !self.jobs.contains_key(&Job::Sync) {
+                    self.spawn_job(Job::Sync, out);
+                }
+            }
         }
     }
 
@@ -528,7 +887,25 @@ impl Machine {
                 .flatten()
         });
         let live = self.gens.iter().filter_map(|g| g.pid).collect();
-        out.push(Action::Shutdown { main, live, code });
+        let jobs = self.jobs.values().flatten().copied().collect();
+        out.push(Action::Shutdown {
+            main,
+            live,
+            jobs,
+            code,
+        });
+    }
+}
+
+fn on_identity_done(report: &JobReport) {
+    if report.code == 0 {
+        tracing::debug!("device identity stored");
+    } else {
+        tracing::error!(
+            code = report.code,
+            error = report.error.as_deref().unwrap_or(""),
+            "cannot store the device identity; gated calls stay unavailable until this is fixed"
+        );
     }
 }
 
@@ -547,7 +924,19 @@ mod tests {
                 Duration::from_secs(10),
                 Duration::from_secs(30),
             ),
+            activate: false,
+            activation_timeout: Duration::from_secs(30),
+            sync_interval: None,
+            seed: 7,
         }
+    }
+
+    /// Start-up with nothing to do before the first generation.
+    fn boot() -> Input {
+        Input::Boot(Boot {
+            device_identity_present: true,
+            ..Boot::default()
+        })
     }
 
     fn lic(jti: &str) -> Option<LicenseIdentity> {
@@ -580,10 +969,7 @@ mod tests {
     fn serving() -> (Machine, Instant) {
         let t0 = Instant::now();
         let mut m = Machine::new(settings());
-        assert_eq!(
-            m.step(t0, Input::ActivationFinished),
-            vec![Action::Spawn { generation: 1 }]
-        );
+        assert_eq!(m.step(t0, boot()), vec![Action::Spawn { generation: 1 }]);
         let acts = m.step(
             t0,
             Input::Spawned {
@@ -614,15 +1000,54 @@ mod tests {
                     license: lic("a"),
                     forced: true,
                     withdrawn: false,
+                    present: true,
                 }
             )
             .is_empty()
         );
         assert!(m.step(t0, Input::Timer(Timer::Restart)).is_empty());
         assert_eq!(m.phase(), Phase::Activating);
+        assert_eq!(m.step(t0, boot()), vec![Action::Spawn { generation: 1 }]);
+    }
+
+    #[test]
+    fn swaps_and_crashes_are_counted_for_the_next_generations() {
+        let (mut m, t0) = serving();
+        assert_eq!((m.swaps(), m.crashes_total()), (0, 0));
+        let swap = Input::LicenseChecked {
+            license: lic("b"),
+            forced: false,
+            withdrawn: false,
+            present: true,
+        };
+        assert_eq!(m.step(t0, swap), vec![Action::Spawn { generation: 2 }]);
         assert_eq!(
-            m.step(t0, Input::ActivationFinished),
-            vec![Action::Spawn { generation: 1 }]
+            (m.swaps(), m.crashes_total()),
+            (1, 0),
+            "counted before the spawn"
+        );
+        m.step(
+            t0,
+            Input::Spawned {
+                generation: 2,
+                pid: pid(200),
+                license: lic("b"),
+            },
+        );
+        m.step(t0, exited(100, 0));
+        m.step(t0, Input::Ready { generation: 2 });
+        // An unexpected exit is counted before the restart it leads to.
+        m.step(t0, exited(200, 1));
+        assert_eq!((m.swaps(), m.crashes_total()), (1, 1));
+        let restart = t0 + Duration::from_secs(60);
+        assert_eq!(
+            m.step(restart, Input::Timer(Timer::Restart)),
+            vec![Action::Spawn { generation: 3 }]
+        );
+        assert_eq!(
+            (m.swaps(), m.crashes_total()),
+            (1, 1),
+            "a restart is no swap"
         );
     }
 
@@ -635,6 +1060,7 @@ mod tests {
                 license: lic("b"),
                 forced: false,
                 withdrawn: false,
+                present: true,
             },
         );
         assert_eq!(acts, vec![Action::Spawn { generation: 2 }]);
@@ -672,6 +1098,7 @@ mod tests {
                 license: lic("a"),
                 forced: false,
                 withdrawn: false,
+                present: true,
             },
         );
         assert!(acts.is_empty());
@@ -686,6 +1113,7 @@ mod tests {
                 license: None,
                 forced: false,
                 withdrawn: false,
+                present: true,
             },
         );
         assert!(acts.is_empty());
@@ -698,6 +1126,7 @@ mod tests {
             license: None,
             forced: false,
             withdrawn: true,
+            present: true,
         };
         assert_eq!(
             m.step(t0, withdrawn.clone()),
@@ -730,6 +1159,7 @@ mod tests {
                     license: lic("a"),
                     forced: true,
                     withdrawn: false,
+                    present: true,
                 }
             ),
             vec![Action::Spawn { generation: 2 }]
@@ -743,6 +1173,7 @@ mod tests {
             license: lic("a"),
             forced: true,
             withdrawn: false,
+            present: true,
         };
         assert_eq!(
             m.step(t0, forced.clone()),
@@ -841,7 +1272,7 @@ mod tests {
         s.crash_limit = 2;
         let t0 = Instant::now();
         let mut m = Machine::new(s);
-        m.step(t0, Input::ActivationFinished);
+        m.step(t0, boot());
         let mut now = t0;
         for n in 1..=3 {
             let p = 100 * n as i32;
@@ -867,6 +1298,7 @@ mod tests {
                     Some(&Action::Shutdown {
                         main: None,
                         live: vec![],
+                        jobs: vec![],
                         code: Some(EXIT_CRASH_LOOP)
                     })
                 );
@@ -882,7 +1314,7 @@ mod tests {
         s.crash_window = Duration::from_secs(10);
         let t0 = Instant::now();
         let mut m = Machine::new(s);
-        m.step(t0, Input::ActivationFinished);
+        m.step(t0, boot());
         let mut now = t0;
         for n in 1..=5u64 {
             let p = 100 * n as i32;
@@ -917,6 +1349,7 @@ mod tests {
                 license: lic("a"),
                 forced: true,
                 withdrawn: false,
+                present: true,
             },
         );
         m.step(
@@ -951,7 +1384,7 @@ mod tests {
     fn a_generation_that_never_becomes_ready_is_stopped_and_replaced() {
         let t0 = Instant::now();
         let mut m = Machine::new(settings());
-        m.step(t0, Input::ActivationFinished);
+        m.step(t0, boot());
         m.step(
             t0,
             Input::Spawned {
@@ -996,7 +1429,7 @@ mod tests {
     fn a_missing_program_ends_the_container_with_its_code() {
         let t0 = Instant::now();
         let mut m = Machine::new(settings());
-        m.step(t0, Input::ActivationFinished);
+        m.step(t0, boot());
         assert_eq!(
             m.step(
                 t0,
@@ -1008,6 +1441,7 @@ mod tests {
             vec![Action::Shutdown {
                 main: None,
                 live: vec![],
+                jobs: vec![],
                 code: Some(127)
             }]
         );
@@ -1022,6 +1456,7 @@ mod tests {
                 license: lic("b"),
                 forced: false,
                 withdrawn: false,
+                present: true,
             },
         );
         let acts = m.step(
@@ -1044,6 +1479,7 @@ mod tests {
             vec![Action::Shutdown {
                 main: Some(pid(100)),
                 live: vec![pid(100)],
+                jobs: vec![],
                 code: None
             }]
         );
@@ -1060,6 +1496,7 @@ mod tests {
                 license: lic("a"),
                 forced: true,
                 withdrawn: false,
+                present: true,
             },
         );
         m.step(
@@ -1083,6 +1520,7 @@ mod tests {
             vec![Action::Shutdown {
                 main: Some(pid(100)),
                 live: vec![pid(100), pid(200)],
+                jobs: vec![],
                 code: None
             }]
         );
@@ -1097,6 +1535,7 @@ mod tests {
             vec![Action::Shutdown {
                 main: Some(pid(200)),
                 live: vec![pid(200)],
+                jobs: vec![],
                 code: Some(0)
             }]
         );
@@ -1109,6 +1548,7 @@ mod tests {
             vec![Action::Shutdown {
                 main: Some(pid(200)),
                 live: vec![pid(200)],
+                jobs: vec![],
                 code: None
             }]
         );
@@ -1123,6 +1563,7 @@ mod tests {
                 license: lic("b"),
                 forced: false,
                 withdrawn: false,
+                present: true,
             },
         );
         m.step(
@@ -1151,6 +1592,7 @@ mod tests {
                 license: lic("b"),
                 forced: false,
                 withdrawn: false,
+                present: true,
             },
         );
         m.step(
@@ -1200,10 +1642,295 @@ mod tests {
                     license: lic("b"),
                     forced: false,
                     withdrawn: false,
+                    present: true,
                 }
             )
             .is_empty()
         );
         assert!(m.restart_pending().is_some());
+    }
+
+    fn activating() -> Settings {
+        Settings {
+            activate: true,
+            ..settings()
+        }
+    }
+
+    fn report(code: i32) -> JobReport {
+        JobReport {
+            code,
+            ..JobReport::default()
+        }
+    }
+
+    fn job_done(job: Job, code: i32) -> Input {
+        Input::JobFinished {
+            job,
+            report: report(code),
+        }
+    }
+
+    fn checked(present: bool) -> Input {
+        Input::LicenseChecked {
+            license: present.then(|| lic("x")).flatten(),
+            forced: false,
+            withdrawn: false,
+            present,
+        }
+    }
+
+    /// Booted without a license and with a URL: activation attempt 1 runs (pid 50).
+    fn activation_started() -> (Machine, Instant) {
+        let t0 = Instant::now();
+        let mut m = Machine::new(activating());
+        assert_eq!(
+            m.step(t0, Input::Boot(Boot::default())),
+            vec![
+                Action::SpawnJob { job: Job::Activate },
+                Action::SetTimer {
+                    at: t0 + Duration::from_secs(30),
+                    timer: Timer::ActivationDeadline
+                },
+            ]
+        );
+        assert!(
+            m.step(
+                t0,
+                Input::JobSpawned {
+                    job: Job::Activate,
+                    pid: pid(50)
+                }
+            )
+            .is_empty()
+        );
+        (m, t0)
+    }
+
+    #[test]
+    fn startup_activation_holds_the_first_generation_back_until_it_succeeds() {
+        let (mut m, t0) = activation_started();
+        assert_eq!(m.phase(), Phase::Activating);
+        // A license check meanwhile (the activation writing files) starts nothing.
+        assert!(m.step(t0, checked(true)).is_empty());
+        assert_eq!(
+            m.step(t0, job_done(Job::Activate, 0)),
+            vec![Action::Spawn { generation: 1 }]
+        );
+        assert_eq!(m.activation(), Activation::Idle);
+        // The deadline that comes later changes nothing.
+        assert!(
+            m.step(t0, Input::Timer(Timer::ActivationDeadline))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn transient_failures_are_retried_after_retry_after_or_a_growing_backoff() {
+        let (mut m, t0) = activation_started();
+        let told = Input::JobFinished {
+            job: Job::Activate,
+            report: JobReport {
+                code: 6,
+                retry_after: Some(Duration::from_secs(1)),
+                error: Some("HTTP 429".into()),
+                ..JobReport::default()
+            },
+        };
+        assert_eq!(
+            m.step(t0, told),
+            vec![Action::SetTimer {
+                at: t0 + Duration::from_secs(1),
+                timer: Timer::ActivationRetry
+            }]
+        );
+        assert_eq!(m.activation(), Activation::Waiting(1));
+        let t1 = t0 + Duration::from_secs(1);
+        // The files first: no license was installed meanwhile, so attempt 2 runs.
+        assert_eq!(
+            m.step(t1, Input::Timer(Timer::ActivationRetry)),
+            vec![Action::CheckLicense { forced: false }]
+        );
+        assert_eq!(
+            m.step(t1, checked(false)),
+            vec![Action::SpawnJob { job: Job::Activate }]
+        );
+        assert_eq!(m.activation(), Activation::Running(2));
+        // Without Retry-After: 250 ms, then 500 ms. An internal failure or a kill is retried too.
+        for (code, delay) in [(6, 250), (1, 500), (137, 1000)] {
+            assert_eq!(
+                m.step(t1, job_done(Job::Activate, code)),
+                vec![Action::SetTimer {
+                    at: t1 + Duration::from_millis(delay),
+                    timer: Timer::ActivationRetry
+                }],
+                "code {code}"
+            );
+            m.step(t1, Input::Timer(Timer::ActivationRetry));
+            m.step(t1, checked(false));
+        }
+        assert_eq!(m.phase(), Phase::Activating, "still held back");
+    }
+
+    #[test]
+    fn the_deadline_starts_the_first_generation_and_a_late_activation_is_checked() {
+        let (mut m, t0) = activation_started();
+        m.step(t0, job_done(Job::Activate, 6));
+        let t1 = t0 + Duration::from_secs(30);
+        assert_eq!(
+            m.step(t1, Input::Timer(Timer::ActivationDeadline)),
+            vec![Action::Spawn { generation: 1 }]
+        );
+        m.step(t1, Input::Timer(Timer::ActivationRetry));
+        m.step(t1, checked(false));
+        assert_eq!(
+            m.step(t1, job_done(Job::Activate, 0)),
+            vec![Action::CheckLicense { forced: false }]
+        );
+    }
+
+    #[test]
+    fn a_refusal_or_a_local_problem_is_not_retried() {
+        for code in [5, 4, 2, 127] {
+            let (mut m, t0) = activation_started();
+            assert_eq!(
+                m.step(t0, job_done(Job::Activate, code)),
+                vec![Action::Spawn { generation: 1 }],
+                "code {code}"
+            );
+            assert_eq!(m.activation(), Activation::Idle);
+            assert!(m.step(t0, Input::Timer(Timer::ActivationRetry)).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_license_installed_while_waiting_to_retry_ends_activation_without_a_second_seat() {
+        let (mut m, t0) = activation_started();
+        m.step(t0, job_done(Job::Activate, 6));
+        // `privitty-edge license activate` run by hand, or a file drop, found by the check made
+        // before the retry (whether or not the watch has reported it yet).
+        assert_eq!(
+            m.step(t0, Input::Timer(Timer::ActivationRetry)),
+            vec![Action::CheckLicense { forced: false }]
+        );
+        assert_eq!(
+            m.step(t0, checked(true)),
+            vec![Action::Spawn { generation: 1 }],
+            "no second activation"
+        );
+        assert_eq!(m.activation(), Activation::Idle);
+    }
+
+    #[test]
+    fn a_license_present_at_start_skips_activation_and_a_missing_identity_is_created() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(activating());
+        assert_eq!(
+            m.step(
+                t0,
+                Input::Boot(Boot {
+                    license_present: true,
+                    device_identity_present: true,
+                    since_last_sync: None,
+                })
+            ),
+            vec![Action::Spawn { generation: 1 }]
+        );
+        let mut m = Machine::new(settings());
+        assert_eq!(
+            m.step(t0, Input::Boot(Boot::default())),
+            vec![
+                Action::SpawnJob {
+                    job: Job::DeviceIdentity
+                },
+                Action::Spawn { generation: 1 }
+            ]
+        );
+        // Its outcome is only logged.
+        assert!(m.step(t0, job_done(Job::DeviceIdentity, 4)).is_empty());
+    }
+
+    #[test]
+    fn the_periodic_sync_runs_on_schedule_and_its_license_is_checked() {
+        let hour = Duration::from_secs(3600);
+        let t0 = Instant::now();
+        let mut m = Machine::new(Settings {
+            sync_interval: Some(hour),
+            ..settings()
+        });
+        let acts = m.step(
+            t0,
+            Input::Boot(Boot {
+                device_identity_present: true,
+                license_present: true,
+                since_last_sync: Some(Duration::from_secs(50 * 60)),
+            }),
+        );
+        // Synced 50 minutes ago: due in 4 to 16 minutes (the jitter), not a whole hour.
+        let Some(Action::SetTimer {
+            at,
+            timer: Timer::Sync,
+        }) = acts.first()
+        else {
+            panic!("{acts:?}")
+        };
+        let first = *at - t0;
+        assert!(
+            first >= Duration::from_secs(240) && first <= Duration::from_secs(960),
+            "{first:?}"
+        );
+        let t1 = *at;
+        assert_eq!(
+            m.step(t1, Input::Timer(Timer::Sync)),
+            vec![Action::SpawnJob { job: Job::Sync }]
+        );
+        m.step(
+            t1,
+            Input::JobSpawned {
+                job: Job::Sync,
+                pid: pid(60),
+            },
+        );
+        // A second due sync while one runs starts nothing.
+        assert!(m.step(t1, Input::Timer(Timer::Sync)).is_empty());
+        let acts = m.step(t1, job_done(Job::Sync, 0));
+        assert_eq!(acts[0], Action::CheckLicense { forced: false });
+        let Action::SetTimer {
+            at,
+            timer: Timer::Sync,
+        } = acts[1]
+        else {
+            panic!("{acts:?}")
+        };
+        assert!(at - t1 >= hour.mul_f64(0.9) && at - t1 <= hour.mul_f64(1.1));
+        // Not activated: nothing to check, the next one is still scheduled.
+        m.step(at, Input::Timer(Timer::Sync));
+        let acts = m.step(at, job_done(Job::Sync, 7));
+        assert!(
+            matches!(
+                acts.as_slice(),
+                [Action::SetTimer {
+                    timer: Timer::Sync,
+                    ..
+                }]
+            ),
+            "{acts:?}"
+        );
+    }
+
+    #[test]
+    fn a_stop_also_ends_the_license_commands_that_run() {
+        let (mut m, t0) = activation_started();
+        assert_eq!(
+            m.step(t0, Input::Signal(Signal::SIGTERM)),
+            vec![Action::Shutdown {
+                main: None,
+                live: vec![],
+                jobs: vec![pid(50)],
+                code: None
+            }]
+        );
+        // Its exit (143) is no longer looked at.
+        assert!(m.step(t0, job_done(Job::Activate, 143)).is_empty());
     }
 }

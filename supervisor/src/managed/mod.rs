@@ -2,12 +2,15 @@
 //! supervisor keeps, crash restarts and periodic sync, around `privitty-edged`.
 //!
 //! This module is the driver: it owns the listening socket, the per-generation notify sockets, the
-//! timers and the background tasks, turns what happens into [`machine::Input`]s and executes the
-//! [`machine::Action`]s. Must not make lifecycle decisions itself (they are in [`machine`], pure and
-//! unit-tested) and must not wait for children (the reaper in `pid1` reports every exit).
+//! license watch, the license commands' pipes and the timers, turns what happens into
+//! [`machine::Input`]s and executes the [`machine::Action`]s, on one thread: [`Pid1::wait`] polls
+//! every fd beside the signals. Must not make lifecycle decisions itself (they are in [`machine`],
+//! pure and unit-tested) and must not wait for children (the reaper in `pid1` reports every exit;
+//! a license command's goes to [`jobs`]).
 //!
 //! ```text
-//!  start ──► activate (if URL and no privitty.lic; ≤ ACTIVATION_TIMEOUT, then in the background)
+//!  start ──► activate (if URL and no privitty.lic: `privitty-edge license activate -` as a child;
+//!            ≤ ACTIVATION_TIMEOUT, then in the background)
 //!        ──► gen 1: spawn(LISTEN_FDS=3, NOTIFY_SOCKET) ──READY=1──► serving
 //!  license changed / SIGHUP / sync ──► gen N+1 spawned (loads license, waits for the lock)
 //!        ──► SIGTERM gen N (stops accepting, drains, stops its engine, exits, frees the lock)
@@ -16,8 +19,8 @@
 //!  SIGTERM/INT/QUIT ──► SIGTERM every generation, SIGKILL after STOP_TIMEOUT, exit with its code
 //! ```
 
-pub mod activation;
 pub mod backoff;
+pub mod jobs;
 pub mod listener;
 pub mod machine;
 pub mod readiness;
@@ -27,34 +30,26 @@ pub mod watch;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::net::TcpListener;
-use std::os::fd::AsRawFd;
-use std::time::Instant;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::{Instant, SystemTime};
 
 use licensectl::keys::KeySources;
 use licensectl::{AccountsDir, LicenseIdentity, LoadedLicense, Reason, TrustedKeys};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::config::{Config, exit};
-use crate::pid1::{self, Event, Pid1, SpawnSpec};
+use crate::pid1::{self, Event, Pid1, SpawnSpec, Wake};
 use backoff::Backoff;
-use machine::{Action, Input, Machine, Settings, Timer};
+use jobs::{Jobs, Stream};
+use machine::{Action, Boot, Input, Machine, Settings, Timer};
 
 pub use machine::EXIT_CRASH_LOOP;
 
-/// What background tasks tell the driver.
-#[derive(Debug)]
-enum Note {
-    Ready { generation: machine::Gen },
-    Activation(activation::Outcome),
-    LicenseMaybeChanged,
-}
-
-/// Runs managed mode until the container stops; returns the process exit code.
-pub async fn run(config: &Config, pid1: &mut Pid1) -> i32 {
+/// Runs managed mode until the container stops; returns the process exit code. `pid1` must come
+/// from [`Pid1::install_with_fds`].
+pub fn run(config: &Config, pid1: &mut Pid1) -> i32 {
     let m = &config.managed;
     let dir = AccountsDir::new(&m.accounts);
     if let Err(e) = std::fs::create_dir_all(dir.path()) {
@@ -65,19 +60,6 @@ pub async fn run(config: &Config, pid1: &mut Pid1) -> i32 {
         );
         return exit::FAILURE;
     }
-    // First boot stores the device identity, licensed or not, so that an operator can read it from
-    // `license status` and have a license issued offline for this device (file-drop provisioning).
-    // In the background: it may wait for the license lock held by a `license …` command, and
-    // start-up (and a stop) must not wait with it.
-    let identity_dir = dir.clone();
-    drop(tokio::task::spawn_blocking(move || {
-        if let Err(e) = identity_dir.ensure_device_uuid() {
-            tracing::error!(
-                error = %e,
-                "cannot store the device identity; gated calls stay unavailable until this is fixed"
-            );
-        }
-    }));
     let keys = match TrustedKeys::load(&KeySources::from_env()) {
         Ok(keys) => keys,
         Err(e) => {
@@ -97,7 +79,6 @@ pub async fn run(config: &Config, pid1: &mut Pid1) -> i32 {
         accounts = %dir.path().display(),
         "managed mode"
     );
-
     let runtime_dir = match readiness::runtime_dir(dir.path()) {
         Ok(d) => d,
         Err(e) => {
@@ -106,29 +87,25 @@ pub async fn run(config: &Config, pid1: &mut Pid1) -> i32 {
         }
     };
 
-    let (notes_tx, notes_rx) = mpsc::unbounded_channel();
-    let (watch_tx, watch_rx) = mpsc::unbounded_channel();
-    let _watch = watch::LicenseWatch::start(dir.path().to_path_buf(), m.poll_interval, watch_tx);
-
-    let mut background: Vec<JoinHandle<()>> = Vec::new();
-    if let Some(interval) = m.sync_interval {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        background.push(tokio::spawn(sync::run(
-            dir.clone(),
-            keys.clone(),
-            interval,
-            tx,
-        )));
-        let notes = notes_tx.clone();
-        background.push(tokio::spawn(async move {
-            while rx.recv().await.is_some() {
-                let _ = notes.send(Note::LicenseMaybeChanged);
-            }
-        }));
-    }
-
+    let now = Instant::now();
+    let watch = watch::LicenseWatch::start(dir.path().to_path_buf(), m.poll_interval, now);
+    let boot = Boot {
+        // A license in use, or an activation record (even a deactivated or revoked one, whose
+        // privitty.lic was moved aside): start-up activation must not take a new seat over it.
+        license_present: !licensectl::needs_activation(&dir, &keys),
+        device_identity_present: std::fs::symlink_metadata(
+            dir.file(licensectl::accounts::DEVICE_UUID_FILE),
+        )
+        .is_ok(),
+        since_last_sync: sync::since_last_sync(&dir, SystemTime::now()),
+    };
     let mut driver = Driver {
         config,
+        jobs: Jobs::new(
+            crate::config::license_cli(),
+            dir.path(),
+            m.license_url.clone(),
+        ),
         dir,
         keys,
         listener,
@@ -138,56 +115,23 @@ pub async fn run(config: &Config, pid1: &mut Pid1) -> i32 {
             crash_limit: m.crash_limit,
             crash_window: m.crash_window,
             backoff: Backoff::default(),
+            activate: m.license_url.is_some(),
+            activation_timeout: m.activation_timeout,
+            sync_interval: m.sync_interval,
+            seed: fastrand::u64(..),
         }),
-        notes_tx,
+        watch,
         timers: Vec::new(),
         readiness: HashMap::new(),
         last_check: None,
         runtime_dir,
-        activation_deadline: None,
     };
-
-    let mut first = VecDeque::new();
-    match &m.license_url {
-        Some(url) if !driver.dir.license_path().exists() => {
-            tracing::info!(
-                url = %url,
-                timeout = %humantime::format_duration(m.activation_timeout),
-                "no license yet: activating before serving"
-            );
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            background.push(tokio::spawn(activation::run(
-                driver.dir.clone(),
-                url.clone(),
-                driver.keys.clone(),
-                tx,
-            )));
-            let notes = driver.notes_tx.clone();
-            background.push(tokio::spawn(async move {
-                if let Some(outcome) = rx.recv().await {
-                    let _ = notes.send(Note::Activation(outcome));
-                }
-            }));
-            driver.activation_deadline = Some(Instant::now() + m.activation_timeout);
-        }
-        Some(_) => {
-            tracing::info!("privitty.lic is present: start-up activation skipped");
-            first.push_back(Input::ActivationFinished);
-        }
-        None => first.push_back(Input::ActivationFinished),
-    }
-    if driver.activation_deadline.is_none()
-        && std::fs::symlink_metadata(driver.dir.license_path()).is_ok()
-    {
+    if boot.license_present {
         // Says now why a license file that is present would not be used (the first generation
         // reuses this check), rather than only at the next change.
         driver.check(false);
     }
-
-    let code = driver.event_loop(pid1, first, notes_rx, watch_rx).await;
-    for task in background {
-        task.abort();
-    }
+    let code = driver.event_loop(pid1, Input::Boot(boot));
     let _ = std::fs::remove_dir_all(&driver.runtime_dir);
     code
 }
@@ -198,89 +142,133 @@ struct Driver<'a> {
     keys: TrustedKeys,
     listener: TcpListener,
     machine: Machine,
-    notes_tx: mpsc::UnboundedSender<Note>,
+    watch: watch::LicenseWatch,
+    jobs: Jobs,
     timers: Vec<(Instant, Timer)>,
-    /// The notify-socket reader of each running generation, by pid.
-    readiness: HashMap<Pid, JoinHandle<()>>,
+    /// The notify socket of each running generation, by pid.
+    readiness: HashMap<Pid, (machine::Gen, readiness::NotifySocket)>,
     /// The files' fingerprint and the license found at the last check.
     last_check: Option<(watch::Fingerprint, Option<LicenseIdentity>)>,
     /// Where the per-generation notify sockets live.
     runtime_dir: std::path::PathBuf,
-    /// While start-up activation may still hold back the first generation.
-    activation_deadline: Option<Instant>,
+}
+
+/// Whose fd [`Pid1::wait`] reported.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    Watch,
+    Notify(Pid),
+    Job(Pid, Stream),
 }
 
 impl Driver<'_> {
-    async fn event_loop(
-        &mut self,
-        pid1: &mut Pid1,
-        first: VecDeque<Input>,
-        mut notes: mpsc::UnboundedReceiver<Note>,
-        mut watch: mpsc::UnboundedReceiver<()>,
-    ) -> i32 {
-        let mut inputs = first;
+    fn event_loop(&mut self, pid1: &mut Pid1, first: Input) -> i32 {
+        let mut inputs = VecDeque::from([first]);
         loop {
+            let mut settled = false;
             while let Some(input) = inputs.pop_front() {
-                if let Input::Exited { pid, .. } = &input
-                    && let Some(task) = self.readiness.remove(pid)
-                {
-                    task.abort();
+                if let Input::Exited { pid, .. } = &input {
+                    self.readiness.remove(pid);
                 }
+                settled |= matches!(input, Input::Ready { .. });
                 for action in self.machine.step(Instant::now(), input) {
-                    if let Some(code) = self.execute(pid1, action, &mut inputs).await {
+                    if let Some(code) = self.execute(pid1, action, &mut inputs) {
                         return code;
                     }
                 }
             }
-            let next_timer = self
+            if settled && self.machine.current().is_some_and(|g| g.ready_at.is_some()) {
+                // Serving again, after start-up or a swap: what it took is not needed until the
+                // next one (see `pid1::release_startup_pages`).
+                pid1::release_startup_pages();
+            }
+            // Then what fell due meanwhile: after what the last wake-up brought, so that a
+            // signal goes on at once, before any license check.
+            let now = Instant::now();
+            if self.watch.on_time(now) {
+                inputs.push_back(self.check(false));
+            }
+            if self.timers.iter().any(|(at, _)| *at <= now) {
+                let (due, later): (Vec<_>, Vec<_>) =
+                    self.timers.drain(..).partition(|(at, _)| *at <= now);
+                self.timers = later;
+                inputs.extend(due.into_iter().map(|(_, t)| Input::Timer(t)));
+            }
+            if !inputs.is_empty() {
+                continue;
+            }
+            let deadline = self
                 .timers
                 .iter()
                 .map(|(at, _)| *at)
-                .chain(self.activation_deadline)
+                .chain([self.watch.deadline()])
                 .min();
-            tokio::select! {
-                event = pid1.next() => inputs.push_back(match event {
-                    Event::Signal(signal) => Input::Signal(signal),
-                    Event::Realtime(signal) => Input::Realtime(signal),
-                    Event::Exited { pid, status } => Input::Exited { pid, status },
-                }),
-                Some(note) = notes.recv() => match note {
-                    Note::Ready { generation } => inputs.push_back(Input::Ready { generation }),
-                    Note::Activation(outcome) => {
-                        if self.activation_deadline.take().is_some() {
-                            inputs.push_back(Input::ActivationFinished);
-                        } else if matches!(
-                            outcome,
-                            activation::Outcome::Activated { .. } | activation::Outcome::Superseded
-                        ) {
-                            inputs.push_back(self.check(false));
+            let (sources, wake) = {
+                let mut sources = Vec::new();
+                let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+                if let Some(fd) = self.watch.fd() {
+                    sources.push(Source::Watch);
+                    fds.push(fd);
+                }
+                for (pid, (_, socket)) in &self.readiness {
+                    sources.push(Source::Notify(*pid));
+                    fds.push(socket.fd());
+                }
+                for (pid, stream, fd) in self.jobs.fds() {
+                    sources.push(Source::Job(pid, stream));
+                    fds.push(fd);
+                }
+                (sources, pid1.wait(deadline, &fds))
+            };
+            match wake {
+                Wake::Event(Event::Signal(signal)) => inputs.push_back(Input::Signal(signal)),
+                Wake::Event(Event::Realtime(signal)) => inputs.push_back(Input::Realtime(signal)),
+                Wake::Event(Event::Exited { pid, status }) => {
+                    inputs.push_back(match self.jobs.finish(pid, status) {
+                        Some((job, report)) => Input::JobFinished { job, report },
+                        None => Input::Exited { pid, status },
+                    })
+                }
+                Wake::Readable(i) => match sources[i] {
+                    Source::Watch => self.watch.on_readable(Instant::now()),
+                    Source::Notify(pid) => {
+                        if let Some(input) = self.on_notify(pid) {
+                            inputs.push_back(input);
                         }
                     }
-                    Note::LicenseMaybeChanged => inputs.push_back(self.check(false)),
+                    Source::Job(pid, stream) => self.jobs.on_readable(pid, stream),
                 },
-                Some(()) = watch.recv() => inputs.push_back(self.check(false)),
-                _ = sleep_until(next_timer), if next_timer.is_some() => {
-                    let now = Instant::now();
-                    if self.activation_deadline.is_some_and(|at| at <= now) {
-                        self.activation_deadline = None;
-                        tracing::warn!(
-                            timeout = %humantime::format_duration(self.config.managed.activation_timeout),
-                            "license activation did not finish in time: starting unlicensed \
-                             (read-only calls work) and retrying in the background"
-                        );
-                        inputs.push_back(Input::ActivationFinished);
-                    }
-                    let (due, later): (Vec<_>, Vec<_>) =
-                        self.timers.drain(..).partition(|(at, _)| *at <= now);
-                    self.timers = later;
-                    inputs.extend(due.into_iter().map(|(_, t)| Input::Timer(t)));
-                }
+                Wake::Timeout => {}
             }
         }
     }
 
+    /// A generation's notify socket is readable: `Ready` once it said `READY=1`.
+    fn on_notify(&mut self, pid: Pid) -> Option<Input> {
+        let (generation, socket) = self.readiness.get(&pid)?;
+        let generation = *generation;
+        let mut ready = false;
+        loop {
+            match socket.try_recv() {
+                Ok(Some(n)) => {
+                    if let Some(status) = &n.status {
+                        tracing::debug!(generation, status = %status, "generation status");
+                    }
+                    ready |= n.ready;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(generation, error = %e, "readiness socket failed");
+                    self.readiness.remove(&pid);
+                    break;
+                }
+            }
+        }
+        ready.then_some(Input::Ready { generation })
+    }
+
     /// Executes one action; `Some(code)` ends managed mode with that exit code.
-    async fn execute(
+    fn execute(
         &mut self,
         pid1: &mut Pid1,
         action: Action,
@@ -290,6 +278,10 @@ impl Driver<'_> {
             // Queued before the next `pid1` event is even read: a child that exits at once has
             // its pid known to the machine before its `Exited` arrives.
             Action::Spawn { generation } => inputs.push_back(self.spawn(generation)),
+            Action::SpawnJob { job } => inputs.push_back(match self.jobs.spawn(job) {
+                Ok(pid) => Input::JobSpawned { job, pid },
+                Err(report) => Input::JobFinished { job, report },
+            }),
             Action::Signal { pid, signal } => {
                 signal_generation(pid, signal);
                 if signal == Signal::SIGTERM {
@@ -302,8 +294,13 @@ impl Driver<'_> {
             Action::KillGroup { pgid } => pid1::signal_group(pgid, Signal::SIGKILL),
             Action::SetTimer { at, timer } => self.timers.push((at, timer)),
             Action::CheckLicense { forced } => inputs.push_back(self.check(forced)),
-            Action::Shutdown { main, live, code } => {
-                return Some(self.shutdown(pid1, main, &live, code).await);
+            Action::Shutdown {
+                main,
+                live,
+                jobs,
+                code,
+            } => {
+                return Some(self.shutdown(pid1, main, &live, &jobs, code));
             }
         }
         None
@@ -329,6 +326,17 @@ impl Driver<'_> {
                     OsString::from(licensectl::env::ACCOUNTS),
                     self.dir.path().as_os_str().to_os_string(),
                 ),
+                // edged's metrics: counters that go on across generations (edged's own start
+                // again at each swap).
+                ("PRIVITTY_GENERATION".into(), generation.to_string().into()),
+                (
+                    "PRIVITTY_GENERATION_SWAPS".into(),
+                    self.machine.swaps().to_string().into(),
+                ),
+                (
+                    "PRIVITTY_GENERATION_CRASHES".into(),
+                    self.machine.crashes_total().to_string().into(),
+                ),
             ],
             // Consumed here; edged and its engine never need the TOKEN (or where to read it).
             env_remove: vec![
@@ -336,30 +344,11 @@ impl Driver<'_> {
                 crate::config::env::LICENSE_URL_FILE.into(),
             ],
             listen_fds: vec![(self.listener.as_raw_fd(), listener::FD_NAME.to_string())],
-            foreground_tty: false,
+            ..SpawnSpec::default()
         };
         match pid1::spawn(&spec) {
             Ok(pid) => {
-                let notes = self.notes_tx.clone();
-                let task = tokio::spawn(async move {
-                    loop {
-                        match notify.recv().await {
-                            Ok(n) => {
-                                if let Some(status) = &n.status {
-                                    tracing::debug!(generation, status = %status, "generation status");
-                                }
-                                if n.ready && notes.send(Note::Ready { generation }).is_err() {
-                                    return;
-                                }
-                            }
-                            Err(e) => {
-                                tracing::warn!(generation, error = %e, "readiness socket failed");
-                                return;
-                            }
-                        }
-                    }
-                });
-                self.readiness.insert(pid, task);
+                self.readiness.insert(pid, (generation, notify));
                 Input::Spawned {
                     generation,
                     pid,
@@ -376,6 +365,7 @@ impl Driver<'_> {
     /// Reads and verifies the license on disk, logging why an invalid one is ignored.
     fn check(&mut self, forced: bool) -> Input {
         let seen = watch::Fingerprint::of(self.dir.path());
+        let present = std::fs::symlink_metadata(self.dir.license_path()).is_ok();
         let mut withdrawn = false;
         let license = match LoadedLicense::load(&self.dir, &self.keys) {
             Ok(loaded) => {
@@ -403,6 +393,7 @@ impl Driver<'_> {
             license,
             forced,
             withdrawn,
+            present,
         }
     }
 
@@ -445,11 +436,12 @@ impl Driver<'_> {
             .and_then(|l| l.identity().cloned())
     }
 
-    async fn shutdown(
+    fn shutdown(
         &mut self,
         pid1: &mut Pid1,
         main: Option<Pid>,
         live: &[Pid],
+        jobs: &[Pid],
         code: Option<i32>,
     ) -> i32 {
         // edged first, not its group: its engine must answer while edged drains requests.
@@ -458,19 +450,19 @@ impl Driver<'_> {
             // As in a swap: a stopped edged must be able to act on it (see `execute`).
             signal_generation(*pid, Signal::SIGCONT);
         }
-        let started = Instant::now();
-        let status = pid1
-            .stop(
-                &[],
-                Signal::SIGTERM,
-                main.unwrap_or(Pid::from_raw(0)),
-                self.config.stop_timeout,
-                pid1::ignore_while_stopping,
-            )
-            .await;
-        for (_, task) in self.readiness.drain() {
-            task.abort();
+        // A license command (waiting for the lock, or for the server) has nothing to finish.
+        for pid in jobs.iter().copied().chain(self.jobs.pids()) {
+            pid1::signal_group(pid, Signal::SIGTERM);
         }
+        let started = Instant::now();
+        let status = pid1.stop(
+            &[],
+            Signal::SIGTERM,
+            main.unwrap_or(Pid::from_raw(0)),
+            self.config.stop_timeout,
+            pid1::ignore_while_stopping,
+        );
+        self.readiness.clear();
         let code = code.unwrap_or_else(|| status.map_or(0, pid1::exit_code));
         tracing::info!(
             code,
@@ -488,12 +480,5 @@ fn signal_generation(pid: Pid, signal: Signal) {
     match nix::sys::signal::kill(pid, signal) {
         Ok(()) | Err(Errno::ESRCH) => {}
         Err(e) => tracing::warn!(pid = pid.as_raw(), signal = %signal, error = %e, "cannot signal"),
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }

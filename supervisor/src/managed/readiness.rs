@@ -9,10 +9,10 @@
 
 use std::ffi::OsString;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-
-use tokio::net::UnixDatagram;
 
 /// What one datagram said; unknown assignments are ignored, as systemd does.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -76,13 +76,19 @@ pub struct NotifySocket {
 }
 
 impl NotifySocket {
-    /// Binds `<dir>/gen-<generation>.sock`. Must run inside a tokio runtime.
+    /// Binds `<dir>/gen-<generation>.sock` (non-blocking: poll [`NotifySocket::fd`]).
     pub fn bind(dir: &Path, generation: u64) -> io::Result<NotifySocket> {
         let path = dir.join(format!("gen-{generation}.sock"));
         // A leftover of an earlier run with the same pid would make bind fail.
         let _ = std::fs::remove_file(&path);
         let socket = UnixDatagram::bind(&path)?;
+        socket.set_nonblocking(true)?;
         Ok(NotifySocket { socket, path })
+    }
+
+    /// What to poll for [`NotifySocket::try_recv`].
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
     }
 
     /// The `NOTIFY_SOCKET` value for the child.
@@ -90,11 +96,14 @@ impl NotifySocket {
         self.path.clone().into_os_string()
     }
 
-    /// The next datagram, parsed.
-    pub async fn recv(&self) -> io::Result<Notice> {
-        let mut buf = vec![0u8; 4096];
-        let n = self.socket.recv(&mut buf).await?;
-        Ok(Notice::parse(&buf[..n]))
+    /// The next datagram, parsed; `Ok(None)` when none is waiting.
+    pub fn try_recv(&self) -> io::Result<Option<Notice>> {
+        let mut buf = [0u8; 4096];
+        match self.socket.recv(&mut buf) {
+            Ok(n) => Ok(Some(Notice::parse(&buf[..n]))),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -151,17 +160,19 @@ mod tests {
         assert_eq!(mode & 0o777, 0o700);
     }
 
-    #[tokio::test]
-    async fn receives_what_a_client_sends_to_the_advertised_path() {
+    #[test]
+    fn receives_what_a_client_sends_to_the_advertised_path() {
         let dir = Scratch::new("recv");
         let sock = NotifySocket::bind(&dir.0, 7).unwrap();
+        assert_eq!(sock.try_recv().unwrap(), None, "nothing sent yet");
         let client = std::os::unix::net::UnixDatagram::unbound().unwrap();
         client.send_to(b"READY=1\n", sock.env_value()).unwrap();
-        assert!(sock.recv().await.unwrap().ready);
+        // A datagram sent on a unix socket is queued by the time send_to returns.
+        assert!(sock.try_recv().unwrap().expect("the datagram").ready);
     }
 
-    #[tokio::test]
-    async fn each_generation_gets_its_own_socket_removed_when_done() {
+    #[test]
+    fn each_generation_gets_its_own_socket_removed_when_done() {
         let dir = Scratch::new("each");
         let a = NotifySocket::bind(&dir.0, 1).unwrap();
         let b = NotifySocket::bind(&dir.0, 2).unwrap();

@@ -1,16 +1,15 @@
-//! Periodic license sync: refreshes `privitty.lic` and reports usage every
-//! `PRIVITTY_LICENSE_SYNC_INTERVAL`, with jitter so a fleet started together does not call the
-//! server together. The interval counts from the last successful sync recorded in
-//! `activation.json`, not from start-up, so restarts do not postpone it.
+//! The schedule of the periodic license sync: every `PRIVITTY_LICENSE_SYNC_INTERVAL`, with jitter
+//! so a fleet started together does not call the server together. The interval counts from the
+//! last successful sync recorded in `activation.json`, not from start-up, so restarts do not
+//! postpone it.
 //!
-//! Owns the schedule only. Must not swap generations: a refreshed license is announced on the
-//! channel and goes through the same check-and-swap path as a dropped file.
+//! Owns the arithmetic (pure, for the machine) and reading the last sync time (for the driver's
+//! start-up facts). Must not run the sync: the machine runs `privitty-edge license sync` as a
+//! child, and a refreshed license goes through the same check-and-swap path as a dropped file.
 
 use std::time::{Duration, SystemTime};
 
-use licensectl::accounts::ACTIVATION_FILE;
-use licensectl::{AccountsDir, TrustedKeys};
-use tokio::sync::mpsc;
+use licensectl::AccountsDir;
 
 /// The next wait: `interval` ± 10 %, from a uniform `unit` in [0, 1).
 pub fn jittered(interval: Duration, unit: f64) -> Duration {
@@ -21,16 +20,11 @@ pub fn jittered(interval: Duration, unit: f64) -> Duration {
 /// How far an overdue sync after start-up is spread at most.
 pub const OVERDUE_SPREAD: Duration = Duration::from_secs(10);
 
-/// The first wait after start-up, from the last successful sync (or the activation) at `last`.
-pub fn first_wait(
-    interval: Duration,
-    last: Option<SystemTime>,
-    now: SystemTime,
-    unit: f64,
-) -> Duration {
+/// The first wait after start-up, `since` the last successful sync (or the activation) when that
+/// is known.
+pub fn first_wait(interval: Duration, since: Option<Duration>, unit: f64) -> Duration {
     let full = jittered(interval, unit);
-    // A `last` in the future (the clock went back) says nothing: wait the whole interval.
-    let Some(since) = last.and_then(|last| now.duration_since(last).ok()) else {
+    let Some(since) = since else {
         return full;
     };
     match full.checked_sub(since) {
@@ -41,54 +35,13 @@ pub fn first_wait(
     }
 }
 
-/// When `dir` last synced successfully, else when it was activated.
-fn last_sync(dir: &AccountsDir) -> Option<SystemTime> {
+/// How long before `now` `dir` last synced successfully, else was activated; `None` when that is
+/// not recorded, or recorded in the future (the clock went back: it says nothing).
+pub fn since_last_sync(dir: &AccountsDir, now: SystemTime) -> Option<Duration> {
     let activation = dir.activation().ok()??;
     let at = activation.last_sync_ok_at.or(activation.activated_at)?;
-    humantime::parse_rfc3339_weak(&at).ok()
-}
-
-/// Syncs forever; sends `()` on `changed` when the server sent a new license.
-pub async fn run(
-    dir: AccountsDir,
-    keys: TrustedKeys,
-    interval: Duration,
-    changed: mpsc::UnboundedSender<()>,
-) {
-    // Counted from the last sync rather than from start-up: a container restarted more often
-    // than the interval would otherwise never sync.
-    let mut wait = first_wait(
-        interval,
-        last_sync(&dir),
-        SystemTime::now(),
-        fastrand::f64(),
-    );
-    loop {
-        tracing::debug!(next_in = %humantime::format_duration(wait), "license sync scheduled");
-        tokio::time::sleep(wait).await;
-        wait = jittered(interval, fastrand::f64());
-        if !dir.path().join(ACTIVATION_FILE).exists() {
-            tracing::debug!("no activation yet; skipping the license sync");
-            continue;
-        }
-        match licensectl::sync(&dir, &keys).await {
-            Ok(synced) => {
-                tracing::info!(
-                    license = %synced.license.jti,
-                    changed = synced.license_changed,
-                    acked_reports = synced.acked_reports,
-                    "periodic license sync done"
-                );
-                if synced.license_changed && changed.send(()).is_err() {
-                    return;
-                }
-            }
-            Err(e) => tracing::warn!(
-                error = %e,
-                "license sync failed; the current license stays in use and the next sync retries"
-            ),
-        }
-    }
+    let at = humantime::parse_rfc3339_weak(&at).ok()?;
+    now.duration_since(at).ok()
 }
 
 #[cfg(test)]
@@ -99,19 +52,41 @@ mod tests {
     fn a_restart_does_not_postpone_the_sync() {
         let day = Duration::from_secs(86_400);
         let hour = Duration::from_secs(3600);
-        let now = SystemTime::UNIX_EPOCH + 1000 * day;
         // Synced 20 h ago: the next sync is due in about 4 h, not a whole day after the restart.
-        assert_eq!(first_wait(day, Some(now - 20 * hour), now, 0.5), 4 * hour);
+        assert_eq!(first_wait(day, Some(20 * hour), 0.5), 4 * hour);
         // Overdue (a container restarted daily would otherwise never sync): soon, spread a little.
-        let overdue = first_wait(day, Some(now - 3 * day), now, 0.5);
+        let overdue = first_wait(day, Some(3 * day), 0.5);
         assert!(overdue <= OVERDUE_SPREAD, "{overdue:?}");
-        assert!(first_wait(day, Some(now - 3 * day), now, 0.0) < overdue);
-        // Never synced, or a clock that went back: a whole (jittered) interval.
-        assert_eq!(first_wait(day, None, now, 0.5), day);
-        assert_eq!(first_wait(day, Some(now + hour), now, 0.5), day);
+        assert!(first_wait(day, Some(3 * day), 0.0) < overdue);
+        // Never synced (or a clock that went back): a whole (jittered) interval.
+        assert_eq!(first_wait(day, None, 0.5), day);
         // A short interval spreads over a tenth of it at most.
         let second = Duration::from_secs(1);
-        assert!(first_wait(second, Some(now - day), now, 0.999) <= second / 10);
+        assert!(first_wait(second, Some(day), 0.999) <= second / 10);
+    }
+
+    #[test]
+    fn the_last_sync_comes_from_activation_json_and_a_future_one_says_nothing() {
+        let tmp = std::env::temp_dir().join(format!("privitty-init-sync-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let dir = AccountsDir::new(&tmp);
+        let now = humantime::parse_rfc3339("2026-11-27T12:00:00Z").unwrap();
+        assert_eq!(since_last_sync(&dir, now), None, "no activation.json");
+        std::fs::write(
+            tmp.join(licensectl::accounts::ACTIVATION_FILE),
+            r#"{"activation_id":"a","device_secret":"s","state":"active",
+                "activated_at":"2026-11-27T10:00:00Z","last_sync_ok_at":"2026-11-27T11:00:00Z"}"#,
+        )
+        .unwrap();
+        let since = since_last_sync(&dir, now);
+        let past = humantime::parse_rfc3339("2026-11-27T10:30:00Z").unwrap();
+        let _ = std::fs::remove_dir_all(&tmp);
+        assert_eq!(since, Some(Duration::from_secs(3600)));
+        assert_eq!(
+            since_last_sync(&dir, past),
+            None,
+            "a sync recorded in the future"
+        );
     }
 
     #[test]

@@ -1,21 +1,23 @@
 //! The license watch: notices that the license files in the accounts directory may have changed.
 //!
-//! Owns: the directory watch (inotify through `notify`: atomic renames, `docker cp`, Kubernetes
-//! `..data` symlink swaps), the periodic poll for filesystems where inotify is silent (NFS, some
-//! bind mounts, Docker Desktop shares), and the debounce that turns a burst of events into one
-//! check. Must not read or judge license content: it only says "look again"; the driver verifies.
+//! Owns: the directory watch (inotify: atomic renames, `docker cp`, Kubernetes `..data` symlink
+//! swaps), the periodic poll for filesystems where inotify is silent (NFS, some bind mounts,
+//! Docker Desktop shares), and the debounce that turns a burst of events into one check. Must not
+//! read or judge license content: it only says "look again"; the driver verifies. It runs on the
+//! driver's one thread: its inotify fd is polled with the others, its deadline joins the timers.
 //!
 //! The directory is watched rather than the file because a rename replaces the file's inode, and
 //! a watch on the old inode would never fire again.
 
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use licensectl::accounts::{ACTIVATION_FILE, DEVICE_UUID_FILE, LICENSE_FILE};
-use notify::event::{AccessKind, AccessMode, MetadataKind, ModifyKind};
-use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
+use nix::errno::Errno;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 /// Quiet time after the last event before checking: one `docker cp` or rename is many events.
 pub const DEBOUNCE_QUIET: Duration = Duration::from_millis(50);
@@ -77,15 +79,30 @@ pub fn is_relevant(name: &std::ffi::OsStr) -> bool {
         || name.starts_with("..")
 }
 
-/// Whether an event can mean new content. Opens and reads are not: every license check reads the
-/// file, and counting those would make the watch trigger itself forever.
-pub fn is_change(kind: &EventKind) -> bool {
-    match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
-        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
-        _ => true,
-    }
+/// The inotify events that can mean new content. Opens, reads and closes after reading are not
+/// asked for: every license check reads the files, and counting those would make the watch
+/// trigger itself forever.
+pub fn watch_mask() -> AddWatchFlags {
+    AddWatchFlags::IN_CLOSE_WRITE
+        | AddWatchFlags::IN_CREATE
+        | AddWatchFlags::IN_DELETE
+        | AddWatchFlags::IN_MODIFY
+        | AddWatchFlags::IN_ATTRIB
+        | AddWatchFlags::IN_MOVED_FROM
+        | AddWatchFlags::IN_MOVED_TO
+        | AddWatchFlags::IN_DELETE_SELF
+        | AddWatchFlags::IN_MOVE_SELF
+        | AddWatchFlags::IN_ONLYDIR
+}
+
+/// Whether an inotify event calls for a look at the files. An overflowed queue, or the directory
+/// itself gone or moved, may hide any change: look again to be safe.
+pub fn wants_check(mask: AddWatchFlags, name: Option<&OsStr>) -> bool {
+    let anything = AddWatchFlags::IN_Q_OVERFLOW
+        | AddWatchFlags::IN_IGNORED
+        | AddWatchFlags::IN_DELETE_SELF
+        | AddWatchFlags::IN_MOVE_SELF;
+    mask.intersects(anything) || name.is_some_and(is_relevant)
 }
 
 /// Cheap identity of the license files on disk (following symlinks): any replacement, rewrite or
@@ -119,31 +136,26 @@ impl Fingerprint {
     }
 }
 
-/// A running watch; dropping it stops the inotify watch (the task ends when its receiver is gone).
+/// The watch of one directory: an inotify fd to poll, a debounce and a poll schedule.
 #[derive(Debug)]
 pub struct LicenseWatch {
-    _watcher: Option<RecommendedWatcher>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for LicenseWatch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    dir: PathBuf,
+    /// `None` when inotify cannot be used (or stopped working): the poll alone is left.
+    inotify: Option<Inotify>,
+    debounce: Debounce,
+    poll_interval: Duration,
+    next_poll: Instant,
+    /// The fingerprint at the last report (or at the start).
+    seen: Fingerprint,
 }
 
 impl LicenseWatch {
-    /// Starts watching `dir`; sends `()` on `changed` whenever the license files may have changed.
-    /// When inotify cannot be used, logs why and relies on the poll alone. Must run inside a tokio
-    /// runtime.
-    pub fn start(
-        dir: PathBuf,
-        poll_interval: Duration,
-        changed: mpsc::UnboundedSender<()>,
-    ) -> LicenseWatch {
-        let (raw_tx, raw_rx) = mpsc::unbounded_channel();
-        let watcher = match start_inotify(&dir, raw_tx) {
-            Ok(w) => Some(w),
+    /// Starts watching `dir`. When inotify cannot be used, logs why and relies on the poll alone.
+    pub fn start(dir: PathBuf, poll_interval: Duration, now: Instant) -> LicenseWatch {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .and_then(|i| i.add_watch(dir.as_path(), watch_mask()).map(|_| i));
+        let inotify = match inotify {
+            Ok(i) => Some(i),
             Err(e) => {
                 tracing::warn!(
                     dir = %dir.display(),
@@ -154,90 +166,88 @@ impl LicenseWatch {
                 None
             }
         };
+        let poll_interval = poll_interval.max(Duration::from_millis(10));
         // Taken now, so a change made right after `start` returns is seen as one.
         let seen = Fingerprint::of(&dir);
-        let task = tokio::spawn(run(dir, seen, poll_interval, raw_rx, changed));
         LicenseWatch {
-            _watcher: watcher,
-            task,
+            dir,
+            inotify,
+            debounce: Debounce::new(DEBOUNCE_QUIET, DEBOUNCE_MAX),
+            poll_interval,
+            next_poll: now + poll_interval,
+            seen,
         }
     }
-}
 
-/// Whether a watcher report calls for a look at the files. An overflowed queue, a rescan request or
-/// an error may hide any change: look again to be safe.
-pub fn wants_check(res: &notify::Result<notify::Event>) -> bool {
-    match res {
-        Ok(ev) => {
-            ev.need_rescan()
-                || (is_change(&ev.kind)
-                    && (ev.paths.is_empty()
-                        || ev
-                            .paths
-                            .iter()
-                            .any(|p| p.file_name().is_some_and(is_relevant))))
-        }
-        Err(_) => true,
+    /// The fd to poll (while inotify works).
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.inotify.as_ref().map(AsFd::as_fd)
     }
-}
 
-fn start_inotify(
-    dir: &Path,
-    raw_tx: mpsc::UnboundedSender<()>,
-) -> Result<RecommendedWatcher, notify::Error> {
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if wants_check(&res) {
-            let _ = raw_tx.send(());
-        }
-    })?;
-    watcher.watch(dir, RecursiveMode::NonRecursive)?;
-    Ok(watcher)
-}
-
-async fn run(
-    dir: PathBuf,
-    mut seen: Fingerprint,
-    poll_interval: Duration,
-    mut raw: mpsc::UnboundedReceiver<()>,
-    changed: mpsc::UnboundedSender<()>,
-) {
-    let mut debounce = Debounce::new(DEBOUNCE_QUIET, DEBOUNCE_MAX);
-    let mut poll = tokio::time::interval(poll_interval.max(Duration::from_millis(10)));
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut inotify_alive = true;
-    loop {
-        let deadline = debounce.deadline();
-        tokio::select! {
-            ev = raw.recv(), if inotify_alive => match ev {
-                Some(()) => debounce.event(Instant::now()),
-                None => inotify_alive = false,
-            },
-            _ = sleep_until(deadline), if deadline.is_some() => {
-                if debounce.fire(Instant::now()) {
-                    seen = Fingerprint::of(&dir);
-                    if changed.send(()).is_err() {
+    /// The fd is readable: takes its events; a relevant one starts (or extends) a debounce.
+    pub fn on_readable(&mut self, now: Instant) {
+        let Some(inotify) = &self.inotify else {
+            return;
+        };
+        loop {
+            match inotify.read_events() {
+                Ok(events) => {
+                    let relevant = events
+                        .iter()
+                        .any(|e| wants_check(e.mask, e.name.as_deref()));
+                    if relevant {
+                        self.debounce.event(now);
+                    }
+                    if events
+                        .iter()
+                        .any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED))
+                    {
+                        tracing::warn!(
+                            dir = %self.dir.display(),
+                            "the accounts directory is no longer watched (removed or unmounted); \
+                             relying on the poll alone"
+                        );
+                        self.inotify = None;
                         return;
                     }
                 }
-            }
-            _ = poll.tick() => {
-                let now = Fingerprint::of(&dir);
-                if now != seen {
-                    tracing::debug!(dir = %dir.display(), "poll saw the license files change");
-                    seen = now;
-                    // A burst still settling is left to the debounce; the poll catches silent filesystems.
-                    if debounce.deadline().is_none() && changed.send(()).is_err() {
-                        return;
-                    }
+                Err(Errno::EAGAIN) => return,
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "inotify failed; relying on the poll alone");
+                    self.inotify = None;
+                    self.debounce.event(now);
+                    return;
                 }
             }
         }
     }
-}
 
-async fn sleep_until(at: Option<Instant>) {
-    if let Some(at) = at {
-        tokio::time::sleep_until(at.into()).await;
+    /// When [`LicenseWatch::on_time`] wants to run next.
+    pub fn deadline(&self) -> Instant {
+        self.debounce
+            .deadline()
+            .map_or(self.next_poll, |d| d.min(self.next_poll))
+    }
+
+    /// Runs what is due at `now`; true means "the license files may have changed: look again".
+    pub fn on_time(&mut self, now: Instant) -> bool {
+        if self.debounce.fire(now) {
+            self.seen = Fingerprint::of(&self.dir);
+            return true;
+        }
+        if now < self.next_poll {
+            return false;
+        }
+        self.next_poll = now + self.poll_interval;
+        let current = Fingerprint::of(&self.dir);
+        if current == self.seen {
+            return false;
+        }
+        tracing::debug!(dir = %self.dir.display(), "poll saw the license files change");
+        self.seen = current;
+        // A burst still settling is left to the debounce; the poll catches silent filesystems.
+        self.debounce.deadline().is_none()
     }
 }
 
@@ -328,44 +338,41 @@ mod tests {
     }
 
     #[test]
-    fn reading_the_license_is_not_a_change() {
-        use notify::event::{CreateKind, RemoveKind, RenameMode};
-        for no in [
-            EventKind::Access(AccessKind::Open(AccessMode::Any)),
-            EventKind::Access(AccessKind::Read),
-            EventKind::Access(AccessKind::Close(AccessMode::Read)),
-            EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)),
+    fn reading_the_license_is_never_asked_for() {
+        let mask = watch_mask();
+        for read in [
+            AddWatchFlags::IN_ACCESS,
+            AddWatchFlags::IN_OPEN,
+            AddWatchFlags::IN_CLOSE_NOWRITE,
         ] {
-            assert!(!is_change(&no), "{no:?}");
+            assert!(!mask.contains(read), "{read:?}");
         }
-        for yes in [
-            EventKind::Access(AccessKind::Close(AccessMode::Write)),
-            EventKind::Create(CreateKind::File),
-            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
-            EventKind::Modify(ModifyKind::Any),
-            EventKind::Remove(RemoveKind::File),
-            EventKind::Any,
+        for change in [
+            AddWatchFlags::IN_CLOSE_WRITE,
+            AddWatchFlags::IN_MOVED_TO,
+            AddWatchFlags::IN_CREATE,
+            AddWatchFlags::IN_DELETE,
         ] {
-            assert!(is_change(&yes), "{yes:?}");
+            assert!(mask.contains(change), "{change:?}");
         }
     }
 
     #[test]
-    fn an_overflow_or_error_is_checked_and_unrelated_names_are_not() {
-        use notify::event::{CreateKind, Flag};
-        let dir = Path::new("/var/lib/privitty");
-        let overflow = notify::Event::new(EventKind::Other).set_flag(Flag::Rescan);
-        assert!(wants_check(&Ok(overflow)));
-        assert!(wants_check(&Err(notify::Error::generic("inotify failed"))));
-        let ours = notify::Event::new(EventKind::Create(CreateKind::File))
-            .add_path(dir.join(LICENSE_FILE));
-        assert!(wants_check(&Ok(ours)));
-        let other = notify::Event::new(EventKind::Create(CreateKind::File))
-            .add_path(dir.join("accounts.toml"));
-        assert!(!wants_check(&Ok(other)));
-        let read = notify::Event::new(EventKind::Access(AccessKind::Read))
-            .add_path(dir.join(LICENSE_FILE));
-        assert!(!wants_check(&Ok(read)));
+    fn an_overflow_or_a_lost_directory_is_checked_and_unrelated_names_are_not() {
+        let ours = OsStr::new(LICENSE_FILE);
+        assert!(wants_check(AddWatchFlags::IN_Q_OVERFLOW, None));
+        assert!(wants_check(AddWatchFlags::IN_DELETE_SELF, None));
+        assert!(wants_check(AddWatchFlags::IN_IGNORED, None));
+        assert!(wants_check(AddWatchFlags::IN_MOVED_TO, Some(ours)));
+        assert!(wants_check(
+            AddWatchFlags::IN_CLOSE_WRITE,
+            Some(OsStr::new("..data"))
+        ));
+        assert!(!wants_check(
+            AddWatchFlags::IN_CREATE,
+            Some(OsStr::new("accounts.toml"))
+        ));
+        assert!(!wants_check(AddWatchFlags::IN_MODIFY, None));
     }
 
     #[test]
@@ -386,36 +393,73 @@ mod tests {
         assert_eq!(Fingerprint::of(dir.path()), empty);
     }
 
-    async fn expect_change(rx: &mut mpsc::UnboundedReceiver<()>, what: &str) {
-        tokio::time::timeout(Duration::from_secs(10), rx.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no change reported for {what}"))
-            .expect("watch alive");
+    /// Drives `watch` as the driver does (polling its fd until its deadline) until it reports a
+    /// change, or panics after a generous deadline.
+    fn expect_change(watch: &mut LicenseWatch, what: &str) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout};
+        let give_up = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = Instant::now();
+            assert!(now < give_up, "no change reported for {what}");
+            if watch.on_time(now) {
+                return;
+            }
+            let wait = watch.deadline().min(give_up).saturating_duration_since(now);
+            let timeout = PollTimeout::try_from(wait.as_millis().max(1) as i32).unwrap();
+            let readable = match watch.fd() {
+                Some(fd) => {
+                    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+                    nix::poll::poll(&mut fds, timeout).unwrap() > 0
+                }
+                None => {
+                    nix::poll::poll(&mut [], timeout).unwrap();
+                    false
+                }
+            };
+            if readable {
+                watch.on_readable(Instant::now());
+            }
+        }
     }
 
-    #[tokio::test]
-    async fn an_atomic_rename_into_the_directory_is_reported() {
+    #[test]
+    fn an_atomic_rename_into_the_directory_is_reported() {
         let dir = TestDir::new();
-        let (tx, mut rx) = mpsc::unbounded_channel();
         // a poll interval far beyond the test proves inotify did it
-        let _watch = LicenseWatch::start(dir.path().to_path_buf(), Duration::from_secs(3600), tx);
+        let mut watch = LicenseWatch::start(
+            dir.path().to_path_buf(),
+            Duration::from_secs(3600),
+            Instant::now(),
+        );
+        assert!(watch.fd().is_some(), "inotify is available here");
         let tmp = dir.path().join(".incoming");
         std::fs::write(&tmp, "license").unwrap();
         std::fs::rename(&tmp, dir.path().join(LICENSE_FILE)).unwrap();
-        expect_change(&mut rx, "an atomic rename").await;
+        expect_change(&mut watch, "an atomic rename");
     }
 
-    #[tokio::test]
-    async fn the_poll_alone_notices_a_change() {
+    #[test]
+    fn the_poll_alone_notices_a_change() {
         let dir = TestDir::new();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let (raw_tx, raw_rx) = mpsc::unbounded_channel();
+        let mut watch = LicenseWatch::start(dir.path().to_path_buf(), 20 * MS, Instant::now());
         // no inotify at all: like NFS
-        drop(raw_tx);
-        let seen = Fingerprint::of(dir.path());
-        let task = tokio::spawn(run(dir.path().to_path_buf(), seen, 20 * MS, raw_rx, tx));
+        watch.inotify = None;
         std::fs::write(dir.path().join(LICENSE_FILE), "x").unwrap();
-        expect_change(&mut rx, "a poll").await;
-        task.abort();
+        expect_change(&mut watch, "a poll");
+    }
+
+    #[test]
+    fn reading_the_files_reports_nothing() {
+        let dir = TestDir::new();
+        std::fs::write(dir.path().join(LICENSE_FILE), "x").unwrap();
+        let mut watch = LicenseWatch::start(
+            dir.path().to_path_buf(),
+            Duration::from_secs(3600),
+            Instant::now(),
+        );
+        let _ = std::fs::read(dir.path().join(LICENSE_FILE)).unwrap();
+        // Whatever inotify queued for the read (nothing: it is not asked for) is taken now.
+        watch.on_readable(Instant::now());
+        assert_eq!(watch.debounce.deadline(), None, "a read started a debounce");
     }
 }

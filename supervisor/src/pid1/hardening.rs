@@ -37,8 +37,8 @@ pub fn set_private_umask() {
 
 /// Asks the kernel to send `sig` to us when our parent dies. `parent` is our parent as seen at
 /// the very start of `main`: when it is already gone (we were re-parented before the request was
-/// made), the signal is sent now, as it would have been. Signals are blocked until the handlers
-/// exist, so it waits for them rather than being lost.
+/// made), the signal is sent now, as it would have been. Signals are blocked from the start of
+/// `main`, so it stays pending until it is taken rather than being lost.
 pub fn set_parent_death_signal(sig: Signal, parent: Pid) -> Result<(), Errno> {
     nix::sys::prctl::set_pdeathsig(sig)?;
     if nix::unistd::getppid() != parent {

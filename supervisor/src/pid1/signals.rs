@@ -7,17 +7,17 @@
 //! | HUP | event → plain: forwarded; managed: new generation |
 //! | USR1 USR2 WINCH CONT ALRM TSTP ABRT URG XCPU XFSZ VTALRM PROF IO PWR STKFLT | event → forwarded to the child's group |
 //! | SIGRTMIN … SIGRTMAX | [`Realtime`] event → forwarded (both modes) |
-//! | TTIN, TTOU | event → ignored: a handler means they never stop us (tcsetpgrp from a background group) |
+//! | TTIN, TTOU | event → ignored: blocked, they never stop us (tcsetpgrp from a background group) |
 //! | CHLD | the reaper: `waitpid(-1, WNOHANG)` until nothing is left, one `Exited` event each |
-//! | PIPE | left ignored (as Rust sets it): a write to a closed log pipe must not kill PID 1, and a handler could not tell that SIGPIPE from a sent one, so it is not forwarded |
+//! | PIPE | left ignored (as Rust sets it): a write to a closed log pipe must not kill PID 1, and a sent SIGPIPE cannot be told from that one, so it is not forwarded |
 //! | ILL FPE SEGV BUS TRAP SYS | default: they are synchronous faults of our own code |
 //! | KILL, STOP | cannot be caught |
 //!
-//! A handler is needed for each of these because the kernel drops signals without a handler that
-//! are sent to the init of a PID namespace. Until the handlers exist they are blocked
-//! ([`super::block_signals`], first thing in `main`), so one sent during start-up stays pending.
-//! Like every signal caught through a handler, several instances of one realtime signal that arrive
-//! before the signal thread runs are delivered once (their queueing is not kept).
+//! Each of these is blocked from the first line of `main` for privitty-init's whole life
+//! ([`super::block_signals`]) and taken with `sigtimedwait` or a `signalfd`: the kernel drops a
+//! signal sent to the init of a PID namespace that neither has a handler nor is blocked, but a
+//! blocked one always stays pending, so nothing is lost, not even during start-up. Realtime signals
+//! keep their queueing: each instance sent is taken, and forwarded, on its own.
 
 use nix::sys::signal::Signal;
 

@@ -23,6 +23,8 @@ pub struct SpawnSpec {
     pub env: Vec<(OsString, OsString)>,
     /// Left out of our environment (secrets the child has no use for).
     pub env_remove: Vec<OsString>,
+    /// The fds that become the child's standard input, output and error (`None`: ours).
+    pub stdio: [Option<RawFd>; 3],
     /// Handed over as fd 3.. with `LISTEN_FDS`, `LISTEN_PID` (the child's own pid) and
     /// `LISTEN_FDNAMES`.
     pub listen_fds: Vec<(RawFd, String)>,
@@ -67,7 +69,8 @@ impl SpawnError {
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Starts `spec` in its own process group with default signal mask and dispositions and no fds
-/// beyond 0-2 and the listen fds. Returns once the program runs; never waits for it.
+/// beyond 0-2 (ours, or `spec.stdio`) and the listen fds. Returns once the program runs; never
+/// waits for it.
 pub fn spawn(spec: &SpawnSpec) -> Result<Pid, SpawnError> {
     let env = environment(spec)?;
     let path_var = env
@@ -82,7 +85,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Pid, SpawnError> {
         argv.push(cstring("an argument", a)?);
     }
     let fds = spec.listen_fds.iter().map(|(fd, _)| *fd).collect();
-    let mut prepared = Prepared::new(c_path, argv, env, fds, spec.foreground_tty);
+    let mut prepared = Prepared::new(c_path, argv, env, spec.stdio, fds, spec.foreground_tty);
     match sys::fork_exec(&mut prepared) {
         Ok(pid) => Ok(pid),
         Err(ForkExecError::Pipe(source) | ForkExecError::Fork(source)) => {

@@ -1,12 +1,13 @@
 //! The crate's only unsafe code: fork and the child's side of exec, and the raw signal calls nix
-//! has no safe form for (realtime signals, which its `Signal` cannot name).
+//! has no safe form for (realtime signals, which its `Signal` cannot name; `sigtimedwait`).
 //!
 //! Owns: the fork, everything the child does before `execve` (new process group, terminal
-//! foreground, the listen-fd hand-over, closing every other fd, `LISTEN_PID`, default signal
-//! dispositions and mask), and the exec-error pipe that tells the parent why an exec failed;
-//! `kill` and signal-set edits by number. Must not: allocate, lock or log in the child — the parent
-//! is multi-threaded, so between fork and exec only async-signal-safe calls on memory prepared
-//! before the fork are allowed.
+//! foreground, its standard fds, the listen-fd hand-over, closing every other fd, `LISTEN_PID`,
+//! default signal dispositions and mask), and the exec-error pipe that tells the parent why an
+//! exec failed; `kill`, `sigtimedwait` and signal-set edits by number. Must not: allocate, lock or
+//! log in the child — only async-signal-safe calls on memory prepared before the fork are allowed
+//! between fork and exec (privitty-init has one thread, but the rule keeps the child correct
+//! whatever the parent becomes).
 #![allow(unsafe_code)]
 
 use std::ffi::{CString, c_char, c_int, c_uint};
@@ -51,6 +52,10 @@ pub(crate) struct Prepared {
     _listen_pid: Option<Box<[u8]>>,
     listen_pid_ptr: *mut u8,
     env_ptrs: Vec<*const c_char>,
+    /// The fds that become the child's 0, 1 and 2 (`-1`: keep ours).
+    stdio: [RawFd; 3],
+    /// Scratch space for the standard fds' temporary copies.
+    temp_stdio: [RawFd; 3],
     listen_fds: Vec<RawFd>,
     /// Scratch space for the listen fds' temporary copies (the child writes into its own copy).
     temp_fds: Vec<RawFd>,
@@ -66,6 +71,7 @@ impl Prepared {
         path: CString,
         argv: Vec<CString>,
         env: Vec<CString>,
+        stdio: [Option<RawFd>; 3],
         listen_fds: Vec<RawFd>,
         foreground_tty: bool,
     ) -> Prepared {
@@ -93,6 +99,8 @@ impl Prepared {
             _listen_pid: listen_pid,
             listen_pid_ptr,
             env_ptrs,
+            stdio: stdio.map(|fd| fd.unwrap_or(-1)),
+            temp_stdio: [-1; 3],
             temp_fds: vec![-1; listen_fds.len()],
             listen_fds,
             foreground_tty,
@@ -105,8 +113,8 @@ impl Prepared {
 pub(crate) fn fork_exec(p: &mut Prepared) -> Result<Pid, ForkExecError> {
     let (read_end, write_end) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(ForkExecError::Pipe)?;
-    // Blocking everything around the fork keeps our signal handlers (which write to the shared
-    // signal pipe) from running in the child before it resets them.
+    // Blocking everything around the fork keeps any signal handler (privitty-init has none of its
+    // own, but a library may) from running in the child before it resets them.
     let mut old = SigSet::empty();
     pthread_sigmask(
         SigmaskHow::SIG_SETMASK,
@@ -165,7 +173,17 @@ fn child(p: &mut Prepared, err_fd: RawFd) -> ! {
 
         let n = p.listen_fds.len() as c_int;
         let first_free = 3 + n;
-        // Copies above the target range first, so no listen fd is clobbered by another's dup2.
+        // Copies above the target range first, so no fd that is to be moved is clobbered by
+        // another's dup2.
+        for i in 0..3 {
+            if p.stdio[i] >= 0 {
+                let t = libc::fcntl(p.stdio[i], libc::F_DUPFD, first_free);
+                if t < 0 {
+                    fail(err_fd, Stage::Fds);
+                }
+                p.temp_stdio[i] = t;
+            }
+        }
         for i in 0..p.listen_fds.len() {
             let t = libc::fcntl(p.listen_fds[i], libc::F_DUPFD, first_free);
             if t < 0 {
@@ -180,8 +198,13 @@ fn child(p: &mut Prepared, err_fd: RawFd) -> ! {
             }
             moved
         };
-        for (i, t) in p.temp_fds.iter().enumerate() {
+        for (i, t) in p.temp_stdio.iter().enumerate() {
             // dup2 leaves the new fd without CLOEXEC, which is what the hand-over needs.
+            if *t >= 0 && libc::dup2(*t, i as c_int) < 0 {
+                fail(err_fd, Stage::Fds);
+            }
+        }
+        for (i, t) in p.temp_fds.iter().enumerate() {
             if libc::dup2(*t, 3 + i as c_int) < 0 {
                 fail(err_fd, Stage::Fds);
             }
@@ -270,6 +293,55 @@ fn close_from_to(first: c_int, last: c_int, max_fd: c_int) {
                 fd += 1;
             }
         }
+    }
+}
+
+/// `sigtimedwait`: takes one pending signal of `set` (which must be blocked), waiting at most
+/// `timeout` (`None`: for as long as it takes). `Ok(None)` when the time ran out.
+pub(crate) fn sigtimedwait(
+    set: &SigSet,
+    timeout: Option<std::time::Duration>,
+) -> Result<Option<c_int>, Errno> {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: t.subsec_nanos().into(),
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `set` is a valid sigset_t, the siginfo pointer may be null, and `ts_ptr` is null or
+    // points at `ts`, which outlives the call.
+    let r = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), ts_ptr) };
+    match r {
+        -1 => match Errno::last() {
+            Errno::EAGAIN => Ok(None),
+            e => Err(e),
+        },
+        signo => Ok(Some(signo)),
+    }
+}
+
+/// Unmaps, from this process only, the pages of `ranges` (clean, read-only mappings of our own
+/// executable): they stay in the page cache, shared with every other process that maps the file,
+/// and fault back in when run again.
+pub(crate) fn release_file_pages(ranges: &[(usize, usize)]) {
+    for &(start, end) in ranges {
+        // SAFETY: each range is a whole mapping of our executable that is not writable and holds
+        // no private (copied-on-write) page, as /proc/self/smaps said: dropping its page-table
+        // entries loses nothing, as every page is re-read from the unchanged file on its next
+        // access (by any thread). On failure the pages just stay mapped.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
+    }
+}
+
+/// Returns the heap's free pages to the kernel (`malloc_trim`): memory that start-up used and
+/// freed (argument parsing, the first license check) would otherwise stay resident.
+pub(crate) fn trim_heap() {
+    // SAFETY: malloc_trim only rearranges the allocator's free memory; it takes its own lock.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
