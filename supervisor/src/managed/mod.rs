@@ -89,10 +89,12 @@ pub fn run(config: &Config, pid1: &mut Pid1) -> i32 {
 
     let now = Instant::now();
     let watch = watch::LicenseWatch::start(dir.path().to_path_buf(), m.poll_interval, now);
+    let license_file = std::fs::symlink_metadata(dir.license_path()).is_ok();
     let boot = Boot {
-        // A license in use, or an activation record (even a deactivated or revoked one, whose
-        // privitty.lic was moved aside): start-up activation must not take a new seat over it.
-        license_present: !licensectl::needs_activation(&dir, &keys),
+        // A license file (valid or not: an invalid one is reported below, not activated over), or
+        // an activation record (even a deactivated or revoked one, whose privitty.lic was moved
+        // aside): start-up activation must not take a new seat over it.
+        license_present: license_file || !licensectl::needs_activation(&dir, &keys),
         device_identity_present: std::fs::symlink_metadata(
             dir.file(licensectl::accounts::DEVICE_UUID_FILE),
         )
@@ -126,7 +128,7 @@ pub fn run(config: &Config, pid1: &mut Pid1) -> i32 {
         last_check: None,
         runtime_dir,
     };
-    if boot.license_present {
+    if license_file {
         // Says now why a license file that is present would not be used (the first generation
         // reuses this check), rather than only at the next change.
         driver.check(false);
