@@ -906,6 +906,27 @@ fn a_deactivation_on_a_running_stack_takes_effect_without_a_restart() {
     stack.wait_generation(2);
     assert_unlicensed(&stack);
     assert!(!stack.exited());
+    let seats = server.activations().len();
+
+    // A restart with the delivery URL still set must not take the seat back: privitty.lic was
+    // moved aside, but the deactivated record says this device gave its seat up on purpose.
+    stack.signal(Signal::SIGTERM);
+    support::eventually(DEADLINE, "privitty-init to exit", || {
+        stack.exited().then_some(())
+    });
+    drop(stack);
+    let again = Stack::start(
+        "init-again",
+        &dirs,
+        StackSpec::default()
+            .trusting(&server)
+            .env("PRIVITTY_LICENSE_URL", &url),
+    );
+    again.wait_log(msg::ACTIVATION_SKIPPED, 1);
+    again.wait_generation(1);
+    assert_unlicensed(&again);
+    assert_eq!(server.activations().len(), seats, "no seat taken back");
+    assert!(again.lines(msg::ACTIVATED).is_empty());
 }
 
 #[test]
