@@ -63,6 +63,18 @@ pub struct Service {
     pub license_events: Arc<LicenseEvents>,
 }
 
+/// Where a call goes (see [`Service::route`]).
+enum Route {
+    /// edged's own method (`privitty_license_status`).
+    Own,
+    /// The Privitty file module.
+    Files(Arc<dyn FileMethods>),
+    /// The engine, with these params confined to the files directory.
+    Engine(Option<&'static [PathArg]>),
+    /// Answered without running: method not found, or denied by the policy.
+    Refused(Class, RpcError),
+}
+
 impl Service {
     /// Runs one call to its outcome; its answer must fit in `budget` (a batch shares one), or in
     /// a budget of its own when `None`.
@@ -94,6 +106,25 @@ impl Service {
         outcome
     }
 
+    /// Where a call to `method` goes once the gate let it through: the one routing decision that
+    /// running a call, classifying it for the metrics and refusing bad params all follow.
+    fn route(&self, method: &str) -> Route {
+        if method == LICENSE_STATUS_METHOD {
+            return Route::Own;
+        }
+        if let Some(files) = self.files.as_ref().filter(|f| f.has(method)) {
+            return Route::Files(files.clone());
+        }
+        if method.starts_with(gate::PRIVITTY_PREFIX) {
+            return Route::Refused(Class::Gated, RpcError::method_not_found(method));
+        }
+        match self.policy.decide(method) {
+            Decision::Unknown => Route::Refused(Class::Unknown, RpcError::method_not_found(method)),
+            Decision::Denied(e) => Route::Refused(Class::Denied, e),
+            Decision::Run(paths) => Route::Engine(paths),
+        }
+    }
+
     /// A call the gate let through.
     async fn run(
         &self,
@@ -101,31 +132,27 @@ impl Service {
         params: Vec<Value>,
         budget: Option<Arc<Budget>>,
     ) -> (Class, Outcome) {
-        if method == LICENSE_STATUS_METHOD {
-            let status = json!(self.license.evaluate(SystemTime::now()));
-            return (Class::Edged, Ok(status));
-        }
-        if let Some(files) = self.files.as_ref().filter(|f| f.has(method)) {
-            let paths = policy::PRIVITTY_PATHS
-                .iter()
-                .find(|(m, _)| *m == method)
-                .map(|(_, p)| *p);
-            let outcome = match self.confine(method, params, paths).await {
-                Ok(params) => self.call_files(files.clone(), method, params).await,
-                Err(e) => Err(e),
-            };
-            return (Class::Gated, outcome);
-        }
-        if method.starts_with(gate::PRIVITTY_PREFIX) {
-            return (Class::Gated, Err(RpcError::method_not_found(method)));
-        }
-        let (class, outcome) = match self.policy.decide(method) {
-            Decision::Unknown => (Class::Unknown, Err(RpcError::method_not_found(method))),
-            Decision::Denied(e) => (Class::Denied, Err(e)),
-            Decision::Run(_) if let Err(e) = self.policy.check_settings(method, &params) => {
+        match self.route(method) {
+            Route::Own => {
+                let status = json!(self.license.evaluate(SystemTime::now()));
+                (Class::Edged, Ok(status))
+            }
+            Route::Refused(class, e) => (class, Err(e)),
+            Route::Files(files) => {
+                let paths = policy::PRIVITTY_PATHS
+                    .iter()
+                    .find(|(m, _)| *m == method)
+                    .map(|(_, p)| *p);
+                let outcome = match self.confine(method, params, paths).await {
+                    Ok(params) => self.call_files(files, method, params).await,
+                    Err(e) => Err(e),
+                };
+                (Class::Gated, outcome)
+            }
+            Route::Engine(_) if let Err(e) = self.policy.check_settings(method, &params) => {
                 (Class::Denied, Err(e))
             }
-            Decision::Run(paths) => match self.confine(method, params, paths).await {
+            Route::Engine(paths) => match self.confine(method, params, paths).await {
                 Ok(params) => {
                     let budget = budget.unwrap_or_else(|| Budget::new(self.max_response));
                     let answer = self
@@ -137,24 +164,19 @@ impl Service {
                 }
                 Err(e) => (Class::Engine, Err(e)),
             },
-        };
-        (class, outcome)
+        }
     }
 
     /// The class of a call to `method`, without running it (for requests refused before they run).
     pub fn class_of(&self, method: &str) -> Class {
-        if gate::access(method) == gate::Access::Licensed
-            || self.files.as_ref().is_some_and(|f| f.has(method))
-        {
+        if gate::access(method) == gate::Access::Licensed {
             return Class::Gated;
         }
-        if method == LICENSE_STATUS_METHOD {
-            return Class::Edged;
-        }
-        match self.policy.decide(method) {
-            Decision::Unknown => Class::Unknown,
-            Decision::Denied(_) => Class::Denied,
-            Decision::Run(_) => Class::Engine,
+        match self.route(method) {
+            Route::Own => Class::Edged,
+            Route::Files(_) => Class::Gated,
+            Route::Engine(_) => Class::Engine,
+            Route::Refused(class, _) => class,
         }
     }
 
@@ -174,16 +196,9 @@ impl Service {
         if let Err(e) = gate::check(method, &*self.license, SystemTime::now()) {
             return Some(e);
         }
-        if method == LICENSE_STATUS_METHOD || self.files.as_ref().is_some_and(|f| f.has(method)) {
-            return None;
-        }
-        if method.starts_with(gate::PRIVITTY_PREFIX) {
-            return Some(RpcError::method_not_found(method));
-        }
-        match self.policy.decide(method) {
-            Decision::Unknown => Some(RpcError::method_not_found(method)),
-            Decision::Denied(e) => Some(e),
-            Decision::Run(_) => None,
+        match self.route(method) {
+            Route::Refused(_, e) => Some(e),
+            Route::Own | Route::Files(_) | Route::Engine(_) => None,
         }
     }
 
