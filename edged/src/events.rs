@@ -22,6 +22,9 @@ use tokio::sync::{broadcast, mpsc, watch};
 #[derive(Clone, Debug)]
 pub struct Hub {
     tx: broadcast::Sender<Arc<str>>,
+    /// Once set, engine events go there first (the peer agent, which keeps the events about
+    /// control instances and publishes the rest with [`Hub::publish_engine_direct`]).
+    tap: Arc<std::sync::OnceLock<mpsc::UnboundedSender<Value>>>,
 }
 
 #[derive(Serialize)]
@@ -37,11 +40,30 @@ impl Hub {
     /// `buffer` = events kept per client.
     pub fn new(buffer: usize) -> Hub {
         let (tx, _) = broadcast::channel(buffer.max(1));
-        Hub { tx }
+        Hub {
+            tx,
+            tap: Arc::default(),
+        }
     }
 
-    /// Publishes an event from the engine's `get_next_event` (ignored when it has no kind).
+    /// Routes every later engine event through `tap` (once; false when a tap is set already).
+    pub fn tap(&self, tap: mpsc::UnboundedSender<Value>) -> bool {
+        self.tap.set(tap).is_ok()
+    }
+
+    /// Publishes an event from the engine's `get_next_event` (ignored when it has no kind), or
+    /// hands it to the tap.
     pub fn publish_engine(&self, event: &Value) {
+        if let Some(tap) = self.tap.get()
+            && tap.send(event.clone()).is_ok()
+        {
+            return;
+        }
+        self.publish_engine_direct(event);
+    }
+
+    /// Publishes an engine event to the `/events` clients, past any tap.
+    pub fn publish_engine_direct(&self, event: &Value) {
         if let Some(text) = reshape(event) {
             let _ = self.tx.send(text.into());
         }

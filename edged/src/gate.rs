@@ -34,13 +34,15 @@ pub const PRIVITTY_METHODS: &[(&str, Access)] = &[
     ("privitty_send_group_file", Access::Licensed),
     ("privitty_revoke_file_access", Access::Licensed),
     ("privitty_get_file_info", Access::Licensed),
-    ("privitty_grant_file_access", Access::Licensed),
+    ("privitty_send_file_access", Access::Licensed),
     ("privitty_deny_file_access", Access::Licensed),
-    ("privitty_request_access_renewal", Access::Licensed),
-    ("privitty_renew_file_access", Access::Licensed),
+    ("privitty_init_access_grant_request", Access::Licensed),
     ("privitty_decrypt_file", Access::Licensed),
-    ("privitty_handshake", Access::Licensed),
-    ("privitty_accept_handshake", Access::Licensed),
+    // Read-only status queries stay open (the peer protocol page, decision 6).
+    ("privitty_is_chat_encrypted", Access::Open),
+    ("privitty_get_peer_capabilities", Access::Open),
+    ("privitty_get_file_display_status", Access::Open),
+    ("privitty_get_file_access_info", Access::Open),
 ];
 
 /// Looks a method up in the table.
@@ -113,13 +115,19 @@ mod tests {
         "get_chat_securejoin_qr_code",
         "create_contact",
         "privitty_license_status",
+        "privitty_is_chat_encrypted",
+        "privitty_get_peer_capabilities",
+        "privitty_get_file_display_status",
+        "privitty_get_file_access_info",
     ];
     const GATED: &[&str] = &[
         "privitty_send_file",
         "privitty_send_group_file",
         "privitty_revoke_file_access",
-        "privitty_grant_file_access",
-        "privitty_handshake",
+        "privitty_send_file_access",
+        "privitty_deny_file_access",
+        "privitty_init_access_grant_request",
+        "privitty_decrypt_file",
         "privitty_made_up_method",
     ];
 

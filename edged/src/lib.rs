@@ -19,6 +19,7 @@ pub mod http;
 pub mod license;
 pub mod license_events;
 pub mod metrics;
+pub mod peer;
 pub mod policy;
 pub mod privitty;
 pub mod rpc;
@@ -213,11 +214,31 @@ pub async fn run(
     let (license_events_stop_tx, license_events_stop) = watch::channel(false);
     let license_events_task =
         tokio::spawn(license_events.clone().run(hub.clone(), license_events_stop));
+    let files = Arc::new(files);
+    // Engine events pass through the peer agent from now on; control-instance events stay there.
+    let (peer_events_tx, peer_events) = tokio::sync::mpsc::unbounded_channel();
+    hub.tap(peer_events_tx);
+    let (peer_stop_tx, peer_stop) = watch::channel(false);
+    let (peer, peer_task) = peer::Peer::start(
+        engine.clone(),
+        files.clone(),
+        license.clone(),
+        hub.clone(),
+        files_dir.clone(),
+        peer_events,
+        peer_stop,
+    )
+    .await
+    .map_err(|source| RunError::KeyStore {
+        path: config.accounts.clone(),
+        source: Box::new(source),
+    })?;
     let service = Arc::new(service::Service {
         engine,
         license: license.clone(),
         hub,
-        files: Some(Arc::new(files)),
+        files: Some(files),
+        peer: Some(peer),
         policy: config.policy.clone(),
         files_dir,
         max_response: config.rpc_max_response,
@@ -253,6 +274,8 @@ pub async fn run(
     };
     http::serve(listener, service, http_config, shutdown).await;
     host::notify_stopping();
+    let _ = peer_stop_tx.send(true);
+    let _ = peer_task.await;
     let _ = license_events_stop_tx.send(true);
     let _ = license_events_task.await;
     let _ = engine_stop_tx.send(true);

@@ -20,6 +20,11 @@ pub const HIGH_WATER_INTERVAL: Duration = Duration::from_secs(15 * 60);
 pub trait License: Send + Sync + std::fmt::Debug + 'static {
     /// Status at `now` (advances the in-memory high-water mark).
     fn evaluate(&self, now: SystemTime) -> Evaluation;
+    /// The time access rules use, Unix seconds: `now`, never earlier than the highest time this
+    /// license has seen (a clock set back does not extend a grant).
+    fn trusted_now(&self, now: SystemTime) -> i64 {
+        unix_seconds(now)
+    }
     /// The license's id (the `sub` claim, never the delivery TOKEN), when there is one.
     fn license_id(&self) -> Option<String> {
         None
@@ -91,6 +96,11 @@ impl License for Loaded {
         self.license.evaluate(now)
     }
 
+    fn trusted_now(&self, now: SystemTime) -> i64 {
+        let _ = self.license.evaluate(now);
+        unix_seconds(now).max(self.license.high_water())
+    }
+
     fn license_id(&self) -> Option<String> {
         self.license.claims().map(|c| c.sub.clone())
     }
@@ -149,6 +159,13 @@ async fn flush(license: &Arc<dyn License>, high_water: bool) {
         Ok(Ok(())) => tracing::debug!(what, "license state written"),
         Ok(Err(e)) => tracing::warn!(what, error = %e, "cannot write license state; will retry"),
         Err(e) => tracing::warn!(what, error = %e, "license write-back task failed"),
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> i64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
     }
 }
 

@@ -19,6 +19,7 @@ use crate::gate;
 use crate::license::License;
 use crate::license_events::LicenseEvents;
 use crate::metrics::{Class, Metrics};
+use crate::peer::Peer;
 use crate::policy::{self, Decision, PathArg, Policy};
 use crate::rpc::{Outcome, RpcError};
 
@@ -39,6 +40,10 @@ pub struct FileOutcome {
 
 /// edged's own method: the license status as the gate sees it now (open, for monitoring).
 pub const LICENSE_STATUS_METHOD: &str = "privitty_license_status";
+
+/// The engine method that copies messages to another chat: refused for a received protected
+/// file whose owner forbids forwarding.
+pub const FORWARD_METHOD: &str = "forward_messages";
 
 /// Engine methods that wait for something to happen (long polls): they may never answer by
 /// themselves, so at a stop they are answered at once instead of holding the stop to its deadline.
@@ -61,6 +66,8 @@ pub struct Service {
     pub metrics: Arc<Metrics>,
     /// The license status last published on `/events`, for each new connection's snapshot.
     pub license_events: Arc<LicenseEvents>,
+    /// The peer protocol, once started (absent in tests that run without an engine account).
+    pub peer: Option<Peer>,
 }
 
 /// Where a call goes (see [`Service::route`]).
@@ -69,6 +76,8 @@ enum Route {
     Own,
     /// The Privitty file module.
     Files(Arc<dyn FileMethods>),
+    /// The peer protocol (its methods include the file methods, which then also grant).
+    Peer(Peer),
     /// The engine, with these params confined to the files directory.
     Engine(Option<&'static [PathArg]>),
     /// Answered without running: method not found, or denied by the policy.
@@ -112,6 +121,9 @@ impl Service {
         if method == LICENSE_STATUS_METHOD {
             return Route::Own;
         }
+        if let Some(peer) = self.peer.as_ref().filter(|_| Peer::has(method)) {
+            return Route::Peer(peer.clone());
+        }
         if let Some(files) = self.files.as_ref().filter(|f| f.has(method)) {
             return Route::Files(files.clone());
         }
@@ -149,7 +161,24 @@ impl Service {
                 };
                 (Class::Gated, outcome)
             }
+            Route::Peer(peer) => {
+                let paths = policy::PRIVITTY_PATHS
+                    .iter()
+                    .find(|(m, _)| *m == method)
+                    .map(|(_, p)| *p);
+                let outcome = match self.confine(method, params, paths).await {
+                    Ok(params) => peer.call_method(method, params).await,
+                    Err(e) => Err(e),
+                };
+                (Self::peer_class(method), outcome)
+            }
             Route::Engine(_) if let Err(e) = self.policy.check_settings(method, &params) => {
+                (Class::Denied, Err(e))
+            }
+            Route::Engine(_)
+                if let Some(peer) = self.peer.as_ref().filter(|_| method == FORWARD_METHOD)
+                    && let Err(e) = peer.check_forward(&params).await =>
+            {
                 (Class::Denied, Err(e))
             }
             Route::Engine(paths) => match self.confine(method, params, paths).await {
@@ -167,6 +196,14 @@ impl Service {
         }
     }
 
+    /// A peer method's class: gated when it needs a license, edged's own when it only reads.
+    fn peer_class(method: &str) -> Class {
+        match gate::access(method) {
+            gate::Access::Licensed => Class::Gated,
+            gate::Access::Open => Class::Edged,
+        }
+    }
+
     /// The class of a call to `method`, without running it (for requests refused before they run).
     pub fn class_of(&self, method: &str) -> Class {
         if gate::access(method) == gate::Access::Licensed {
@@ -175,6 +212,7 @@ impl Service {
         match self.route(method) {
             Route::Own => Class::Edged,
             Route::Files(_) => Class::Gated,
+            Route::Peer(_) => Self::peer_class(method),
             Route::Engine(_) => Class::Engine,
             Route::Refused(class, _) => class,
         }
@@ -198,7 +236,7 @@ impl Service {
         }
         match self.route(method) {
             Route::Refused(_, e) => Some(e),
-            Route::Own | Route::Files(_) | Route::Engine(_) => None,
+            Route::Own | Route::Files(_) | Route::Peer(_) | Route::Engine(_) => None,
         }
     }
 

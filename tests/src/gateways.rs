@@ -138,6 +138,8 @@ pub struct Gateway {
     events: EventStream,
     pub stack: Stack,
     pub dirs: TestDirs,
+    /// How the stack was started (a restart uses it again).
+    spec: StackSpec,
 }
 
 impl Gateway {
@@ -145,14 +147,11 @@ impl Gateway {
     /// generation 1 serves with the license; subscribes to `/events` before returning.
     pub fn start(name: &str, license: &LicenseServer, license_url: &str) -> Gateway {
         let dirs = TestDirs::new();
-        let stack = Stack::start(
-            &format!("init-{name}"),
-            &dirs,
-            StackSpec::default()
-                .trusting(license)
-                .env("PRIVITTY_LICENSE_URL", license_url)
-                .env("PRIVITTY_PROFILE", name),
-        );
+        let spec = StackSpec::default()
+            .trusting(license)
+            .env("PRIVITTY_LICENSE_URL", license_url)
+            .env("PRIVITTY_PROFILE", name);
+        let stack = Stack::start(&format!("init-{name}"), &dirs, spec.clone());
         stack.wait_log(msg::ACTIVATED, 1);
         stack.wait_generation(1);
         let code = stack.gated_call_code();
@@ -169,7 +168,38 @@ impl Gateway {
             events,
             stack,
             dirs,
+            spec,
         }
+    }
+
+    /// Stops the stack as a container stop does (SIGTERM to privitty-init) and waits until it
+    /// exited.
+    pub fn stop(&mut self) {
+        self.stack.signal(nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + DEADLINE;
+        let mut pause = Duration::from_millis(2);
+        while !self.stack.exited() {
+            assert!(
+                Instant::now() < deadline,
+                "{}: the stack did not stop",
+                self.name
+            );
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the stack again on the same data directory (after [`Gateway::stop`]) and reopens
+    /// `/events` (earlier events are kept); returns once it serves with its license.
+    pub fn start_again(&mut self) {
+        let stack = Stack::start(
+            &format!("init-{}-again", self.name),
+            &self.dirs,
+            self.spec.clone(),
+        );
+        stack.wait_generation(1);
+        self.stack = stack;
+        self.reopen_events();
     }
 
     /// Configures the account (`add_or_update_transport` with `account`, a transport config such

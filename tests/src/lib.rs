@@ -11,4 +11,5 @@ pub mod license_server;
 pub mod mail_server;
 pub mod managed_harness;
 pub mod prometheus;
+pub mod stock_engine;
 pub mod support;

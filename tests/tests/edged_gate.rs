@@ -24,6 +24,14 @@ fn open_rows() -> Vec<(&'static str, Value)> {
         ("secure_join", json!([1, "OPENPGP4FPR:not-a-real-invite"])),
         ("send_msg", json!([1, 10, {"text": "hello"}])),
         ("privitty_license_status", json!([])),
+        // The peer protocol's read-only queries.
+        ("privitty_is_chat_encrypted", json!([1, 10])),
+        ("privitty_get_peer_capabilities", json!([1, 10])),
+        ("privitty_get_file_display_status", json!([1, 10])),
+        (
+            "privitty_get_file_access_info",
+            json!([1, "00000000-0000-4000-8000-000000000000"]),
+        ),
     ]
 }
 
@@ -46,7 +54,19 @@ fn gated_rows(file: &str) -> Vec<(&'static str, Value)> {
             "privitty_get_file_info",
             json!([1, "00000000-0000-4000-8000-000000000000"]),
         ),
-        ("privitty_handshake", json!([1, 10])),
+        (
+            "privitty_send_file_access",
+            json!([1, 10, "00000000-0000-4000-8000-000000000000", 10, 60]),
+        ),
+        (
+            "privitty_deny_file_access",
+            json!([1, 10, "00000000-0000-4000-8000-000000000000", 10]),
+        ),
+        (
+            "privitty_init_access_grant_request",
+            json!([1, 10, "00000000-0000-4000-8000-000000000000"]),
+        ),
+        ("privitty_decrypt_file", json!([1, 10])),
         ("privitty_invented_method", json!([])),
     ]
 }

@@ -11,7 +11,7 @@
 
 mod error;
 pub mod format;
-mod params;
+pub(crate) mod params;
 pub mod store;
 
 #[cfg(test)]
@@ -29,10 +29,10 @@ use uuid::Uuid;
 pub use error::PrivittyError;
 pub use format::{FileKey, Header, PrvReader};
 pub use params::MAX_DURATION_MINUTES;
-pub use store::FileRecord;
+pub use store::{FileRecord, Store};
+pub(crate) use store::{read_capped, write_atomic};
 
 use params::Params;
-use store::Store;
 
 /// Extension appended to the encrypted file's path.
 pub const PRV_EXTENSION: &str = "prv";
@@ -446,6 +446,19 @@ impl Privitty {
         })
     }
 
+    /// The key store (the peer protocol seals its identities and received keys with it).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The record and key of a file encrypted here, for sealing it to a recipient; `Revoked`
+    /// once the key was destroyed.
+    pub fn owner_key(&self, file_id: Uuid) -> Result<(FileRecord, FileKey), PrivittyError> {
+        let record = self.store.get(file_id)?;
+        let key = self.store.unwrap(&record)?;
+        Ok((record, key))
+    }
+
     /// The key record of `file_id` (policy and revocation state; never the key).
     pub fn file_record(&self, file_id: Uuid) -> Result<FileRecord, PrivittyError> {
         self.store.get(file_id)
@@ -546,7 +559,7 @@ fn file_info(record: &FileRecord, now: SystemTime) -> Value {
 
 /// Opens `path` for reading only if it is a regular file reached without following a symlink
 /// in its last component (`O_NOFOLLOW`; `O_NONBLOCK` so a FIFO cannot hang the open).
-fn open_regular_file(path: &Path) -> Result<File, PrivittyError> {
+pub(crate) fn open_regular_file(path: &Path) -> Result<File, PrivittyError> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(
@@ -599,7 +612,7 @@ fn open_regular_file(path: &Path) -> Result<File, PrivittyError> {
     Ok(file)
 }
 
-fn unix_seconds(t: SystemTime) -> i64 {
+pub(crate) fn unix_seconds(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_secs() as i64,
         Err(e) => -(e.duration().as_secs() as i64),
@@ -607,7 +620,7 @@ fn unix_seconds(t: SystemTime) -> i64 {
 }
 
 /// RFC 3339 in UTC with seconds, e.g. `2026-11-27T10:31:05Z`.
-fn rfc3339(unix: i64) -> String {
+pub(crate) fn rfc3339(unix: i64) -> String {
     let t = if unix >= 0 {
         UNIX_EPOCH + Duration::from_secs(unix as u64)
     } else {

@@ -70,6 +70,22 @@ impl<'a> Params<'a> {
             .ok_or_else(|| self.bad(index, "a boolean (true or false)"))
     }
 
+    /// Seconds of access; 0 = without end.
+    pub fn seconds(&self, index: usize) -> Result<u64, PrivittyError> {
+        self.values[index]
+            .as_u64()
+            .filter(|n| *n <= MAX_DURATION_MINUTES * 60)
+            .ok_or_else(|| {
+                self.bad(
+                    index,
+                    &format!(
+                        "an integer from 0 (no end) to {}",
+                        MAX_DURATION_MINUTES * 60
+                    ),
+                )
+            })
+    }
+
     /// Minutes until expiry; 0 = never.
     pub fn minutes(&self, index: usize) -> Result<u64, PrivittyError> {
         self.values[index]

@@ -191,6 +191,31 @@ impl Store {
         Ok(FileKey(key))
     }
 
+    /// Encrypts any small secret under the master key, bound to `aad` (hex of nonce ‖ ciphertext).
+    pub fn seal(&self, aad: &[u8], secret: &[u8]) -> String {
+        let mut nonce = [0u8; WRAP_NONCE_LEN];
+        rand_core::OsRng.fill_bytes(&mut nonce);
+        let sealed = self
+            .master
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: secret, aad })
+            .expect("sealing a small secret in memory cannot fail");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        hex::encode(out)
+    }
+
+    /// Opens what [`Store::seal`] made with the same `aad`; `None` when it does not verify.
+    pub fn open_sealed(&self, aad: &[u8], sealed: &str) -> Option<Vec<u8>> {
+        let bytes = hex::decode(sealed).ok()?;
+        if bytes.len() < WRAP_NONCE_LEN + 16 {
+            return None;
+        }
+        let (nonce, ct) = bytes.split_at(WRAP_NONCE_LEN);
+        self.master
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
+            .ok()
+    }
+
     /// Reads the record of `file_id`; `UnknownFile` when there is none.
     pub fn get(&self, file_id: Uuid) -> Result<FileRecord, PrivittyError> {
         let path = self.record_path(file_id);
@@ -261,7 +286,7 @@ pub fn decode_digest(text: &str) -> Option<[u8; 32]> {
 
 /// Temp file (0600) in the same directory, fsync, rename (or rename-no-replace), fsync the
 /// directory: a crash leaves either the old or the new content under `path`, never a torn one.
-fn write_atomic(path: &Path, bytes: &[u8], replace: bool) -> Result<(), PrivittyError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], replace: bool) -> Result<(), PrivittyError> {
     let dir = path.parent().expect("store paths have a parent");
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         PrivittyError::store(path, format!("cannot {what}: {e}"))
@@ -364,4 +389,41 @@ fn read_master_key(path: &Path) -> Result<[u8; MASTER_KEY_LEN], Option<PrivittyE
         )));
     }
     Ok(key)
+}
+
+/// Reads a store file of at most `max` bytes without following a symlink; `Ok(None)` when it
+/// does not exist.
+pub(crate) fn read_capped(path: &Path, max: u64) -> Result<Option<Vec<u8>>, PrivittyError> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(PrivittyError::store(path, format!("cannot open: {e}"))),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| PrivittyError::store(path, format!("cannot stat: {e}")))?;
+    if !meta.is_file() {
+        return Err(PrivittyError::store(
+            path,
+            "is not a regular file; move it away",
+        ));
+    }
+    if meta.len() > max {
+        return Err(PrivittyError::store(
+            path,
+            format!(
+                "is {} bytes, more than the {max} allowed; restore it from a backup",
+                meta.len()
+            ),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| PrivittyError::store(path, format!("cannot read: {e}")))?;
+    Ok(Some(bytes))
 }
