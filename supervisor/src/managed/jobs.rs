@@ -202,11 +202,6 @@ impl Jobs {
         tracing::debug!(job = ?r.job, pid = pid.as_raw(), code = report.code, "license command ended");
         Some((r.job, report))
     }
-
-    /// The pids of the running commands.
-    pub fn pids(&self) -> impl Iterator<Item = Pid> + '_ {
-        self.running.keys().copied()
-    }
 }
 
 impl Running {

@@ -1,14 +1,19 @@
 //! The managed-mode lifecycle as a pure state machine: inputs in (start-up facts, signal, child
 //! exited, spawned, ready, license checked, license command finished, timer), actions out (spawn a
-//! generation or a license command, signal, timers, license check, shutdown).
+//! generation or a license command, signal a process or a group, timers, license check, release
+//! the start-up pages, shutdown).
 //!
 //! Owns every decision about generations and license work: when to start a generation, when to
-//! stop the previous one, what an unexpected exit costs, when a crash loop ends the container;
-//! whether start-up activation runs, when it is retried (honouring the server's `Retry-After`),
-//! when it gives up or is superseded by a license installed meanwhile, and when the periodic sync
-//! runs. Must not perform I/O, read the clock (every input carries `now`) or hold process
-//! handles: the driver in `mod.rs` executes the actions and reports their results back as inputs.
-//! Logging is the only effect it has; its randomness (the sync jitter) comes from a seed.
+//! stop the previous one and what stopping it means (SIGTERM then SIGCONT to edged alone, SIGKILL
+//! to its group after the stop timeout), what an unexpected exit costs, when a crash loop ends the
+//! container, what a stop of the container signals and what it exits with; whether start-up
+//! activation runs, how long it may hold the first generation back (a timer), when it is retried
+//! (honouring the server's `Retry-After`), when it gives up or is superseded by a license
+//! installed meanwhile; when the periodic sync runs and what its outcome leads to; when start-up
+//! is over (the memory it took can go). Must not perform I/O, read the clock (every input carries
+//! `now`) or hold process handles: the driver (`driver.rs`) executes the actions and reports their
+//! results back as inputs. Logging is the only effect it has; its randomness (the sync jitter)
+//! comes from a seed.
 //!
 //! License work runs as child processes (`privitty-edge license activate|sync|device-id`, see
 //! [`Job`]), so PID 1 runs no HTTP or TLS code; their documented exit codes say what happened
@@ -185,21 +190,24 @@ pub enum Action {
     Signal { pid: Pid, signal: Signal },
     /// [`Action::Signal`] for a realtime signal.
     SignalRealtime { pid: Pid, signal: Realtime },
-    /// SIGKILL a generation's process group: leftovers of an exited or overdue generation.
-    KillGroup { pgid: Pid },
+    /// Signal a whole process group: SIGKILL to what is left of an exited or overdue generation,
+    /// SIGTERM to a license command at a stop. One that is already gone is not an error.
+    SignalGroup { pgid: Pid, signal: Signal },
     /// Feed `Input::Timer(timer)` back at `at`.
     SetTimer { at: Instant, timer: Timer },
     /// Read and verify the license on disk; answer with `Input::LicenseChecked { forced, .. }`.
     CheckLicense { forced: bool },
     /// Run the license command `job`; answer with `Input::JobSpawned`, then `Input::JobFinished`.
     SpawnJob { job: Job },
-    /// Stop every generation (SIGTERM to each edged) and every license command (SIGTERM to its
-    /// group), SIGKILL what is left after the stop timeout, and exit with `code`, or, when
+    /// A generation serves again, after start-up or a swap: what starting it took (pages of our
+    /// own executable, freed heap) is not needed until the next start (see
+    /// `pid1::release_startup_pages`).
+    ReleaseStartupPages,
+    /// The last action: the stop signals went out with the actions before it. Wait up to the stop
+    /// timeout for every process to exit, SIGKILL what is left, and exit with `code`, or, when
     /// `None`, with `main`'s exit status (0 when there is no main).
     Shutdown {
         main: Option<Pid>,
-        live: Vec<Pid>,
-        jobs: Vec<Pid>,
         code: Option<i32>,
     },
 }
@@ -592,10 +600,7 @@ impl Machine {
         let g = &mut self.gens[idx];
         g.phase = GenPhase::Stopping;
         if let Some(pid) = g.pid {
-            out.push(Action::Signal {
-                pid,
-                signal: Signal::SIGTERM,
-            });
+            ask_to_stop(pid, out);
             out.push(Action::SetTimer {
                 at: now + self.settings.stop_timeout,
                 timer: Timer::KillDeadline(g.generation),
@@ -673,6 +678,8 @@ impl Machine {
             tracing::info!(generation, "starting the swap asked for during start-up");
             self.swaps += 1;
             self.start_generation(now, out);
+        } else {
+            out.push(Action::ReleaseStartupPages);
         }
     }
 
@@ -682,7 +689,10 @@ impl Machine {
         };
         let g = self.gens.remove(idx);
         // Whatever the generation left behind in its group (its engine) must not outlive it.
-        out.push(Action::KillGroup { pgid: pid });
+        out.push(Action::SignalGroup {
+            pgid: pid,
+            signal: Signal::SIGKILL,
+        });
         if g.phase == GenPhase::Stopping {
             tracing::info!(generation = g.generation, pid = pid.as_raw(), status = ?status, "generation stopped");
             if g.ready_at.is_some() {
@@ -846,7 +856,10 @@ impl Machine {
                     && let Some(pid) = g.pid
                 {
                     tracing::warn!(generation, pid = pid.as_raw(), "stop timeout; killing");
-                    out.push(Action::KillGroup { pgid: pid });
+                    out.push(Action::SignalGroup {
+                        pgid: pid,
+                        signal: Signal::SIGKILL,
+                    });
                 }
             }
             Timer::Restart => {
@@ -886,14 +899,29 @@ impl Machine {
                 .then(|| self.served.map(crate::pid1::exit_code))
                 .flatten()
         });
-        let live = self.gens.iter().filter_map(|g| g.pid).collect();
-        let jobs = self.jobs.values().flatten().copied().collect();
-        out.push(Action::Shutdown {
-            main,
-            live,
-            jobs,
-            code,
-        });
+        // edged first, not its group: its engine must answer while edged drains requests. Every
+        // generation, the stopping ones too: a repeated SIGTERM is harmless, and one stopped by a
+        // forwarded SIGTSTP gets its SIGCONT.
+        for pid in self.gens.iter().filter_map(|g| g.pid) {
+            ask_to_stop(pid, out);
+        }
+        // A license command (waiting for the lock, or for the server) has nothing to finish.
+        for pid in self.jobs.values().flatten() {
+            out.push(Action::SignalGroup {
+                pgid: *pid,
+                signal: Signal::SIGTERM,
+            });
+        }
+        out.push(Action::Shutdown { main, code });
+    }
+}
+
+/// What a stop signal to a generation means: SIGTERM, then SIGCONT. A generation stopped by a
+/// forwarded SIGTSTP acts on SIGTERM only once continued; otherwise it would hold the data-dir
+/// lock (and the next generation would wait) until the kill deadline.
+fn ask_to_stop(pid: Pid, out: &mut Vec<Action>) {
+    for signal in [Signal::SIGTERM, Signal::SIGCONT] {
+        out.push(Action::Signal { pid, signal });
     }
 }
 
@@ -965,6 +993,35 @@ mod tests {
         }
     }
 
+    fn cont(n: i32) -> Action {
+        Action::Signal {
+            pid: pid(n),
+            signal: Signal::SIGCONT,
+        }
+    }
+
+    fn kill_group(n: i32) -> Action {
+        Action::SignalGroup {
+            pgid: pid(n),
+            signal: Signal::SIGKILL,
+        }
+    }
+
+    /// A stop of the whole tree: SIGTERM then SIGCONT to each generation, SIGTERM to each license
+    /// command's group, then the wait for them all and the exit.
+    fn stop(gens: &[i32], jobs: &[i32], main: Option<i32>, code: Option<i32>) -> Vec<Action> {
+        let mut acts: Vec<Action> = gens.iter().flat_map(|&n| [term(n), cont(n)]).collect();
+        acts.extend(jobs.iter().map(|&n| Action::SignalGroup {
+            pgid: pid(n),
+            signal: Signal::SIGTERM,
+        }));
+        acts.push(Action::Shutdown {
+            main: main.map(pid),
+            code,
+        });
+        acts
+    }
+
     /// A machine whose generation 1 (pid 100) is serving with license "a", at `t0`.
     fn serving() -> (Machine, Instant) {
         let t0 = Instant::now();
@@ -985,7 +1042,10 @@ mod tests {
                 timer: Timer::ReadyDeadline(1)
             }]
         );
-        assert!(m.step(t0, Input::Ready { generation: 1 }).is_empty());
+        assert_eq!(
+            m.step(t0, Input::Ready { generation: 1 }),
+            vec![Action::ReleaseStartupPages]
+        );
         (m, t0)
     }
 
@@ -1080,11 +1140,11 @@ mod tests {
             timer: Timer::KillDeadline(1)
         }));
         // the old generation's exit is expected: no restart, its group is cleaned up
+        assert_eq!(m.step(t0, exited(100, 0)), vec![kill_group(100)]);
         assert_eq!(
-            m.step(t0, exited(100, 0)),
-            vec![Action::KillGroup { pgid: pid(100) }]
+            m.step(t0, Input::Ready { generation: 2 }),
+            vec![Action::ReleaseStartupPages]
         );
-        assert!(m.step(t0, Input::Ready { generation: 2 }).is_empty());
         assert_eq!(m.current().unwrap().generation, 2);
         assert_eq!(m.current().unwrap().phase, GenPhase::Ready);
     }
@@ -1204,7 +1264,10 @@ mod tests {
             },
         );
         assert!(acts.contains(&term(200)));
-        assert!(m.step(t0, Input::Ready { generation: 3 }).is_empty());
+        assert_eq!(
+            m.step(t0, Input::Ready { generation: 3 }),
+            vec![Action::ReleaseStartupPages]
+        );
     }
 
     #[test]
@@ -1214,7 +1277,7 @@ mod tests {
         assert_eq!(
             acts,
             vec![
-                Action::KillGroup { pgid: pid(100) },
+                kill_group(100),
                 Action::SetTimer {
                     at: t0 + Duration::from_millis(100),
                     timer: Timer::Restart
@@ -1297,8 +1360,6 @@ mod tests {
                     acts.last(),
                     Some(&Action::Shutdown {
                         main: None,
-                        live: vec![],
-                        jobs: vec![],
                         code: Some(EXIT_CRASH_LOOP)
                     })
                 );
@@ -1399,6 +1460,7 @@ mod tests {
             acts,
             vec![
                 term(100),
+                cont(100),
                 Action::SetTimer {
                     at: t1 + Duration::from_secs(8),
                     timer: Timer::KillDeadline(1)
@@ -1409,7 +1471,7 @@ mod tests {
         // the overdue one ignores SIGTERM: its group is killed at the deadline
         assert_eq!(
             m.step(t1, Input::Timer(Timer::KillDeadline(1))),
-            vec![Action::KillGroup { pgid: pid(100) }]
+            vec![kill_group(100)]
         );
     }
 
@@ -1438,12 +1500,7 @@ mod tests {
                     code: 127
                 }
             ),
-            vec![Action::Shutdown {
-                main: None,
-                live: vec![],
-                jobs: vec![],
-                code: Some(127)
-            }]
+            stop(&[], &[], None, Some(127))
         );
     }
 
@@ -1476,12 +1533,7 @@ mod tests {
         let (mut m, t0) = serving();
         assert_eq!(
             m.step(t0, Input::Signal(Signal::SIGTERM)),
-            vec![Action::Shutdown {
-                main: Some(pid(100)),
-                live: vec![pid(100)],
-                jobs: vec![],
-                code: None
-            }]
+            stop(&[100], &[], Some(100), None)
         );
         // nothing happens after that
         assert!(m.step(t0, exited(100, 0)).is_empty());
@@ -1517,12 +1569,7 @@ mod tests {
         let (mut m, t0) = swapping();
         assert_eq!(
             m.step(t0, Input::Signal(Signal::SIGTERM)),
-            vec![Action::Shutdown {
-                main: Some(pid(100)),
-                live: vec![pid(100), pid(200)],
-                jobs: vec![],
-                code: None
-            }]
+            stop(&[100, 200], &[], Some(100), None)
         );
     }
 
@@ -1532,12 +1579,7 @@ mod tests {
         m.step(t0, exited(100, 0));
         assert_eq!(
             m.step(t0, Input::Signal(Signal::SIGTERM)),
-            vec![Action::Shutdown {
-                main: Some(pid(200)),
-                live: vec![pid(200)],
-                jobs: vec![],
-                code: Some(0)
-            }]
+            stop(&[200], &[], Some(200), Some(0))
         );
         // Once the new generation serves, its own exit is what counts.
         let (mut m, t0) = swapping();
@@ -1545,12 +1587,7 @@ mod tests {
         m.step(t0, Input::Ready { generation: 2 });
         assert_eq!(
             m.step(t0, Input::Signal(Signal::SIGTERM)),
-            vec![Action::Shutdown {
-                main: Some(pid(200)),
-                live: vec![pid(200)],
-                jobs: vec![],
-                code: None
-            }]
+            stop(&[200], &[], Some(200), None)
         );
     }
 
@@ -1923,14 +1960,241 @@ mod tests {
         let (mut m, t0) = activation_started();
         assert_eq!(
             m.step(t0, Input::Signal(Signal::SIGTERM)),
-            vec![Action::Shutdown {
-                main: None,
-                live: vec![],
-                jobs: vec![pid(50)],
-                code: None
-            }]
+            stop(&[], &[50], None, None)
         );
         // Its exit (143) is no longer looked at.
         assert!(m.step(t0, job_done(Job::Activate, 143)).is_empty());
+    }
+
+    #[test]
+    fn a_swap_stops_the_old_generation_with_sigterm_then_sigcont() {
+        // Stopped by a forwarded SIGTSTP, the old generation acts on SIGTERM only once continued;
+        // without the SIGCONT the new one would wait for the data-dir lock until the kill deadline.
+        let (mut m, t0) = serving();
+        assert_eq!(
+            m.step(t0, Input::Signal(Signal::SIGTSTP)),
+            vec![Action::Signal {
+                pid: pid(100),
+                signal: Signal::SIGTSTP
+            }]
+        );
+        m.step(t0, Input::Signal(Signal::SIGHUP));
+        m.step(
+            t0,
+            Input::LicenseChecked {
+                license: lic("a"),
+                forced: true,
+                withdrawn: false,
+                present: true,
+            },
+        );
+        assert_eq!(
+            m.step(
+                t0,
+                Input::Spawned {
+                    generation: 2,
+                    pid: pid(200),
+                    license: lic("a"),
+                }
+            ),
+            vec![
+                Action::SetTimer {
+                    at: t0 + Duration::from_secs(30),
+                    timer: Timer::ReadyDeadline(2)
+                },
+                term(100),
+                cont(100),
+                Action::SetTimer {
+                    at: t0 + Duration::from_secs(8),
+                    timer: Timer::KillDeadline(1)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stop_sends_sigterm_then_sigcont_to_each_generation_and_sigterm_to_each_license_command() {
+        // A serving generation, a stopping one, and the background activation that still runs.
+        let (mut m, t0) = activation_started();
+        let t1 = t0 + Duration::from_secs(30);
+        m.step(t1, Input::Timer(Timer::ActivationDeadline));
+        m.step(
+            t1,
+            Input::Spawned {
+                generation: 1,
+                pid: pid(100),
+                license: None,
+            },
+        );
+        m.step(t1, Input::Ready { generation: 1 });
+        m.step(t1, Input::Signal(Signal::SIGHUP));
+        m.step(
+            t1,
+            Input::LicenseChecked {
+                license: None,
+                forced: true,
+                withdrawn: false,
+                present: false,
+            },
+        );
+        m.step(
+            t1,
+            Input::Spawned {
+                generation: 2,
+                pid: pid(200),
+                license: None,
+            },
+        );
+        assert_eq!(
+            m.step(t1, Input::Signal(Signal::SIGQUIT)),
+            vec![
+                // edged alone, not its group: its engine answers while edged drains.
+                term(100),
+                cont(100),
+                term(200),
+                cont(200),
+                Action::SignalGroup {
+                    pgid: pid(50),
+                    signal: Signal::SIGTERM
+                },
+                // The generation that served speaks for the service.
+                Action::Shutdown {
+                    main: Some(pid(100)),
+                    code: None
+                },
+            ]
+        );
+        assert_eq!(m.phase(), Phase::ShuttingDown);
+    }
+
+    #[test]
+    fn start_up_memory_is_released_each_time_a_generation_serves_again() {
+        // The first generation (`serving` asserts it), then a swap.
+        let (mut m, t0) = swapping();
+        assert_eq!(
+            m.step(t0, Input::Ready { generation: 2 }),
+            vec![Action::ReleaseStartupPages]
+        );
+        // A repeated READY=1 is not a new start.
+        assert!(m.step(t0, Input::Ready { generation: 2 }).is_empty());
+        // A restart after a crash.
+        m.step(t0, exited(200, 1));
+        let t1 = t0 + Duration::from_millis(100);
+        m.step(t1, Input::Timer(Timer::Restart));
+        m.step(
+            t1,
+            Input::Spawned {
+                generation: 3,
+                pid: pid(300),
+                license: lic("a"),
+            },
+        );
+        assert_eq!(
+            m.step(t1, Input::Ready { generation: 3 }),
+            vec![Action::ReleaseStartupPages]
+        );
+        // Not while a swap asked for during start-up is about to start another one.
+        m.step(t1, Input::Signal(Signal::SIGHUP));
+        let forced = Input::LicenseChecked {
+            license: lic("a"),
+            forced: true,
+            withdrawn: false,
+            present: true,
+        };
+        m.step(t1, forced.clone());
+        m.step(
+            t1,
+            Input::Spawned {
+                generation: 4,
+                pid: pid(400),
+                license: lic("a"),
+            },
+        );
+        m.step(t1, forced);
+        assert_eq!(
+            m.step(t1, Input::Ready { generation: 4 }),
+            vec![Action::Spawn { generation: 5 }]
+        );
+    }
+
+    #[test]
+    fn the_activation_deadline_starts_unlicensed_and_a_success_after_it_swaps() {
+        let (mut m, t0) = activation_started();
+        // Due while the command (pid 50) still runs: the first generation starts unlicensed.
+        let t1 = t0 + Duration::from_secs(30);
+        assert_eq!(
+            m.step(t1, Input::Timer(Timer::ActivationDeadline)),
+            vec![Action::Spawn { generation: 1 }]
+        );
+        assert_eq!(m.phase(), Phase::Running);
+        assert_eq!(m.activation(), Activation::Running(1));
+        m.step(
+            t1,
+            Input::Spawned {
+                generation: 1,
+                pid: pid(100),
+                license: None,
+            },
+        );
+        m.step(t1, Input::Ready { generation: 1 });
+        // The command's outcome arrives as an input: the license it installed is checked like a
+        // dropped file, and swapped to.
+        assert_eq!(
+            m.step(t1, job_done(Job::Activate, 0)),
+            vec![Action::CheckLicense { forced: false }]
+        );
+        assert_eq!(m.activation(), Activation::Idle);
+        assert_eq!(
+            m.step(t1, checked(true)),
+            vec![Action::Spawn { generation: 2 }]
+        );
+        // A stale deadline changes nothing.
+        assert!(
+            m.step(t1, Input::Timer(Timer::ActivationDeadline))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_sync_outcome_decides_whether_the_license_is_checked_again() {
+        let hour = Duration::from_secs(3600);
+        let t0 = Instant::now();
+        let mut m = Machine::new(Settings {
+            sync_interval: Some(hour),
+            ..settings()
+        });
+        m.step(t0, boot());
+        // Updated (0) or revoked and moved aside (5): the files changed. Transient (6), internal
+        // (1), killed (137), not activated (7): they did not.
+        for (code, check) in [
+            (0, true),
+            (5, true),
+            (6, false),
+            (1, false),
+            (137, false),
+            (7, false),
+        ] {
+            assert_eq!(
+                m.step(t0, Input::Timer(Timer::Sync)),
+                vec![Action::SpawnJob { job: Job::Sync }],
+                "code {code}"
+            );
+            let acts = m.step(t0, job_done(Job::Sync, code));
+            assert_eq!(
+                acts.contains(&Action::CheckLicense { forced: false }),
+                check,
+                "code {code}: {acts:?}"
+            );
+            assert!(
+                matches!(
+                    acts.last(),
+                    Some(Action::SetTimer {
+                        timer: Timer::Sync,
+                        ..
+                    })
+                ),
+                "code {code}: the next sync is scheduled: {acts:?}"
+            );
+        }
     }
 }
