@@ -5,6 +5,12 @@
 #   tests/scripts/run-local.sh                 # unlicensed: read-only calls work, gated calls -32001
 #   tests/scripts/run-local.sh --demo-license  # also starts the reference license server on loopback,
 #                                              # creates a license and activates it at start-up
+#   tests/scripts/run-local.sh --demo          # the whole story: license server, loopback mail server
+#                                              # (postfix + dovecot, installed when missing: root) and
+#                                              # two licensed, secure-joined gateways, alice on :7200
+#                                              # and bob on :7201; prints `ready` and the next commands
+#                                              # (data in temp dirs; PRIVITTY_DEMO_DIR, default ./demo,
+#                                              # gets env.sh; PRIVITTY_DEMO_PORTS="7200 7201")
 # Environment: PRIVITTY_ACCOUNTS (default ./data), PRIVITTY_LISTEN (default 127.0.0.1:7200),
 # PRIVITTY_LICENSE_URL, and every other PRIVITTY_* variable documented in the README.
 set -euo pipefail
@@ -16,6 +22,9 @@ export PATH="$top/target/debug:$(dirname "$engine"):$PATH"
 export PRIVITTY_ACCOUNTS=${PRIVITTY_ACCOUNTS:-$top/data}
 export PRIVITTY_LISTEN=${PRIVITTY_LISTEN:-127.0.0.1:7200}
 export PRIVITTY_ENGINE=${PRIVITTY_ENGINE:-$engine}
+if [ "${1:-}" = "--demo" ]; then
+  exec privitty-demo
+fi
 mkdir -p "$PRIVITTY_ACCOUNTS"
 
 if [ "${1:-}" = "--demo-license" ]; then

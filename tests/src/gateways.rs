@@ -63,6 +63,11 @@ impl Gateways {
     /// Starts the mail server and `n` gateways (see the module doc). `Err(Skip)` when the mail
     /// server cannot run here: the caller reports it (`skip.report(test)`) and returns.
     pub fn start(n: usize) -> Result<Gateways, Skip> {
+        Gateways::start_with(n, &[])
+    }
+
+    /// [`Gateways::start`] with extra environment for every stack's privitty-init.
+    pub fn start_with(n: usize, env: &[(&str, &str)]) -> Result<Gateways, Skip> {
         assert!(
             (1..=NAMES.len()).contains(&n),
             "1 to {} gateways",
@@ -86,7 +91,7 @@ impl Gateways {
                 .iter()
                 .map(|name| {
                     let (license, url) = (&license, &license_url);
-                    s.spawn(move || Gateway::start(name, license, url))
+                    s.spawn(move || Gateway::start_with(name, license, url, env))
                 })
                 .collect();
             handles
@@ -146,11 +151,25 @@ impl Gateway {
     /// Starts privitty-init managed with start-up activation of `license_url` and waits until
     /// generation 1 serves with the license; subscribes to `/events` before returning.
     pub fn start(name: &str, license: &LicenseServer, license_url: &str) -> Gateway {
+        Gateway::start_with(name, license, license_url, &[])
+    }
+
+    /// [`Gateway::start`] with extra environment for privitty-init (e.g. a fixed
+    /// `PRIVITTY_LISTEN`).
+    pub fn start_with(
+        name: &str,
+        license: &LicenseServer,
+        license_url: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let dirs = TestDirs::new();
-        let spec = StackSpec::default()
+        let mut spec = StackSpec::default()
             .trusting(license)
             .env("PRIVITTY_LICENSE_URL", license_url)
             .env("PRIVITTY_PROFILE", name);
+        for (k, v) in env {
+            spec = spec.env(k, *v);
+        }
         let stack = Stack::start(&format!("init-{name}"), &dirs, spec.clone());
         stack.wait_log(msg::ACTIVATED, 1);
         stack.wait_generation(1);

@@ -339,7 +339,10 @@ impl State {
         if let Body::Hello { .. } = update.message.body {
             return self.receive_hello(ctx, peer, update, fx);
         }
-        let pinned = self.peers.get(&peer.contact_id).ok_or(Drop::UnknownSender)?;
+        let pinned = self
+            .peers
+            .get(&peer.contact_id)
+            .ok_or(Drop::UnknownSender)?;
         let keys = pinned.keys().ok_or(Drop::BadSignature)?;
         let message = update.verify(&keys)?;
         if message.to.as_deref() != Some(me.as_str()) {
