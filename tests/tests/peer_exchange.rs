@@ -282,6 +282,16 @@ fn protected_files_between_real_gateways() {
             .contains("does not allow downloading")
     );
     assert_eq!(status(bob, msg2)["allow_download"], false);
+    // Its owner did not allow forwarding (allow_forward false): the engine's forward is refused.
+    let fwd = bob.response("forward_messages", json!([ACCOUNT, [msg2], b_chat_a]));
+    assert_eq!(fwd["error"]["code"], ACCESS_DENIED, "{fwd}");
+    assert!(
+        fwd["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not allow forwarding"),
+        "{fwd}"
+    );
 
     // --- Revoke: the peer's access ends (< 3 s) and its key is gone from its store.
     let fb = bob.events().cursor();
