@@ -1,7 +1,7 @@
 //! What edged takes from its host: the listening socket (inherited through systemd socket
 //! activation, or bound here), the exclusive lock on the data directory, and the readiness message.
 //!
-//! Owns: `LISTEN_FDS` handling, `<accounts>/.edged.lock`, `NOTIFY_SOCKET` messages. Must not:
+//! Owns: `LISTEN_FDS` handling (the listener and the connection hand-over pair), `<accounts>/.edged.lock`, `NOTIFY_SOCKET` messages. Must not:
 //! change the process environment itself (the socket-activation crate clears `LISTEN_*` so the
 //! engine does not inherit them) or hold the lock anywhere but for edged's whole life.
 
@@ -46,18 +46,64 @@ pub enum HostError {
     Busy { path: PathBuf },
 }
 
-/// The listener from `LISTEN_FDS` (fd 3) when present, else `addr` bound here. Call before any
-/// thread starts: taking the inherited socket clears `LISTEN_FDS`/`LISTEN_PID`.
+/// The descriptors of the connection hand-over pair, when privitty-init passed them
+/// (`LISTEN_FDNAMES` `handover-send` and `handover-recv`, see [`crate::handover`]).
+#[derive(Debug)]
+pub struct HandoverFds {
+    pub send: std::os::fd::OwnedFd,
+    pub recv: std::os::fd::OwnedFd,
+}
+
+static HANDOVER: std::sync::Mutex<Option<HandoverFds>> = std::sync::Mutex::new(None);
+
+/// The hand-over descriptors [`take_listener`] found (taken once: the HTTP server adopts them).
+pub fn take_handover() -> Option<HandoverFds> {
+    HANDOVER.lock().map(|mut h| h.take()).unwrap_or(None)
+}
+
+/// The listener from `LISTEN_FDS` when present (the one named `http` in `LISTEN_FDNAMES`, else fd
+/// 3), else `addr` bound here; also keeps the hand-over pair for [`take_handover`]. Call before any
+/// thread starts: taking the inherited sockets clears `LISTEN_FDS`/`LISTEN_PID`.
 pub fn take_listener(addr: SocketAddr) -> Result<(TcpListener, &'static str), HostError> {
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .map(|n| n.split(':').map(str::to_owned).collect())
+        .unwrap_or_default();
     let mut fds = listenfd::ListenFd::from_env();
     if fds.len() > 0 {
-        if fds.len() > 1 {
+        let index = |name: &str| {
+            names
+                .iter()
+                .position(|n| n == name)
+                .filter(|i| *i < fds.len())
+        };
+        let http = index("http").unwrap_or(0);
+        if let (Some(send), Some(recv)) = (
+            index(crate::handover::SEND_NAME),
+            index(crate::handover::RECV_NAME),
+        ) {
+            let send = fds.take_raw_fd(send).map_err(HostError::Inherited)?;
+            let recv = fds.take_raw_fd(recv).map_err(HostError::Inherited)?;
+            if let (Some(send), Some(recv)) = (send, recv) {
+                // Owned and close-on-exec at once: the engine, spawned next, must not inherit them.
+                let send = crate::handover::adopt(send);
+                let recv = crate::handover::adopt(recv);
+                for fd in [&send, &recv] {
+                    nix::fcntl::fcntl(
+                        fd,
+                        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+                    )
+                    .map_err(|e| HostError::Inherited(e.into()))?;
+                }
+                *HANDOVER.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(HandoverFds { send, recv });
+            }
+        } else if fds.len() > 1 {
             tracing::warn!(
                 count = fds.len(),
                 "several sockets inherited; serving on the first (fd 3)"
             );
         }
-        if let Some(l) = fds.take_tcp_listener(0).map_err(HostError::Inherited)? {
+        if let Some(l) = fds.take_tcp_listener(http).map_err(HostError::Inherited)? {
             l.set_nonblocking(true).map_err(HostError::Inherited)?;
             return Ok((l, "inherited"));
         }

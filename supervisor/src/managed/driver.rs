@@ -62,6 +62,13 @@ pub fn run(config: &Config, pid1: &mut Pid1) -> i32 {
         accounts = %dir.path().display(),
         "managed mode"
     );
+    let handover = match listener::handover() {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create the connection hand-over socket pair");
+            return exit::FAILURE;
+        }
+    };
     let runtime_dir = match readiness::runtime_dir(dir.path()) {
         Ok(d) => d,
         Err(e) => {
@@ -94,6 +101,7 @@ pub fn run(config: &Config, pid1: &mut Pid1) -> i32 {
         dir,
         keys,
         listener,
+        handover,
         machine: Machine::new(Settings {
             ready_timeout: m.ready_timeout,
             stop_timeout: config.stop_timeout,
@@ -126,6 +134,8 @@ struct Driver<'a> {
     dir: AccountsDir,
     keys: TrustedKeys,
     listener: TcpListener,
+    /// Inherited by every generation next to the listener (see `listener::Handover`).
+    handover: listener::Handover,
     machine: Machine,
     watch: watch::LicenseWatch,
     jobs: Jobs,
@@ -266,6 +276,15 @@ impl Driver<'_> {
             Action::SetTimer { at, timer } => self.timers.push((at, timer)),
             Action::CheckLicense { forced } => inputs.push_back(self.check(forced)),
             Action::ReleaseStartupPages => pid1::release_startup_pages(),
+            Action::CloseHandedConnections => {
+                let closed = listener::close_handed(&self.handover);
+                if closed > 0 {
+                    tracing::warn!(
+                        connections = closed,
+                        "closed the connections handed over to a generation that did not start"
+                    );
+                }
+            }
             Action::Shutdown { main, code } => return Some(self.shutdown(pid1, main, code)),
         }
         None
@@ -308,7 +327,17 @@ impl Driver<'_> {
                 crate::config::env::LICENSE_URL.into(),
                 crate::config::env::LICENSE_URL_FILE.into(),
             ],
-            listen_fds: vec![(self.listener.as_raw_fd(), listener::FD_NAME.to_string())],
+            listen_fds: vec![
+                (self.listener.as_raw_fd(), listener::FD_NAME.to_string()),
+                (
+                    self.handover.send.as_raw_fd(),
+                    listener::HANDOVER_SEND.to_string(),
+                ),
+                (
+                    self.handover.recv.as_raw_fd(),
+                    listener::HANDOVER_RECV.to_string(),
+                ),
+            ],
             ..SpawnSpec::default()
         };
         match pid1::spawn(&spec) {

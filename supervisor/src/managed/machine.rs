@@ -199,6 +199,10 @@ pub enum Action {
     CheckLicense { forced: bool },
     /// Run the license command `job`; answer with `Input::JobSpawned`, then `Input::JobFinished`.
     SpawnJob { job: Job },
+    /// Close the connections waiting in the hand-over pair: the generation that was to take them
+    /// over from its predecessor ended before serving, and no generation serves now. Closed,
+    /// they end cleanly for their clients instead of waiting for a restart that may never serve.
+    CloseHandedConnections,
     /// A generation serves again, after start-up or a swap: what starting it took (pages of our
     /// own executable, freed heap) is not needed until the next start (see
     /// `pid1::release_startup_pages`).
@@ -699,6 +703,9 @@ impl Machine {
                 self.served = Some(status);
             }
             return;
+        }
+        if !self.gens.iter().any(|g| g.phase == GenPhase::Ready) {
+            out.push(Action::CloseHandedConnections);
         }
         let up = g
             .ready_at
@@ -1278,6 +1285,8 @@ mod tests {
             acts,
             vec![
                 kill_group(100),
+                // Nothing serves now: connections handed over to nobody are closed.
+                Action::CloseHandedConnections,
                 Action::SetTimer {
                     at: t0 + Duration::from_millis(100),
                     timer: Timer::Restart
@@ -1421,8 +1430,10 @@ mod tests {
                 license: lic("a"),
             },
         );
-        // generation 2 dies before ready while 1 is stopping: another one is scheduled
+        // generation 2 dies before ready while 1 is stopping: another one is scheduled, and what
+        // 1 handed over so far is closed rather than left waiting for it
         let acts = m.step(t0, exited(200, 1));
+        assert!(acts.contains(&Action::CloseHandedConnections), "{acts:?}");
         assert!(
             acts.iter().any(|a| matches!(
                 a,

@@ -17,6 +17,8 @@ pub mod signals;
 mod spawn;
 mod sys;
 
+pub use sys::close_received;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};

@@ -375,3 +375,10 @@ pub(crate) fn close_fd_for_test(fd: RawFd) {
         libc::close(fd);
     }
 }
+
+/// Closes a descriptor this process just received through `SCM_RIGHTS`.
+pub fn close_received(fd: RawFd) {
+    // SAFETY: a descriptor received through SCM_RIGHTS belongs to this process alone; nothing
+    // else holds or closes it.
+    drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+}
