@@ -71,7 +71,7 @@ const AFTER_HELP: &str = "Environment: PRIVITTY_ACCOUNTS (accounts directory), P
 #[command(
     name = "privitty-edge",
     version,
-    about = "Privitty Edge command line: license management, the API token and the container health check",
+    about = "Privitty Edge command line: license management, the API token, the viewer fingerprint and the container health check",
     after_help = AFTER_HELP
 )]
 struct Cli {
@@ -138,6 +138,11 @@ enum Command {
         #[arg(long)]
         rotate: bool,
     },
+    /// Print the device fingerprint a local viewer sends to `POST /auth`
+    /// (`{"device_fingerprint":"<this>"}`): SHA-256 over the primary MAC address and the machine
+    /// id (or, without a machine id, the device identity), stored at first boot in
+    /// <accounts>/device.fingerprint and never recomputed.
+    DeviceFingerprint,
     /// Check the local daemon: exit 0 when GET /health answers 200 with status ok, else 1.
     Health {
         /// Base URL of privitty-edged [default: from PRIVITTY_LISTEN (an unspecified address such
@@ -252,6 +257,7 @@ fn run(cli: Cli) -> u8 {
         }
         Command::License { command } => runtime.block_on(license(&dir, command)),
         Command::ApiToken { rotate } => return api_token(dir.path(), rotate),
+        Command::DeviceFingerprint => device_fingerprint(&dir),
     };
     match result {
         Ok(code) => code,
@@ -341,6 +347,13 @@ fn api_token(accounts: &std::path::Path, rotate: bool) -> u8 {
             }
         }
     }
+}
+
+/// `device-fingerprint`: prints the fingerprint alone on one line (for `$(…)` in scripts).
+fn device_fingerprint(dir: &AccountsDir) -> Result<u8, Failure> {
+    let stored = crate::fingerprint::ensure(dir, &crate::fingerprint::HostSources::system())?;
+    println!("{}", stored.fingerprint);
+    Ok(exit::OK)
 }
 
 fn keys() -> Result<TrustedKeys, Error> {

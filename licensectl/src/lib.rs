@@ -12,6 +12,7 @@ pub mod api_token;
 pub mod cli;
 pub mod client;
 pub mod error;
+pub mod fingerprint;
 pub mod jwt;
 pub mod keys;
 pub mod logging;
