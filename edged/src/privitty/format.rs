@@ -5,10 +5,10 @@
 //! decides access (revocation, expiry) and never buffers more than one chunk. `PRV-FORMAT.md`
 //! documents every byte written here; change both together.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use chacha20poly1305::aead::stream::{DecryptorBE32, EncryptorBE32};
+use chacha20poly1305::aead::stream::{EncryptorBE32, NewStream, StreamBE32, StreamPrimitive};
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -300,19 +300,26 @@ pub fn encrypt(
 /// buffer of `chunk_size + 16` bytes allocated up front (memory stays constant whatever the
 /// file size). A chunk is only released after its tag verified; truncation, trailing data and
 /// reordering are reported as errors, at the latest on the last chunk, so a consumer must treat
-/// an error after some plaintext as a failed transfer.
+/// an error after some plaintext as a failed transfer. Over a seekable source it can start at any
+/// chunk ([`PrvReader::seek_to_chunk`]): each chunk's nonce carries its own index and last flag.
 pub struct PrvReader<R> {
     src: R,
     path: PathBuf,
     header: Header,
+    /// Length of the header: where chunk 0 starts.
+    header_len: u64,
     aad: [u8; 32],
-    stream: Option<DecryptorBE32<XChaCha20Poly1305>>,
+    /// STREAM with the position given per chunk: the reader keeps the counter itself
+    /// (`next_chunk`), so it can start anywhere.
+    stream: StreamBE32<XChaCha20Poly1305>,
     buf: Vec<u8>,
     /// Bytes of `buf` already handed out through `Read`.
     pos: usize,
     next_chunk: u64,
-    /// Set once the last chunk verified; a reader that failed never reports a clean end.
+    /// Set once the last chunk verified: nothing can follow it.
     finished: bool,
+    /// Set once a chunk failed: a reader that failed never reports a clean end.
+    failed: bool,
 }
 
 impl<R> std::fmt::Debug for PrvReader<R> {
@@ -335,18 +342,20 @@ impl<R: Read> PrvReader<R> {
         key: &FileKey,
     ) -> PrvReader<R> {
         let cipher = XChaCha20Poly1305::new((&key.0).into());
-        let stream = DecryptorBE32::from_aead(cipher, (&header.nonce_prefix).into());
+        let stream = StreamBE32::from_aead(cipher, (&header.nonce_prefix).into());
         let capacity = header.chunk_size as usize + TAG_LEN;
         PrvReader {
             src,
             path: path.to_path_buf(),
+            header_len: header_bytes.len() as u64,
             aad: header_digest(header_bytes),
             header,
-            stream: Some(stream),
+            stream,
             buf: Vec::with_capacity(capacity),
             pos: 0,
             next_chunk: 0,
             finished: false,
+            failed: false,
         }
     }
 
@@ -359,49 +368,70 @@ impl<R: Read> PrvReader<R> {
         self.buf.capacity()
     }
 
+    fn fail(&mut self, error: PrivittyError) -> PrivittyError {
+        self.failed = true;
+        error
+    }
+
     /// The next verified plaintext chunk, or `None` after the last one (which also proved there
     /// is nothing after it).
     pub fn next_chunk(&mut self) -> Result<Option<&[u8]>, PrivittyError> {
         let index = self.next_chunk;
-        let Some(mut stream) = self.stream.take() else {
-            if self.finished {
-                return Ok(None);
-            }
+        if self.failed {
             // An earlier chunk failed: keep failing rather than look like a clean end.
             return Err(PrivittyError::Tampered {
                 path: self.path.clone(),
                 chunk: index,
             });
+        }
+        if self.finished {
+            return Ok(None);
+        }
+        // STREAM's counter is 32 bits: a header claiming more chunks cannot be a real file.
+        let Ok(position) = u32::try_from(index) else {
+            let e = PrivittyError::Tampered {
+                path: self.path.clone(),
+                chunk: index,
+            };
+            return Err(self.fail(e));
         };
         let last = index + 1 == self.header.chunk_count();
         let sealed_len = self.header.plain_len(index) + TAG_LEN;
         self.buf.resize(sealed_len, 0);
-        if read_full(&mut self.src, &mut self.buf, &self.path)? != sealed_len {
-            return Err(PrivittyError::Truncated {
-                path: self.path.clone(),
-                chunk: index,
-            });
+        let read = read_full(&mut self.src, &mut self.buf, &self.path);
+        match read {
+            Ok(n) if n == sealed_len => {}
+            Ok(_) => {
+                let e = PrivittyError::Truncated {
+                    path: self.path.clone(),
+                    chunk: index,
+                };
+                return Err(self.fail(e));
+            }
+            Err(e) => return Err(self.fail(e)),
         }
-        let opened = if last {
-            stream.decrypt_last_in_place(&self.aad, &mut self.buf)
-        } else {
-            let opened = stream.decrypt_next_in_place(&self.aad, &mut self.buf);
-            self.stream = Some(stream);
-            opened
-        };
-        if opened.is_err() {
-            self.stream = None;
-            return Err(PrivittyError::Tampered {
+        if self
+            .stream
+            .decrypt_in_place(position, last, &self.aad, &mut self.buf)
+            .is_err()
+        {
+            let e = PrivittyError::Tampered {
                 path: self.path.clone(),
                 chunk: index,
-            });
+            };
+            return Err(self.fail(e));
         }
         if last {
             let mut probe = [0u8; 1];
-            if read_full(&mut self.src, &mut probe, &self.path)? != 0 {
-                return Err(PrivittyError::TrailingData {
-                    path: self.path.clone(),
-                });
+            match read_full(&mut self.src, &mut probe, &self.path) {
+                Ok(0) => {}
+                Ok(_) => {
+                    let e = PrivittyError::TrailingData {
+                        path: self.path.clone(),
+                    };
+                    return Err(self.fail(e));
+                }
+                Err(e) => return Err(self.fail(e)),
             }
         }
         self.finished = last;
@@ -424,6 +454,42 @@ impl<R: Read> PrvReader<R> {
         out.flush()
             .map_err(|e| PrivittyError::Io { path, source: e })?;
         Ok(total)
+    }
+}
+
+impl<R: Read + Seek> PrvReader<R> {
+    /// Makes chunk `index` (0-based) the next one [`PrvReader::next_chunk`] returns, to read from
+    /// an offset (HTTP `Range`): plaintext offset `o` is in chunk `o / chunk_size`. Chunks are
+    /// still verified one by one, so no unverified byte is released, and reading on to the last
+    /// chunk still proves there is nothing after it. An index past the last chunk is refused
+    /// (`Truncated`); a reader that failed keeps failing.
+    pub fn seek_to_chunk(&mut self, index: u64) -> Result<(), PrivittyError> {
+        if self.failed {
+            return Err(PrivittyError::Tampered {
+                path: self.path.clone(),
+                chunk: self.next_chunk,
+            });
+        }
+        let past_end = || PrivittyError::Truncated {
+            path: self.path.clone(),
+            chunk: index,
+        };
+        if index >= self.header.chunk_count() {
+            return Err(past_end());
+        }
+        let sealed = u64::from(self.header.chunk_size) + TAG_LEN as u64;
+        let offset = index
+            .checked_mul(sealed)
+            .and_then(|o| o.checked_add(self.header_len))
+            .ok_or_else(past_end)?;
+        self.src
+            .seek(SeekFrom::Start(offset))
+            .map_err(|e| PrivittyError::from_io(&self.path, e))?;
+        self.finished = false;
+        self.next_chunk = index;
+        self.buf.clear();
+        self.pos = 0;
+        Ok(())
     }
 }
 
@@ -452,5 +518,142 @@ impl<R: Read> Read for PrvReader<R> {
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod seek_tests {
+    use std::io::Cursor;
+
+    use super::*;
+
+    const C: u32 = MIN_CHUNK_SIZE;
+
+    /// A `.prv` of `size` bytes in memory with small chunks, its plaintext and its key.
+    fn sealed(size: u64) -> (Vec<u8>, Vec<u8>, FileKey) {
+        let plain: Vec<u8> = (0..size).map(|i| (i * 7 + i / 251) as u8).collect();
+        let header = Header {
+            file_id: Uuid::new_v4(),
+            account_id: 1,
+            chat_id: 10,
+            peer_contact_id: Some(11),
+            allow_download: false,
+            allow_forward: false,
+            created_at: 0,
+            expires_at: None,
+            original_name: "seek.bin".to_owned(),
+            original_size: size,
+            chunk_size: C,
+            nonce_prefix: [3; NONCE_PREFIX_LEN],
+        };
+        let key = FileKey::random();
+        let mut out = Vec::new();
+        encrypt(
+            &header,
+            &key,
+            &mut &plain[..],
+            Path::new("/src"),
+            &mut out,
+            Path::new("/dst"),
+        )
+        .unwrap();
+        (out, plain, key)
+    }
+
+    fn reader(bytes: &[u8], key: &FileKey) -> PrvReader<Cursor<Vec<u8>>> {
+        let mut src = Cursor::new(bytes.to_vec());
+        let (header, header_bytes) = Header::read_from(&mut src, Path::new("/t.prv")).unwrap();
+        PrvReader::new(src, Path::new("/t.prv"), header, &header_bytes, key)
+    }
+
+    /// Everything from chunk `index` on, through `next_chunk`.
+    fn rest(r: &mut PrvReader<Cursor<Vec<u8>>>) -> Result<Vec<u8>, PrivittyError> {
+        let mut out = Vec::new();
+        while let Some(c) = r.next_chunk()? {
+            out.extend_from_slice(c);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn every_chunk_is_a_starting_point_and_chunks_still_verify() {
+        let size = 4 * u64::from(C) + 5;
+        let (bytes, plain, key) = sealed(size);
+        for index in 0..5u64 {
+            let mut r = reader(&bytes, &key);
+            r.seek_to_chunk(index).unwrap();
+            let from = (index * u64::from(C)) as usize;
+            assert_eq!(rest(&mut r).unwrap(), plain[from..], "from chunk {index}");
+            assert_eq!(r.buffer_capacity(), C as usize + TAG_LEN);
+        }
+        // Back and forth on one reader, also after the end, and through `Read`.
+        let mut r = reader(&bytes, &key);
+        r.seek_to_chunk(4).unwrap();
+        assert_eq!(rest(&mut r).unwrap(), plain[4 * C as usize..]);
+        r.seek_to_chunk(1).unwrap();
+        let mut two = vec![0; C as usize + 10];
+        r.read_exact(&mut two).unwrap();
+        assert_eq!(two, plain[C as usize..2 * C as usize + 10]);
+        // Past the last chunk: refused, and the reader is still usable.
+        assert!(matches!(
+            r.seek_to_chunk(5),
+            Err(PrivittyError::Truncated { chunk: 5, .. })
+        ));
+        r.seek_to_chunk(0).unwrap();
+        assert_eq!(rest(&mut r).unwrap(), plain);
+    }
+
+    #[test]
+    fn a_seek_cannot_pass_off_a_chunk_as_another_or_hide_damage() {
+        let size = 3 * u64::from(C);
+        let (bytes, plain, key) = sealed(size);
+        let header_len = bytes.len() - (size as usize + 3 * TAG_LEN);
+        let sealed_len = C as usize + TAG_LEN;
+        // Chunk 1 swapped with chunk 0: starting at chunk 1 finds chunk 0's bytes, which fail.
+        let mut swapped = bytes.clone();
+        let (c0, c1) = (header_len, header_len + sealed_len);
+        let first: Vec<u8> = swapped[c0..c1].to_vec();
+        let second: Vec<u8> = swapped[c1..c1 + sealed_len].to_vec();
+        swapped[c0..c1].copy_from_slice(&second);
+        swapped[c1..c1 + sealed_len].copy_from_slice(&first);
+        let mut r = reader(&swapped, &key);
+        r.seek_to_chunk(1).unwrap();
+        assert!(matches!(
+            r.next_chunk(),
+            Err(PrivittyError::Tampered { chunk: 1, .. })
+        ));
+        // A reader that failed keeps failing, also when asked to seek.
+        assert!(r.seek_to_chunk(2).is_err());
+        assert!(r.next_chunk().is_err());
+        // The last chunk starting point still checks for trailing bytes.
+        let mut longer = bytes.clone();
+        longer.push(0);
+        let mut r = reader(&longer, &key);
+        r.seek_to_chunk(2).unwrap();
+        assert!(matches!(
+            r.next_chunk(),
+            Err(PrivittyError::TrailingData { .. })
+        ));
+        // A file cut inside chunk 2, read from chunk 2.
+        let mut r = reader(&bytes[..bytes.len() - 1], &key);
+        r.seek_to_chunk(2).unwrap();
+        assert!(matches!(
+            r.next_chunk(),
+            Err(PrivittyError::Truncated { chunk: 2, .. })
+        ));
+        // Untouched: chunk 2 alone is the plaintext's last third.
+        let mut r = reader(&bytes, &key);
+        r.seek_to_chunk(2).unwrap();
+        assert_eq!(rest(&mut r).unwrap(), plain[2 * C as usize..]);
+    }
+
+    #[test]
+    fn an_empty_file_has_one_starting_point() {
+        let (bytes, _, key) = sealed(0);
+        let mut r = reader(&bytes, &key);
+        r.seek_to_chunk(0).unwrap();
+        assert_eq!(r.next_chunk().unwrap(), Some(&[][..]));
+        assert_eq!(r.next_chunk().unwrap(), None);
+        assert!(r.seek_to_chunk(1).is_err());
     }
 }
