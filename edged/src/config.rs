@@ -35,6 +35,7 @@ pub mod env {
     pub const SSE_MAX_CLIENTS: &str = "PRIVITTY_SSE_MAX_CLIENTS";
     pub const METRICS_AUTH: &str = "PRIVITTY_METRICS_AUTH";
     pub const LICENSE_WARN_BEFORE: &str = "PRIVITTY_LICENSE_WARN_BEFORE";
+    pub const VIEWER_MAX_STREAMS: &str = "PRIVITTY_VIEWER_MAX_STREAMS";
     /// Set by privitty-init for each generation it spawns (absent: edged runs on its own): the
     /// generation's number, and the swaps and crashes privitty-init has seen so far.
     pub const GENERATION: &str = "PRIVITTY_GENERATION";
@@ -66,6 +67,8 @@ pub const MIN_RPC_MAX_RESPONSE: usize = 4096;
 pub const MAX_RPC_MAX_RESPONSE: usize = 1024 * 1024 * 1024;
 /// `/events` clients at once (kept below the connection cap so `/health` always has a slot).
 pub const DEFAULT_SSE_MAX_CLIENTS: usize = 64;
+/// `GET /stream/:msg_id` responses at once (each holds one blocking thread and one chunk buffer).
+pub const DEFAULT_VIEWER_MAX_STREAMS: usize = 4;
 /// The files directory under the data directory, unless `PRIVITTY_FILES_DIR` names another.
 pub const FILES_SUBDIR: &str = "files";
 /// `PrivittyLicenseExpiring` starts this long before the license's next deadline.
@@ -153,6 +156,10 @@ pub struct Args {
     /// deadline (`expires_at`, then `grace_ends_at`), once a day; `0` turns them off.
     #[arg(long, env = env::LICENSE_WARN_BEFORE, default_value = "14d", value_name = "DURATION")]
     pub license_warn_before: String,
+    /// Viewer streams (`GET /stream/:msg_id`) at once; more get 503 [default: 4, at most half of
+    /// --max-connections].
+    #[arg(long, env = env::VIEWER_MAX_STREAMS)]
+    pub viewer_max_streams: Option<usize>,
     /// The generation number privitty-init gave this process (set by privitty-init).
     #[arg(long, env = env::GENERATION, hide = true)]
     pub generation: Option<String>,
@@ -184,6 +191,7 @@ pub struct Config {
     pub rpc_max_batch: usize,
     pub rpc_max_response: usize,
     pub sse_max_clients: usize,
+    pub viewer_max_streams: usize,
     pub max_connections: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
@@ -227,6 +235,7 @@ impl Config {
             rpc_max_batch: DEFAULT_RPC_MAX_BATCH,
             rpc_max_response: DEFAULT_RPC_MAX_RESPONSE,
             sse_max_clients: DEFAULT_SSE_MAX_CLIENTS,
+            viewer_max_streams: DEFAULT_VIEWER_MAX_STREAMS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
@@ -401,6 +410,21 @@ impl Config {
                 args.max_connections
             ));
         }
+        let viewer_max_streams = args.viewer_max_streams.unwrap_or(
+            DEFAULT_VIEWER_MAX_STREAMS
+                .min(args.max_connections / 2)
+                .max(1),
+        );
+        if args
+            .viewer_max_streams
+            .is_some_and(|n| n == 0 || (args.max_connections > 1 && n >= args.max_connections))
+        {
+            problems.push(format!(
+                "--viewer-max-streams / {}: must be at least 1 and below --max-connections ({}), so /health and /rpc always have a slot",
+                env::VIEWER_MAX_STREAMS,
+                args.max_connections
+            ));
+        }
         let files_dir = args
             .files_dir
             .clone()
@@ -492,6 +516,7 @@ impl Config {
                 rpc_max_batch: args.rpc_max_batch,
                 rpc_max_response,
                 sse_max_clients,
+                viewer_max_streams,
                 max_connections: args.max_connections,
                 header_timeout,
                 body_timeout,

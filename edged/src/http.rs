@@ -1,17 +1,20 @@
-//! The HTTP/1.1 server: routes (`POST /rpc`, `GET /events`, `GET /health`, `GET /metrics`),
-//! limits, CORS, and the graceful stop of connections.
+//! The HTTP/1.1 server: routes (`POST /rpc`, `GET /events`, `GET /health`, `GET /metrics`, and the
+//! viewer's `POST /auth` and `GET /stream/:msg_id`), limits, CORS, and the graceful stop of
+//! connections.
 //!
 //! Owns: the accept loop with its connection cap (excess connections wait in the kernel backlog:
 //! they are never refused), header/idle and body timeouts, the 1 MiB body cap, the batch and SSE
 //! client caps, the order of the checks on a request (`/health`; then the Host; then `/metrics`,
-//! which asks for the token only with `PRIVITTY_METRICS_AUTH=token`; then the token; then the
-//! route), the HTTP status of each JSON-RPC answer (200, or 204 when there is nothing to return).
+//! which asks for the token only with `PRIVITTY_METRICS_AUTH=token`; then `/stream/…`, which
+//! carries the viewer's token instead of the API token; then the API token; then the route), the
+//! HTTP status of each JSON-RPC answer (200, or 204 when there is nothing to return).
 //! Must not: know what a method does (that is [`crate::service`]), how a token is checked
-//! ([`crate::auth`]), or what the metrics are ([`crate::metrics`]).
+//! ([`crate::auth`]), what the metrics are ([`crate::metrics`]), or what the viewer does
+//! ([`crate::viewer`]).
 //!
 //! Trust boundary: every byte from a connection is hostile until [`crate::auth`] passed it; only
-//! `/health` and, unless `PRIVITTY_METRICS_AUTH=token`, `/metrics` (which tell nothing secret)
-//! answer before that.
+//! `/health`, unless `PRIVITTY_METRICS_AUTH=token` `/metrics` (which tell nothing secret), and
+//! `/stream/…` (which [`crate::viewer`] checks against the viewer session) answer before that.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -35,8 +38,12 @@ use crate::config::MAX_BODY_BYTES;
 use crate::engine::Budget;
 use crate::rpc::{self, Body, Item, RpcError};
 use crate::service::Service;
+use crate::viewer::{STREAM_PREFIX, Viewer, ViewerBody};
 
-pub type ResponseBody = BoxBody<Bytes, Infallible>;
+/// Why a response body ended before it was complete (the connection is then cut, so the client
+/// never takes a partial body for a whole one).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub type ResponseBody = BoxBody<Bytes, BodyError>;
 
 /// The limits and switches of the HTTP side.
 #[derive(Clone, Debug)]
@@ -54,6 +61,8 @@ pub struct HttpConfig {
     pub body_timeout: Duration,
     pub sse_ping_interval: Duration,
     pub stop_timeout: Duration,
+    /// The viewer session and its streams.
+    pub viewer: Arc<Viewer>,
 }
 
 /// Shared by every connection.
@@ -244,6 +253,12 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Response
             None if req.method() == Method::GET => metrics(&shared).await,
             None => not_allowed("GET"),
         }
+    } else if path.starts_with(STREAM_PREFIX) {
+        // The viewer's own token, not the API token: the viewer checks it.
+        match *req.method() {
+            Method::GET => viewer(config.viewer.stream(&req, &shared.service).await),
+            _ => not_allowed("GET"),
+        }
     } else if let Some(refused) = check_token(&req, config) {
         refused
     } else {
@@ -252,12 +267,19 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Response
                 from_a_web_page(config.cors.enabled())
             }
             (&Method::POST, "/rpc") => rpc_request(req, &shared).await,
+            (&Method::POST, "/auth") if origin.is_some() && allowed_origin.is_none() => {
+                json_status(
+                    StatusCode::FORBIDDEN,
+                    &json!({"error": "requests from web pages (with an Origin header) are refused unless the page's origin is in --cors / PRIVITTY_CORS"}),
+                )
+            }
+            (&Method::POST, "/auth") => viewer(config.viewer.auth(req).await),
             (&Method::GET, "/events") => events(&shared),
-            (_, "/rpc") => not_allowed("POST"),
+            (_, "/rpc" | "/auth") => not_allowed("POST"),
             (_, "/health" | "/events") => not_allowed("GET"),
             (_, path) => json_status(
                 StatusCode::NOT_FOUND,
-                &json!({"error": format!("no such endpoint: {path}; use POST /rpc, GET /events, GET /health or GET /metrics")}),
+                &json!({"error": format!("no such endpoint: {path}; use POST /rpc, GET /events, GET /health, GET /metrics, POST /auth or GET /stream/<msg_id>")}),
             ),
         }
     };
@@ -305,7 +327,14 @@ fn misdirected() -> Response<ResponseBody> {
 }
 
 fn full(bytes: impl Into<Bytes>) -> ResponseBody {
-    Full::new(bytes.into()).boxed()
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+/// A viewer response as the server sends it (a stream's error cuts the connection).
+fn viewer(resp: Response<ViewerBody>) -> Response<ResponseBody> {
+    resp.map(|body| body.map_err(BodyError::from).boxed())
 }
 
 fn json_text(status: StatusCode, text: String) -> Response<ResponseBody> {
@@ -343,7 +372,7 @@ fn preflight() -> Response<ResponseBody> {
         .header(header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS")
         .header(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
-            "content-type, authorization",
+            "content-type, authorization, range",
         )
         .header(header::ACCESS_CONTROL_MAX_AGE, "600")
         .body(full(Bytes::new()))
@@ -419,7 +448,9 @@ fn events(shared: &Shared) -> Response<ResponseBody> {
         shared.config.sse_ping_interval,
         shared.stop.clone(),
         slot,
-    );
+    )
+    .map_err(|never: Infallible| match never {})
+    .boxed();
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")

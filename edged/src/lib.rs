@@ -29,6 +29,7 @@ pub mod service;
 pub mod signals;
 #[cfg(test)]
 mod test_util;
+pub mod viewer;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -137,7 +138,7 @@ pub async fn run(
     if auth_mode == auth::AuthMode::Required && config.cors == auth::Cors::Any {
         return Err(RunError::CorsAnyWithAuth(served));
     }
-    let (auth, files_dir) = {
+    let (auth, files_dir, fingerprint) = {
         let cfg = config.clone();
         tokio::task::spawn_blocking(move || {
             let env_token = std::env::var(licensectl::api_token::ENV_TOKEN).ok();
@@ -153,7 +154,17 @@ pub async fn run(
                     path: cfg.files_dir.clone(),
                     source,
                 })?;
-            Ok::<_, RunError>((Arc::new(auth), files))
+            // Stored at first boot; a damaged one leaves the viewer unavailable, nothing else.
+            let fingerprint = licensectl::fingerprint::ensure(
+                &licensectl::AccountsDir::new(&cfg.accounts),
+                &licensectl::fingerprint::HostSources::system(),
+            )
+            .map(|stored| stored.fingerprint)
+            .map_err(|e| {
+                tracing::error!(error = %e, "the viewer (POST /auth) is unavailable");
+                format!("the viewer is unavailable: {e}")
+            });
+            Ok::<_, RunError>((Arc::new(auth), files, fingerprint))
         })
         .await
         .map_err(|e| RunError::Panicked(e.to_string()))??
@@ -273,6 +284,13 @@ pub async fn run(
         body_timeout: config.body_timeout,
         sse_ping_interval: config.sse_ping_interval,
         stop_timeout: config.stop_timeout * 3 / 5,
+        viewer: Arc::new(viewer::Viewer::new(
+            fingerprint,
+            viewer::ViewerSettings {
+                max_streams: config.viewer_max_streams,
+                body_timeout: config.body_timeout,
+            },
+        )),
     };
     http::serve(listener, service, http_config, shutdown).await;
     host::notify_stopping();
