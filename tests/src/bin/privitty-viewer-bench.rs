@@ -168,7 +168,10 @@ fn main() {
     let encrypt = began.elapsed();
     std::fs::remove_file(&plain).unwrap();
     let prv = sent["encrypted_path"].as_str().unwrap().to_string();
-    edged.call("send_msg", json!([1, chat, {"file": prv, "viewtype": "File"}]));
+    edged.call(
+        "send_msg",
+        json!([1, chat, {"file": prv, "viewtype": "File"}]),
+    );
     let ids = edged.result("get_message_ids", json!([1, chat, false, false]));
     let msg = ids
         .as_array()
@@ -199,7 +202,11 @@ fn main() {
     let prv_size = std::fs::metadata(&blob).unwrap().len();
     println!(
         "file: {size} bytes ({prv_size} as .prv), data directory on {}; encrypted in {:.2} s; {rounds} rounds",
-        if shm.is_dir() { "tmpfs (/dev/shm)" } else { "the temp dir" },
+        if shm.is_dir() {
+            "tmpfs (/dev/shm)"
+        } else {
+            "the temp dir"
+        },
         encrypt.as_secs_f64()
     );
 
@@ -240,7 +247,9 @@ fn main() {
     let after = rss_kib(pid);
     let (raw, dec, stm) = (median(&mut raw), median(&mut dec), median(&mut stm));
     let ratio = stm / dec;
-    println!("read .prv raw                {raw:>8.0} MB/s (plaintext-equivalent bytes: .prv size)");
+    println!(
+        "read .prv raw                {raw:>8.0} MB/s (plaintext-equivalent bytes: .prv size)"
+    );
     println!("privitty_decrypt_file        {dec:>8.0} MB/s (into the files directory on tmpfs)");
     println!(
         "GET /stream/:msg_id          {stm:>8.0} MB/s = {ratio:.2}× the decrypt rate ({} the goal ≥ 0.8×)",
