@@ -187,9 +187,14 @@ pub struct Stored {
     pub created: Option<Basis>,
 }
 
-/// The stored fingerprint, computing and storing it (0600, atomically, under the license lock)
-/// when it does not exist yet. Without a machine id it needs the device identity, which is then
-/// created like `license device-id` does (never while an activation depends on a missing one).
+/// The stored fingerprint, computing and storing it (0600, atomically) when it does not exist yet.
+/// Without a machine id it needs the device identity, which is then created like `license
+/// device-id` does (never while an activation depends on a missing one).
+///
+/// The license lock is not taken for the fingerprint itself: an activation holds that lock across
+/// its request to the license server, and privitty-edged's start must not wait for one. Two first
+/// boots racing here (privitty-edged and the CLI) compute the same value from the same host, so
+/// whichever rename lands last writes the same bytes.
 pub fn ensure(dir: &AccountsDir, host: &HostSources) -> Result<Stored, Error> {
     if let Some(fingerprint) = read(dir)? {
         return Ok(Stored {
@@ -198,18 +203,11 @@ pub fn ensure(dir: &AccountsDir, host: &HostSources) -> Result<Stored, Error> {
         });
     }
     dir.create()?;
-    let _lock = dir.lock_blocking()?;
-    if let Some(fingerprint) = read(dir)? {
-        return Ok(Stored {
-            fingerprint,
-            created: None,
-        });
-    }
     let mac = host.primary_mac();
     let machine_id = host.machine_id();
     let device = match machine_id {
         Some(_) => String::new(),
-        None => dir.ensure_device_uuid_locked()?,
+        None => dir.ensure_device_uuid()?,
     };
     let (fingerprint, basis) = compute(mac.as_deref(), machine_id.as_deref(), &device);
     dir.write_atomic(
