@@ -2,7 +2,9 @@
 //! viewer's `POST /auth` and `GET /stream/:msg_id`), limits, CORS, and the graceful stop of
 //! connections.
 //!
-//! Owns: the accept loop with its connection cap (excess connections wait in the kernel backlog:
+//! Owns: the accept loop with its connection cap, the connections the previous generation hands
+//! over (served like accepted ones) and the hand-over of this generation's connections when it
+//! stops (at a request boundary, with the bytes read ahead; see [`crate::handover`]), (excess connections wait in the kernel backlog:
 //! they are never refused), header/idle and body timeouts, the 1 MiB body cap, the batch and SSE
 //! client caps, the order of the checks on a request (`/health`; then the Host; then `/metrics`,
 //! which asks for the token only with `PRIVITTY_METRICS_AUTH=token`; then `/stream/…`, which
@@ -36,6 +38,7 @@ use tokio::task::JoinSet;
 use crate::auth::{Authenticator, Cors, HostCheck, MetricsAuth, Verdict};
 use crate::config::MAX_BODY_BYTES;
 use crate::engine::Budget;
+use crate::handover;
 use crate::rpc::{self, Body, Item, RpcError};
 use crate::service::Service;
 use crate::viewer::{STREAM_PREFIX, Viewer, ViewerBody};
@@ -75,6 +78,9 @@ struct Shared {
     /// Turns true at the stop deadline: connections still open are dropped.
     kill: watch::Receiver<bool>,
     requests: AtomicU64,
+    /// Where this generation's connections go when it stops (the next generation reads them):
+    /// `None` without privitty-init (standalone, tests), or when the pair could not be used.
+    handover: Option<handover::Sender>,
     /// One per `/events` client, fewer than connection permits so other routes keep a slot.
     sse_slots: Arc<Semaphore>,
 }
@@ -92,6 +98,18 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let max = config.max_connections;
     let stop_timeout = config.stop_timeout;
+    let (sender, receiver) = match crate::host::take_handover() {
+        Some(fds) => {
+            let sender = handover::Sender::new(fds.send)
+                .inspect_err(|e| tracing::warn!(error = %e, "connection hand-over unavailable"))
+                .ok();
+            let receiver = handover::Receiver::new(fds.recv)
+                .inspect_err(|e| tracing::warn!(error = %e, "connection hand-over unavailable"))
+                .ok();
+            (sender, receiver)
+        }
+        None => (None, None),
+    };
     let shared = Arc::new(Shared {
         service,
         sse_slots: Arc::new(Semaphore::new(config.sse_max_clients)),
@@ -99,7 +117,55 @@ pub async fn serve(
         stop,
         kill,
         requests: AtomicU64::new(0),
+        handover: sender,
     });
+    // Connections the previous generation hands over are served like accepted ones, until this
+    // generation stops in turn (it must not take back what it hands over itself).
+    if let Some(receiver) = receiver {
+        let (shared, permits) = (shared.clone(), permits.clone());
+        tokio::spawn(async move {
+            let mut stop = shared.stop.clone();
+            loop {
+                let handed = tokio::select! {
+                    biased;
+                    _ = crate::stopped(&mut stop) => break,
+                    h = receiver.recv() => h,
+                };
+                let handed = match handed {
+                    Ok(h) => h,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no more connection hand-overs");
+                        break;
+                    }
+                };
+                // Taken: it is served (or, once this generation stops, handed on), never dropped.
+                let permit = permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore is never closed");
+                let stream = handed
+                    .stream
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpStream::from_std(handed.stream));
+                let stream = match stream {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a handed-over connection cannot be served");
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                tracing::debug!(peer = %handed.peer, buffered = handed.buffered.len(), "serving a handed-over connection");
+                let shared = shared.clone();
+                let io = handover::Prefixed::new(handed.buffered, stream);
+                tokio::spawn(async move {
+                    serve_connection(io, handed.peer, shared).await;
+                    drop(permit);
+                });
+            }
+        });
+    }
     tokio::pin!(shutdown);
     loop {
         // Taking a permit before accepting keeps excess connections in the kernel backlog.
@@ -122,7 +188,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer, shared).await;
+            serve_connection(handover::Prefixed::new(Vec::new(), stream), peer, shared).await;
             drop(permit);
         });
     }
@@ -142,8 +208,13 @@ pub async fn serve(
     }
 }
 
+/// The request handler of one connection: boxed, so the connection is `Unpin` and can be taken
+/// back from hyper (`into_parts`) for a hand-over.
+type Handler =
+    std::pin::Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
 async fn serve_connection(
-    stream: tokio::net::TcpStream,
+    io: handover::Prefixed<tokio::net::TcpStream>,
     peer: std::net::SocketAddr,
     shared: Arc<Shared>,
 ) {
@@ -151,14 +222,29 @@ async fn serve_connection(
     let mut kill = shared.kill.clone();
     // A connection accepted just before a stop has usually had its request sent already, but hyper
     // counts a connection whose first request it has not read yet as idle, and a graceful shutdown
-    // would close it unanswered. So a connection waits for its first request before it is shut.
+    // would close it unanswered. So without a hand-over a connection waits for its first request
+    // before it is shut.
     let first_request = Arc::new(FirstRequest::default());
+    // Requests whose response is not completely written yet: a hand-over waits for none (a
+    // request boundary), so hyper never has to answer with `Connection: close`.
+    let active = Arc::new(Active::default());
     let svc_shared = shared.clone();
     let svc_first = first_request.clone();
-    let svc = hyper::service::service_fn(move |req| {
+    let svc_active = active.clone();
+    let svc = hyper::service::service_fn(move |req| -> Handler {
         svc_first.arrived();
         let shared = svc_shared.clone();
-        async move { Ok::<_, Infallible>(route(req, shared).await) }
+        let guard = ActiveGuard::new(svc_active.clone());
+        Box::pin(async move {
+            let resp = route(req, shared).await;
+            // The guard lives as long as the body: hyper drops the body once it wrote it.
+            Ok::<_, Infallible>(resp.map(move |body| {
+                BoxBody::new(Guarded {
+                    inner: body,
+                    _guard: guard,
+                })
+            }))
+        })
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -167,27 +253,141 @@ async fn serve_connection(
         // keep-alive connections.
         .header_read_timeout(shared.config.header_timeout)
         .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = crate::stopped(&mut stop) => {
-            if !first_request.seen() {
-                tokio::select! {
-                    r = conn.as_mut() => return log_end(peer, r),
-                    _ = first_request.wait() => {}
-                    _ = tokio::time::sleep(shared.config.header_timeout) => {}
-                    _ = crate::stopped(&mut kill) => return,
-                }
+    let mut conn = builder.serve_connection(TokioIo::new(io), svc);
+    // Served until the client or hyper ends it, or until this generation stops.
+    let ended = {
+        let serving = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx));
+        tokio::select! {
+            r = serving => Some(r),
+            _ = crate::stopped(&mut stop) => None,
+        }
+    };
+    if let Some(result) = ended {
+        // hyper left the socket open (`poll_without_shutdown`): close it as it would have.
+        close(conn.into_parts().io.into_inner(), peer, result).await;
+        return;
+    }
+    if shared.handover.is_some() {
+        // Finish what is in flight, then hand over between two requests.
+        while !active.idle() {
+            let notified = active.notify.notified();
+            if active.idle() {
+                break;
             }
-            conn.as_mut().graceful_shutdown();
+            let serving = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx));
             tokio::select! {
-                r = conn.as_mut() => r,
-                // Dropping the connection closes it.
+                r = serving => {
+                    close(conn.into_parts().io.into_inner(), peer, r).await;
+                    return;
+                }
+                _ = notified => {}
                 _ = crate::stopped(&mut kill) => return,
             }
         }
+    } else if !first_request.seen() {
+        let serving = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx));
+        tokio::select! {
+            r = serving => {
+                close(conn.into_parts().io.into_inner(), peer, r).await;
+                return;
+            }
+            _ = first_request.wait() => {}
+            _ = tokio::time::sleep(shared.config.header_timeout) => {}
+            _ = crate::stopped(&mut kill) => return,
+        }
+    }
+    // In-flight requests are answered first; then hyper gives the connection back, with any bytes
+    // it read ahead (a pipelined request, the first half of one).
+    std::pin::Pin::new(&mut conn).graceful_shutdown();
+    let drained = {
+        let serving = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx));
+        tokio::select! {
+            r = serving => r,
+            // Dropping the connection closes it.
+            _ = crate::stopped(&mut kill) => return,
+        }
     };
+    let parts = conn.into_parts();
+    let (stream, rest) = parts.io.into_inner().into_parts();
+    if let (Ok(()), Some(sender)) = (&drained, &shared.handover) {
+        let mut buffered = parts.read_buf.to_vec();
+        buffered.extend_from_slice(&rest);
+        match sender.send(&stream, peer, &buffered) {
+            // Our copy closes when `stream` drops; the connection lives on in the next generation.
+            Ok(()) => return,
+            Err(e) => tracing::debug!(%peer, error = %e, "connection not handed over; closing it"),
+        }
+    }
+    close(handover::Prefixed::new(Vec::new(), stream), peer, drained).await;
+}
+
+/// The requests of one connection whose response is still being produced or written.
+#[derive(Debug, Default)]
+struct Active {
+    count: std::sync::atomic::AtomicUsize,
+    notify: tokio::sync::Notify,
+}
+
+impl Active {
+    fn idle(&self) -> bool {
+        self.count.load(Ordering::Acquire) == 0
+    }
+}
+
+/// One request in flight; its drop (with the response body) may make the connection idle.
+struct ActiveGuard(Arc<Active>);
+
+impl ActiveGuard {
+    fn new(active: Arc<Active>) -> ActiveGuard {
+        active.count.fetch_add(1, Ordering::AcqRel);
+        ActiveGuard(active)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // notify_one keeps a permit when nobody waits yet: the wake-up is not lost.
+            self.0.notify.notify_one();
+        }
+    }
+}
+
+/// A response body that keeps its request counted as in flight until hyper drops it; length and
+/// end are the inner body's (so `Content-Length` stays).
+struct Guarded {
+    inner: ResponseBody,
+    _guard: ActiveGuard,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Ends a connection hyper is done with: a FIN after everything written, as hyper's own shutdown.
+async fn close(
+    mut io: handover::Prefixed<tokio::net::TcpStream>,
+    peer: std::net::SocketAddr,
+    result: Result<(), hyper::Error>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let _ = io.shutdown().await;
     log_end(peer, result);
 }
 

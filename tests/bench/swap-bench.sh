@@ -4,6 +4,8 @@
 #   - license drop -> new generation ready (median, max)
 #   - SIGHUP -> new generation ready (median, max)
 #   - request latency p50/p99/max in steady state and during swaps, and the failed-request count
+#   - privitty-load at 8 and 64 keep-alive connections (/health, /rpc): steady vs 100 paced swaps
+#     (p50/p99/max, non-2xx, socket errors)
 # Usage: tests/bench/swap-bench.sh [--release] [SWAPS]   (default 20 swaps, debug build)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,6 +22,13 @@ cargo build --locked "${profile[@]}" --workspace --bins
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 if ! cargo test --locked "${profile[@]}" -p privitty-tests --test init_managed swap_benchmark \
+    -- --ignored --exact --nocapture >"$out" 2>&1; then
+    cat "$out"
+    exit 1
+fi
+grep '^swap-bench:' "$out"
+# Keep-alive clients across 100 paced swaps at 8 and 64 connections (connection hand-over).
+if ! cargo test --locked "${profile[@]}" -p privitty-tests --test handover keep_alive_swap_benchmark \
     -- --ignored --exact --nocapture >"$out" 2>&1; then
     cat "$out"
     exit 1

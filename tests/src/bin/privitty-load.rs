@@ -165,11 +165,12 @@ async fn run(
         tasks.spawn(async move { one_connection(&target, body, deadline).await });
     }
     let mut latencies: Vec<u32> = Vec::new();
-    let mut errors = 0u64;
+    let (mut non_2xx, mut socket_errors) = (0u64, 0u64);
     while let Some(r) = tasks.join_next().await {
-        let (lat, errs) = r??;
-        latencies.extend(lat);
-        errors += errs;
+        let tally = r??;
+        latencies.extend(tally.latencies);
+        non_2xx += tally.non_2xx;
+        socket_errors += tally.socket_errors;
     }
     latencies.sort_unstable();
     let n = latencies.len();
@@ -180,52 +181,81 @@ async fn run(
             .unwrap_or(0)
     };
     println!(
-        "{label} conns={connections} requests={n} rps={:.0} p50_us={} p99_us={} errors={errors}",
+        "{label} conns={connections} requests={n} rps={:.0} p50_us={} p99_us={} max_us={} errors={non_2xx} socket_errors={socket_errors}",
         n as f64 / duration.as_secs_f64(),
         pct(0.50),
         pct(0.99),
+        latencies.last().copied().unwrap_or(0),
     );
     Ok(())
 }
 
-/// One keep-alive connection sending requests back to back until `deadline`.
+/// What one connection saw.
+#[derive(Debug, Default)]
+struct Tally {
+    latencies: Vec<u32>,
+    /// Answers that were not 2xx.
+    non_2xx: u64,
+    /// Requests that got no answer (the connection broke); the client then reconnects.
+    socket_errors: u64,
+}
+
+/// One keep-alive connection sending requests back to back until `deadline`; a broken
+/// connection is counted and replaced.
 async fn one_connection(
     target: &Target,
     body: Option<Bytes>,
     deadline: Instant,
-) -> anyhow::Result<(Vec<u32>, u64)> {
-    let stream = tokio::net::TcpStream::connect(&target.addr)
-        .await
-        .with_context(|| format!("connecting to {}", target.addr))?;
-    stream.set_nodelay(true)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let mut lat = Vec::with_capacity(100_000);
-    let mut errors = 0;
-    while Instant::now() < deadline {
-        let mut req = match &body {
-            Some(b) => Request::post(&target.path)
-                .header("host", &target.host)
-                .header("content-type", "application/json")
-                .body(Full::new(b.clone()))?,
-            None => Request::get(&target.path)
-                .header("host", &target.host)
-                .body(Full::new(Bytes::new()))?,
-        };
-        if let Some(auth) = &target.auth {
-            req.headers_mut().insert("authorization", auth.parse()?);
-        }
-        let start = Instant::now();
-        sender.ready().await?;
-        let resp = sender.send_request(req).await?;
-        let ok = resp.status().is_success();
-        resp.into_body().collect().await?;
-        lat.push(start.elapsed().as_micros() as u32);
-        if !ok {
-            errors += 1;
+) -> anyhow::Result<Tally> {
+    let mut tally = Tally {
+        latencies: Vec::with_capacity(100_000),
+        ..Tally::default()
+    };
+    'connect: while Instant::now() < deadline {
+        let stream = tokio::net::TcpStream::connect(&target.addr)
+            .await
+            .with_context(|| format!("connecting to {}", target.addr))?;
+        stream.set_nodelay(true)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        while Instant::now() < deadline {
+            let mut req = match &body {
+                Some(b) => Request::post(&target.path)
+                    .header("host", &target.host)
+                    .header("content-type", "application/json")
+                    .body(Full::new(b.clone()))?,
+                None => Request::get(&target.path)
+                    .header("host", &target.host)
+                    .body(Full::new(Bytes::new()))?,
+            };
+            if let Some(auth) = &target.auth {
+                req.headers_mut().insert("authorization", auth.parse()?);
+            }
+            let start = Instant::now();
+            let answer = async {
+                sender.ready().await?;
+                let resp = sender.send_request(req).await?;
+                let ok = resp.status().is_success();
+                resp.into_body().collect().await?;
+                Ok::<bool, hyper::Error>(ok)
+            }
+            .await;
+            match answer {
+                Ok(ok) => {
+                    tally.latencies.push(start.elapsed().as_micros() as u32);
+                    if !ok {
+                        tally.non_2xx += 1;
+                    }
+                }
+                Err(_) => {
+                    tally.socket_errors += 1;
+                    continue 'connect;
+                }
+            }
         }
     }
-    Ok((lat, errors))
+    Ok(tally)
 }
 
 async fn baseline(listen: SocketAddr) -> anyhow::Result<()> {

@@ -1,0 +1,384 @@
+//! Swaps that keep-alive clients never notice: privitty-init managed, clients on raw HTTP/1.1
+//! keep-alive connections that **never retry** and never reconnect — `/health` GETs, `/rpc`
+//! POSTs, three pipelined requests at once, a request written in two halves around a swap —
+//! across many SIGHUP swaps. Every request must be answered, in order, on the connection it was
+//! sent on. Then the same while every later generation fails to start: the old generation keeps
+//! serving, nothing hangs.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use privitty_tests::managed_harness::{Stack, StackSpec, TestDirs};
+use privitty_tests::support;
+
+const SWAPS: u64 = 50;
+
+/// One response: status and body.
+fn read_response(r: &mut BufReader<TcpStream>) -> Result<(u16, Vec<u8>), String> {
+    let mut line = String::new();
+    r.read_line(&mut line)
+        .map_err(|e| format!("status line: {e}"))?;
+    if line.is_empty() {
+        return Err("the connection was closed".into());
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {line:?}"))?;
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).map_err(|e| format!("header: {e}"))?;
+        if h == "\r\n" || h.is_empty() {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().map_err(|_| format!("bad length {h:?}"))?;
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).map_err(|e| format!("body: {e}"))?;
+    Ok((status, body))
+}
+
+fn rpc_request(id: u64) -> Vec<u8> {
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"get_config","params":[1,"displayname"]}}"#
+    );
+    format!(
+        "POST /rpc HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn health_request() -> Vec<u8> {
+    b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Style {
+    Health,
+    Rpc,
+    /// Three requests written at once, then the three answers.
+    Pipelined,
+    /// Each request's head written in two halves with a pause between them.
+    Halves,
+}
+
+/// One client on one connection until `stop`; the first failure ends it with a message.
+fn client(
+    addr: SocketAddr,
+    style: Style,
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+) -> Result<u64, String> {
+    let stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let mut id = 0u64;
+    let mut done = 0u64;
+    let check_rpc = |body: &[u8], id: u64| -> Result<(), String> {
+        let v: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| format!("rpc body: {e}"))?;
+        if v["id"] != id {
+            return Err(format!("answer out of order: expected id {id}, got {v}"));
+        }
+        Ok(())
+    };
+    while !stop.load(Ordering::Relaxed) {
+        match style {
+            Style::Health => {
+                w.write_all(&health_request())
+                    .map_err(|e| format!("write: {e}"))?;
+                let (s, _) = read_response(&mut r)?;
+                if s != 200 {
+                    return Err(format!("/health answered {s}"));
+                }
+                done += 1;
+            }
+            Style::Rpc => {
+                id += 1;
+                w.write_all(&rpc_request(id))
+                    .map_err(|e| format!("write: {e}"))?;
+                let (s, body) = read_response(&mut r)?;
+                if s != 200 {
+                    return Err(format!("/rpc answered {s}"));
+                }
+                check_rpc(&body, id)?;
+                done += 1;
+            }
+            Style::Pipelined => {
+                let mut all = Vec::new();
+                for k in 1..=3 {
+                    all.extend(rpc_request(id + k));
+                }
+                w.write_all(&all).map_err(|e| format!("write: {e}"))?;
+                for k in 1..=3 {
+                    let (s, body) = read_response(&mut r)?;
+                    if s != 200 {
+                        return Err(format!("pipelined /rpc answered {s}"));
+                    }
+                    check_rpc(&body, id + k)?;
+                    done += 1;
+                }
+                id += 3;
+            }
+            Style::Halves => {
+                id += 1;
+                let req = rpc_request(id);
+                let (a, b) = req.split_at(req.len() / 2);
+                w.write_all(a).map_err(|e| format!("write: {e}"))?;
+                // The pause is the client's behaviour under test (a slow sender), not a wait.
+                std::thread::sleep(Duration::from_millis(20));
+                w.write_all(b).map_err(|e| format!("write: {e}"))?;
+                let (s, body) = read_response(&mut r)?;
+                if s != 200 {
+                    return Err(format!("/rpc answered {s}"));
+                }
+                check_rpc(&body, id)?;
+                done += 1;
+            }
+        }
+        count.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(done)
+}
+
+struct Clients {
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+    handles: Vec<(Style, std::thread::JoinHandle<Result<u64, String>>)>,
+}
+
+fn start_clients(addr: SocketAddr, per_style: usize) -> Clients {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for style in [Style::Health, Style::Rpc, Style::Pipelined, Style::Halves] {
+        for _ in 0..per_style {
+            let (stop, count) = (stop.clone(), count.clone());
+            handles.push((
+                style,
+                std::thread::spawn(move || client(addr, style, stop, count)),
+            ));
+        }
+    }
+    Clients {
+        stop,
+        count,
+        handles,
+    }
+}
+
+impl Clients {
+    /// Waits until `n` more requests were answered (proves the clients are running).
+    fn wait_progress(&self, n: u64) {
+        let target = self.count.load(Ordering::Relaxed) + n;
+        support::eventually(Duration::from_secs(60), "client progress", || {
+            (self.count.load(Ordering::Relaxed) >= target).then_some(())
+        });
+    }
+
+    /// Waits for every client to end by itself (each one ends at its first failure).
+    fn finish_when_failed(self) -> Vec<String> {
+        self.handles
+            .into_iter()
+            .filter_map(|(style, h)| match h.join() {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(format!("{style:?}: {e}")),
+                Err(_) => Some(format!("{style:?}: panicked")),
+            })
+            .collect()
+    }
+
+    fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for (style, h) in self.handles {
+            match h.join() {
+                Ok(Ok(n)) => assert!(n > 0, "{style:?} client made no request"),
+                Ok(Err(e)) => failures.push(format!("{style:?}: {e}")),
+                Err(_) => failures.push(format!("{style:?}: panicked")),
+            }
+        }
+        failures
+    }
+}
+
+#[test]
+fn keep_alive_clients_that_never_retry_see_no_failure_across_swaps() {
+    let dirs = TestDirs::new();
+    let stack = Stack::start(
+        "init",
+        &dirs,
+        StackSpec::default().env(
+            "PRIVITTY_LOG",
+            "info,supervisor=debug,edged::http=debug,edged::handover=debug",
+        ),
+    );
+    stack.wait_generation(1);
+    let clients = start_clients(stack.addr(), 2);
+    clients.wait_progress(50);
+    let began = Instant::now();
+    for n in 1..=SWAPS {
+        stack.signal(Signal::SIGHUP);
+        stack.wait_generation(n + 1);
+        clients.wait_progress(8);
+    }
+    let took = began.elapsed();
+    let answered = clients.count.load(Ordering::Relaxed);
+    let failures = clients.finish();
+    eprintln!("{SWAPS} swaps in {took:?}; {answered} requests answered");
+    if !failures.is_empty() {
+        for l in stack.log() {
+            let m = l["message"].as_str().unwrap_or_default();
+            if m.contains("connection") || m.contains("hand") {
+                eprintln!("LOG {l}");
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "clients that never retry failed across swaps:\n{}",
+        failures.join("\n")
+    );
+    assert!(!stack.exited());
+}
+
+#[test]
+fn when_the_next_generation_cannot_start_handed_connections_are_closed_not_left_hanging() {
+    let dirs = TestDirs::new();
+    // The engine starts once; every later start fails, so the generation a swap starts never
+    // serves (the old one has already handed its connections over and stopped).
+    let marker = dirs.root.path().join("engine-started-once");
+    let wrapper = dirs.root.path().join("engine-once");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ -e {m} ]; then echo 'refusing a second start' >&2; exit 1; fi\ntouch {m}\nexec {e} \"$@\"\n",
+            m = marker.display(),
+            e = support::engine().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let stack = Stack::start(
+        "init",
+        &dirs,
+        StackSpec::default().env("PRIVITTY_ENGINE", wrapper.display().to_string()),
+    );
+    stack.wait_generation(1);
+    let clients = start_clients(stack.addr(), 1);
+    clients.wait_progress(20);
+    let swapped = Instant::now();
+    stack.signal(Signal::SIGHUP);
+    stack.wait_log("closed the connections handed over", 1);
+    // Every client sees its connection end, soon: none is left hanging until its 30 s read
+    // timeout. (A close with a request still unread in the socket is a reset: the kernel's way.)
+    let clients_stop = clients.stop.clone();
+    let failures = clients.finish_when_failed();
+    clients_stop.store(true, Ordering::Relaxed);
+    let took = swapped.elapsed();
+    assert_eq!(
+        failures.len(),
+        4,
+        "every client's connection ended: {failures:?}"
+    );
+    for f in &failures {
+        assert!(
+            f.contains("the connection was closed") || f.contains("reset by peer"),
+            "a close, not {f}"
+        );
+    }
+    assert!(
+        took < Duration::from_secs(25),
+        "the clients waited {took:?}"
+    );
+}
+
+/// Runs `privitty-load` against `url` and returns its result line.
+fn load(url: &str, conns: usize, duration: &str, body: Option<&str>, label: &str) -> String {
+    let mut cmd = std::process::Command::new(support::bin("privitty-load"));
+    cmd.args([
+        "run",
+        "--url",
+        url,
+        "--duration",
+        duration,
+        "--label",
+        label,
+    ])
+    .args(["--connections", &conns.to_string()]);
+    if let Some(b) = body {
+        cmd.args(["--body", b]);
+    }
+    let out = cmd.output().expect("run privitty-load");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `tests/bench/swap-bench.sh` runs this (release build): keep-alive load at 8 and 64 connections
+/// on `/health` and on `/rpc`, steady for 5 s, then for 20 s with a SIGHUP swap every 200 ms
+/// (100 swaps), same run; prints privitty-load's lines (p50/p99/max, non-2xx, socket errors).
+#[test]
+#[ignore = "benchmark: run by tests/bench/swap-bench.sh"]
+fn keep_alive_swap_benchmark() {
+    let dirs = TestDirs::new();
+    let stack = Stack::start("init", &dirs, StackSpec::default());
+    stack.wait_generation(1);
+    let base = format!("http://{}", stack.addr());
+    let rpc = r#"{"jsonrpc":"2.0","id":1,"method":"get_config","params":[1,"displayname"]}"#;
+    let mut generation = 1;
+    for conns in [8usize, 64] {
+        for (path, body) in [("/health", None), ("/rpc", Some(rpc))] {
+            let url = format!("{base}{path}");
+            let steady = load(
+                &url,
+                conns,
+                "5s",
+                body,
+                &format!("swap-bench: steady   {path}"),
+            );
+            let swapping = std::thread::scope(|s| {
+                let runner = s.spawn(|| {
+                    load(
+                        &url,
+                        conns,
+                        "21s",
+                        body,
+                        &format!("swap-bench: swapping {path}"),
+                    )
+                });
+                // Paced: 100 swaps spread over the run, each one waited for.
+                let began = Instant::now();
+                for i in 1..=100u32 {
+                    let at = began + Duration::from_millis(200) * i;
+                    if let Some(d) = at.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(d);
+                    }
+                    stack.signal(Signal::SIGHUP);
+                    generation += 1;
+                    stack.wait_generation(generation);
+                }
+                runner.join().unwrap()
+            });
+            println!("{steady}");
+            println!("{swapping}");
+        }
+    }
+}
