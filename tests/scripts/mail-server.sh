@@ -326,7 +326,9 @@ smtpd_sasl_path = inet:127.0.0.1:$auth
 smtpd_tls_security_level = none
 smtpd_relay_restrictions = permit_sasl_authenticated, reject_unauth_destination
 smtpd_recipient_restrictions = permit_sasl_authenticated, reject_unauth_destination
-message_size_limit = 52428800
+message_size_limit = 104857600
+mailbox_size_limit = 0
+virtual_mailbox_limit = 0
 EOF
 
   # No chroot (column 5 = n): the queue directory is not prepared as a chroot jail.

@@ -1010,8 +1010,8 @@ fn wait_access(gw: &Gateway, from: usize, file: &str, status: &str) {
 }
 
 /// The largest received file: a `.prv` travels base64-encoded in one mail, and the loopback mail
-/// server takes mails up to 50 MiB.
-const RECEIVED_BIG: usize = 30 * 1000 * 1000;
+/// server takes mails up to 100 MiB (50 MB of .prv is about 70 MB of mail).
+const RECEIVED_BIG: usize = 50 * 1000 * 1000;
 
 #[test]
 fn received_files_stream_and_a_revocation_ends_the_stream() {
