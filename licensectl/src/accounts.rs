@@ -1,8 +1,9 @@
 //! The accounts directory and the license files in it (license-protocol.md, "Files").
 //!
-//! Owns: file names, the exclusive lock for activate/sync/deactivate, atomic writes (temp file in the
-//! same directory, fsync, rename, fsync the directory), `device.uuid`, the `activation.json` record,
-//! and moving a withdrawn license aside (`privitty.lic.revoked`).
+//! Owns: the exclusive lock for activate/sync/deactivate, atomic writes (temp file in the same
+//! directory, fsync, rename, fsync the directory), bounded reads, `device.uuid`, the
+//! `activation.json` and `sync_state.json` records, and moving a withdrawn license aside
+//! (`privitty.lic.revoked`). The file names themselves are in [`crate::vocab`] (re-exported here).
 //! Must not: talk to the network.
 //!
 //! Trust boundary: everything in the accounts directory is untrusted input (it is a data volume that
@@ -19,20 +20,14 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::error::Error;
+use crate::vocab::{MAX_LICENSE_BYTES, env};
 
-pub const DEFAULT_ACCOUNTS_DIR: &str = "/var/lib/privitty";
-pub const LICENSE_FILE: &str = "privitty.lic";
-/// Where `privitty.lic` goes when the device sees its activation withdrawn (revoked, deactivated):
-/// kept for inspection, never read by the status rules.
-pub const REVOKED_LICENSE_FILE: &str = "privitty.lic.revoked";
-pub const DEVICE_UUID_FILE: &str = "device.uuid";
-pub const LICENSE_SERVER_FILE: &str = "license_server.txt";
-pub const ACTIVATION_FILE: &str = "activation.json";
-pub const LOCK_FILE: &str = ".privitty-license.lock";
-
-/// Small metadata files are never legitimately larger than this.
-pub(crate) const MAX_META_BYTES: u64 = 1024 * 1024;
+pub use crate::vocab::{
+    ACTIVATION_FILE, DEFAULT_ACCOUNTS_DIR, DEVICE_UUID_FILE, LICENSE_FILE, LICENSE_SERVER_FILE,
+    LOCK_FILE, MAX_META_BYTES, REVOKED_LICENSE_FILE, SYNC_STATE_FILE, rfc3339, rfc3339_unix,
+    unix_secs,
+};
 
 /// An accounts directory. Cheap to clone; opening it does no I/O.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,34 +101,23 @@ impl std::fmt::Debug for Activation {
     }
 }
 
+/// `sync_state.json`: the last transient sync failure (cleared by a successful sync), and the last
+/// definitive refusal of an activation (cleared by a successful activation), e.g. the seat limit
+/// of a device beyond a license's seats. Informational: `status` shows it, nothing decides on it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SyncState {
+    pub last_sync_error: Option<String>,
+    pub last_sync_error_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activation_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activation_error_at: Option<String>,
+}
+
 /// The exclusive directory lock; released on drop.
 #[derive(Debug)]
 pub struct DirLock {
     _file: File,
-}
-
-/// The last second RFC 3339 text (four-digit years) can show: 9999-12-31T23:59:59Z.
-const MAX_RFC3339_SECS: i64 = 253_402_300_799;
-
-/// RFC 3339 (seconds) text for a time.
-pub fn rfc3339(t: SystemTime) -> String {
-    rfc3339_unix(unix_secs(t))
-}
-
-/// RFC 3339 text for unix seconds, clamped to 1970-01-01T00:00:00Z ..= 9999-12-31T23:59:59Z: a
-/// license may say "never" with a huge `exp`, and the formatter cannot show times outside that range.
-pub fn rfc3339_unix(secs: i64) -> String {
-    let secs = secs.clamp(0, MAX_RFC3339_SECS) as u64;
-    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-        .to_string()
-}
-
-/// Unix seconds of a time (negative before 1970).
-pub fn unix_secs(t: SystemTime) -> i64 {
-    match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
-    }
 }
 
 impl AccountsDir {
@@ -143,7 +127,7 @@ impl AccountsDir {
 
     /// `--accounts`, else `$PRIVITTY_ACCOUNTS`, else `/var/lib/privitty`.
     pub fn from_env_or_default() -> AccountsDir {
-        match std::env::var_os(crate::env::ACCOUNTS) {
+        match std::env::var_os(env::ACCOUNTS) {
             Some(p) if !p.is_empty() => AccountsDir::new(p),
             _ => AccountsDir::new(DEFAULT_ACCOUNTS_DIR),
         }
@@ -239,7 +223,7 @@ impl AccountsDir {
     /// `Ok(Some(Err(())))` when it is a symlink, not a regular file, or larger than 64 KiB.
     pub fn read_license(&self) -> Result<Option<Result<Vec<u8>, ()>>, Error> {
         let path = self.license_path();
-        match read_bounded(&path, crate::jwt::MAX_LICENSE_BYTES as u64) {
+        match read_bounded(&path, MAX_LICENSE_BYTES as u64) {
             Ok(Found::Absent) => Ok(None),
             Ok(Found::Bytes(bytes)) => Ok(Some(Ok(bytes))),
             Ok(Found::NotRegular(_) | Found::TooLarge) => Ok(Some(Err(()))),
@@ -560,6 +544,13 @@ pub(crate) fn read_optional(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, 
         }),
         Err(e) => Err(Error::read(path, e)),
     }
+}
+
+/// Reads `sync_state.json`; anything unreadable counts as absent (it is informational only).
+pub fn read_sync_state(dir: &AccountsDir) -> Option<SyncState> {
+    let path = dir.file(SYNC_STATE_FILE);
+    let bytes = read_optional(&path, MAX_META_BYTES).ok()??;
+    serde_json::from_slice(&bytes).ok()
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::AccountsDir;
+use crate::accounts::AccountsDir;
 
 /// The token's file in the data directory, when neither variable names another.
 pub const API_TOKEN_FILE: &str = "api.token";
@@ -98,7 +98,7 @@ pub enum ApiTokenError {
     Write {
         path: PathBuf,
         #[source]
-        source: Box<crate::Error>,
+        source: Box<crate::error::Error>,
     },
     #[error(
         "the API token is set by {0}; change it there (and restart, for {ENV_TOKEN}) to rotate it"
@@ -230,7 +230,7 @@ pub fn current(
 pub fn create(accounts: &Path, replace: bool) -> Result<String, ApiTokenError> {
     let dir = AccountsDir::new(accounts);
     let path = dir.file(API_TOKEN_FILE);
-    let write_err = |e: crate::Error| ApiTokenError::Write {
+    let write_err = |e: crate::error::Error| ApiTokenError::Write {
         path: path.clone(),
         source: Box::new(e),
     };

@@ -13,9 +13,10 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::error::TransientCause;
+use crate::error::{Error, TransientCause};
+use crate::url::DeliveryUrl;
 use crate::usage::UsageReport;
-use crate::{DeliveryUrl, Error};
+use crate::vocab::{env, unix_secs};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -92,7 +93,7 @@ fn server_time<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
             "server_time is not a finite number",
         )),
         Time::Text(t) => humantime::parse_rfc3339_weak(&t)
-            .map(crate::accounts::unix_secs)
+            .map(unix_secs)
             .map_err(|e| serde::de::Error::custom(format!("server_time: {e}"))),
     }
 }
@@ -105,7 +106,7 @@ pub(crate) struct Client {
 
 impl Client {
     pub fn new(url: &DeliveryUrl) -> Result<Client, Error> {
-        let extra = std::env::var_os(crate::env::SSL_CERT_FILE)
+        let extra = std::env::var_os(env::SSL_CERT_FILE)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
         Client::with_extra_ca(url, extra.as_deref())

@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::vocab::{ACTIVATION_FILE, Reason};
+
 /// Groups errors by what the caller does about them; the CLI maps each to its exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -37,7 +39,7 @@ pub enum TransientCause {
     /// A success status whose body is not the documented JSON (or is over 64 KiB).
     BadResponse,
     /// The license JWT in a success response did not verify.
-    BadLicense(crate::Reason),
+    BadLicense(Reason),
     /// Anything else reqwest reports while sending or reading.
     Other,
 }
@@ -140,7 +142,7 @@ pub enum Error {
     /// The device was never activated (no `activation.json`).
     #[error(
         "this device is not activated (no {} in {}); run `privitty-edge license activate <url>` first",
-        crate::accounts::ACTIVATION_FILE,
+        ACTIVATION_FILE,
         dir.display()
     )]
     NotActivated { dir: PathBuf },

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::accounts::read_optional;
-use crate::{AccountsDir, Error};
+use crate::accounts::{AccountsDir, read_optional};
+use crate::error::Error;
 
 /// The fingerprint's file in the accounts directory.
 pub const FINGERPRINT_FILE: &str = "device.fingerprint";

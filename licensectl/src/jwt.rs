@@ -9,11 +9,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::TrustedKeys;
-use crate::status::Reason;
+use crate::keys::{TrustedKeys, key_id};
+use crate::vocab::Reason;
 
-/// Largest `privitty.lic` (and JWT in a response) accepted.
-pub const MAX_LICENSE_BYTES: usize = 64 * 1024;
+pub use crate::vocab::MAX_LICENSE_BYTES;
 pub const TYP: &str = "privitty-lic+jwt";
 pub const ISSUER: &str = "privitty-license";
 pub const AUDIENCE: &str = "privitty-edge";
@@ -180,7 +179,7 @@ pub fn sign(claims: &LicenseClaims, key: &ed25519_dalek::SigningKey) -> String {
     let header = serde_json::json!({
         "alg": "EdDSA",
         "typ": TYP,
-        "kid": crate::keys::key_id(&key.verifying_key().to_bytes()),
+        "kid": key_id(&key.verifying_key().to_bytes()),
     });
     sign_raw(
         &header.to_string(),

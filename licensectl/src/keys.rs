@@ -9,7 +9,8 @@ use ed25519_dalek::VerifyingKey;
 use ed25519_dalek::pkcs8::DecodePublicKey;
 use sha2::{Digest, Sha256};
 
-use crate::Error;
+use crate::error::Error;
+use crate::vocab::env;
 
 pub const SYSTEM_KEYS_DIR: &str = "/etc/privitty/license-keys";
 
@@ -41,7 +42,7 @@ impl KeySources {
     pub fn from_env() -> KeySources {
         KeySources {
             system_dir: Some(PathBuf::from(SYSTEM_KEYS_DIR)),
-            pubkey_env: std::env::var(crate::env::LICENSE_PUBKEY)
+            pubkey_env: std::env::var(env::LICENSE_PUBKEY)
                 .ok()
                 .filter(|s| !s.trim().is_empty()),
         }
@@ -61,7 +62,7 @@ impl TrustedKeys {
             }
         }
         if let Some(value) = &sources.pubkey_env {
-            let name = crate::env::LICENSE_PUBKEY;
+            let name = env::LICENSE_PUBKEY;
             if value.contains("-----BEGIN") {
                 keys.add_pem(value, name, true)?;
             } else {
@@ -178,7 +179,7 @@ fn read_key_file(path: &Path, from_env: bool) -> Result<String, Error> {
     let file = std::fs::File::open(path).map_err(|e| {
         if from_env {
             bad_key(
-                &format!("{} ({})", path.display(), crate::env::LICENSE_PUBKEY),
+                &format!("{} ({})", path.display(), env::LICENSE_PUBKEY),
                 &format!(
                     "cannot read it ({e}); set the variable to PEM text or the path of a PEM file"
                 ),
@@ -284,7 +285,7 @@ mod tests {
             pubkey_env: Some(bad.into()),
         })
         .unwrap_err();
-        assert!(e.to_string().contains(crate::env::LICENSE_PUBKEY), "{e}");
+        assert!(e.to_string().contains(env::LICENSE_PUBKEY), "{e}");
         assert_eq!(e.kind(), ErrorKind::Usage);
 
         let dir = tempfile::tempdir().unwrap();

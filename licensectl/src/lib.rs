@@ -6,6 +6,35 @@
 //! the high-water clock, the atomic file store in the accounts directory with its lock, the protocol
 //! client, and the usage-counter store. It must not start servers or own a tokio runtime in its core
 //! types: the network operations are `async fn`s that run on the caller's runtime.
+//!
+//! # Layout
+//!
+//! The modules form layers; a module uses only the layers below it (never one beside or above:
+//! `layers.rs` fails the tests on an import cycle). From the bottom:
+//!
+//! 0. [`vocab`] — the shared words and limits: [`Status`], [`Reason`], the file names of the
+//!    accounts directory, the size caps, the environment variable names, unix-seconds and RFC 3339
+//!    helpers. Imports nothing from this crate.
+//! 1. [`error`] — [`Error`], [`ErrorKind`], `TransientCause`: every failure, naming the path or
+//!    peer and the fix.
+//! 2. [`url`] — the delivery URL, its checks and redaction; [`keys`] — trusted keys and `kid`;
+//!    [`accounts`] — the accounts directory: bounded reads, atomic writes, the lock, `device.uuid`,
+//!    the `activation.json` and `sync_state.json` records, moving a withdrawn license aside.
+//! 3. [`jwt`] — verifying (and, for servers and tests, signing) `privitty.lic`.
+//! 4. [`status`] — the status rules, [`LoadedLicense`], the `license status` report;
+//!    [`usage`] — the usage counters and `usage.json`.
+//! 5. [`client`] — the protocol v1 HTTP client and the classification of its failures; the
+//!    container health check.
+//! 6. [`ops`] — `activate`, `sync`, `deactivate`: protocol calls plus file commits, under the lock.
+//! 7. [`cli`] — the `privitty-edge` / `licensectl` command line and its exit codes.
+//!
+//! Beside the license rules, used by the binaries: [`logging`] (layer 1, the log set-up of all
+//! three binaries), [`api_token`] and [`fingerprint`] (layer 3, the HTTP API token and the device
+//! fingerprint, stored in the accounts directory).
+//!
+//! This root only declares the modules and re-exports the names the other crates use; the older
+//! paths (`accounts::unix_secs`, `ops::read_sync_state`, `jwt::MAX_LICENSE_BYTES`, …) stay as
+//! re-exports from the module that used to define them.
 
 pub mod accounts;
 pub mod api_token;
@@ -20,26 +49,19 @@ pub mod ops;
 pub mod status;
 pub mod url;
 pub mod usage;
+pub mod vocab;
+
+#[cfg(test)]
+mod layers;
 
 pub use accounts::AccountsDir;
 pub use error::{Error, ErrorKind};
 pub use keys::TrustedKeys;
 pub use ops::{ActivateRequest, Activated, Synced, activate, deactivate, sync};
-pub use status::{
-    Evaluation, LicenseIdentity, LoadedLicense, Reason, Status, StatusReport, needs_activation,
-};
+pub use status::{Evaluation, LicenseIdentity, LoadedLicense, StatusReport, needs_activation};
 pub use url::DeliveryUrl;
 pub use usage::UsageCounters;
+pub use vocab::{Reason, Status};
 
 /// Environment variables read by the library (each binary documents them in its `--help`).
-pub mod env {
-    /// The accounts (data) directory; default [`super::accounts::DEFAULT_ACCOUNTS_DIR`].
-    pub const ACCOUNTS: &str = "PRIVITTY_ACCOUNTS";
-    /// Extra trusted license keys: PEM text, or a path to a PEM file; several keys allowed.
-    pub const LICENSE_PUBKEY: &str = "PRIVITTY_LICENSE_PUBKEY";
-    /// Extra CA bundle trusted for the license server, in addition to the system roots.
-    pub const SSL_CERT_FILE: &str = "SSL_CERT_FILE";
-    /// Log filter and format, shared by all binaries.
-    pub const LOG: &str = "PRIVITTY_LOG";
-    pub const LOG_FORMAT: &str = "PRIVITTY_LOG_FORMAT";
-}
+pub use vocab::env;

@@ -13,47 +13,32 @@ use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
-use crate::accounts::{
-    ACTIVATION_FILE, Activation, ActivationState, DEVICE_UUID_FILE, DirLock, LICENSE_FILE,
-    LICENSE_SERVER_FILE, rfc3339, unix_secs,
-};
+use crate::accounts::{AccountsDir, Activation, ActivationState, DirLock};
 use crate::client::{ActivateBody, Client, SyncBody};
-use crate::error::TransientCause;
+use crate::error::{Error, TransientCause};
 use crate::jwt::{Binding, LicenseClaims};
+use crate::keys::TrustedKeys;
 use crate::status::LicenseIdentity;
+use crate::url::DeliveryUrl;
 use crate::usage::{UsageReport, UsageStore};
-use crate::{AccountsDir, DeliveryUrl, Error, TrustedKeys};
+use crate::vocab::{
+    ACTIVATION_FILE, DEVICE_UUID_FILE, LICENSE_FILE, LICENSE_SERVER_FILE, REVOKED_LICENSE_FILE,
+    rfc3339, unix_secs,
+};
+
+/// `sync_state.json` lives with the other files of the accounts directory; these names stay here
+/// for the callers that know them from this module.
+pub use crate::accounts::{SyncState, read_sync_state};
+pub use crate::vocab::SYNC_STATE_FILE;
 
 /// The gateway's name, used as the device name on activation.
 pub const PROFILE_ENV: &str = "PRIVITTY_PROFILE";
-/// Transient sync failures are recorded here, never in the license files.
-pub const SYNC_STATE_FILE: &str = "sync_state.json";
 /// Usage reports sent in one sync; the rest go with the next one.
 pub const MAX_REPORTS_PER_SYNC: usize = 50;
-
-/// `sync_state.json`: the last transient sync failure (cleared by a successful sync), and the last
-/// definitive refusal of an activation (cleared by a successful activation), e.g. the seat limit
-/// of a device beyond a license's seats. Informational: `status` shows it, nothing decides on it.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct SyncState {
-    pub last_sync_error: Option<String>,
-    pub last_sync_error_at: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_activation_error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_activation_error_at: Option<String>,
-}
 
 /// The local clock differing from the server's by more than this is worth a warning (a wrong clock
 /// makes a license look expired, or hides that it is).
 pub const CLOCK_SKEW_WARNING: i64 = 3600;
-
-/// Reads `sync_state.json`; anything unreadable counts as absent (it is informational only).
-pub fn read_sync_state(dir: &AccountsDir) -> Option<SyncState> {
-    let path = dir.file(SYNC_STATE_FILE);
-    let bytes = crate::accounts::read_optional(&path, crate::accounts::MAX_META_BYTES).ok()??;
-    serde_json::from_slice(&bytes).ok()
-}
 
 #[derive(Clone, Debug)]
 pub struct ActivateRequest {
@@ -596,7 +581,7 @@ fn withdraw(
     if let Ok(true) = retired {
         tracing::info!(
             state = activation.state.as_str(),
-            kept = %dir.file(crate::accounts::REVOKED_LICENSE_FILE).display(),
+            kept = %dir.file(REVOKED_LICENSE_FILE).display(),
             "the activation was withdrawn; the license file was moved aside"
         );
     }

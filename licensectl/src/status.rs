@@ -1,7 +1,7 @@
 //! Status rules (license-protocol.md, "Status, evaluated at every check").
 //!
-//! Owns: the `Status`/`Reason` words, evaluation against a clock with the high-water rule
-//! `t = max(now, high_water, iat)`, the binding of a license to its activation record, and the
+//! Owns: evaluation against a clock with the high-water rule `t = max(now, high_water, iat)`
+//! (the `Status`/`Reason` words themselves are in [`crate::vocab`]), the binding of a license to its activation record, and the
 //! license as loaded from an accounts directory at one moment.
 //! Must not: touch the network, or write anything but the high-water mark
 //! (`LoadedLicense::persist_high_water`); `LoadedLicense::load` and `report` only read.
@@ -21,84 +21,14 @@ use serde::Serialize;
 
 use sha2::{Digest, Sha256};
 
-use crate::accounts::{ACTIVATION_FILE, Activation, ActivationState, rfc3339_unix, unix_secs};
+use crate::accounts::{AccountsDir, Activation, ActivationState, read_sync_state};
+use crate::error::Error;
 use crate::jwt::{Binding, LicenseClaims};
-use crate::{AccountsDir, DeliveryUrl, Error, TrustedKeys};
+use crate::keys::TrustedKeys;
+use crate::url::DeliveryUrl;
+use crate::vocab::{ACTIVATION_FILE, LICENSE_SERVER_FILE, rfc3339_unix, unix_secs};
 
-/// The word users grep for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Active,
-    GracePeriod,
-    Expired,
-    NoLicense,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Active => "active",
-            Status::GracePeriod => "grace_period",
-            Status::Expired => "expired",
-            Status::NoLicense => "no_license",
-        }
-    }
-
-    /// `active` and `grace_period` allow gated calls.
-    pub fn allows_gated(self) -> bool {
-        matches!(self, Status::Active | Status::GracePeriod)
-    }
-}
-
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Why the status is `no_license`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reason {
-    NotActivated,
-    InvalidSignature,
-    UntrustedKey,
-    WrongDevice,
-    Corrupt,
-    UnsupportedVersion,
-    Deactivated,
-    Revoked,
-    /// The license names an activation (`act`), and `activation.json` is absent, unreadable, not a
-    /// regular file, or not an activation record at all.
-    ActivationMissing,
-    /// `activation.json` holds another activation than the license names (or exists beside a
-    /// license without `act`), or it recorded a newer license than `privitty.lic`.
-    ActivationMismatch,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::NotActivated => "not_activated",
-            Reason::InvalidSignature => "invalid_signature",
-            Reason::UntrustedKey => "untrusted_key",
-            Reason::WrongDevice => "wrong_device",
-            Reason::Corrupt => "corrupt",
-            Reason::UnsupportedVersion => "unsupported_version",
-            Reason::Deactivated => "deactivated",
-            Reason::Revoked => "revoked",
-            Reason::ActivationMissing => "activation_missing",
-            Reason::ActivationMismatch => "activation_mismatch",
-        }
-    }
-}
-
-impl std::fmt::Display for Reason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::vocab::{Reason, Status};
 
 /// The result of one check. `expires_at` is the JWT's `sync_by` (grace starts there),
 /// `grace_ends_at` its `exp` (sends blocked from there); both are unix seconds.
@@ -453,12 +383,9 @@ pub fn report(
             Ok(url) => url.redacted(),
             Err(_) => "(not a valid delivery URL)".to_string(),
         }),
-        Err(_) => Some(format!(
-            "(unreadable {})",
-            crate::accounts::LICENSE_SERVER_FILE
-        )),
+        Err(_) => Some(format!("(unreadable {LICENSE_SERVER_FILE})")),
     };
-    let sync_state = crate::ops::read_sync_state(dir);
+    let sync_state = read_sync_state(dir);
     let claims = loaded.claims();
     Ok(StatusReport {
         status: eval.status,

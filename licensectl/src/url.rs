@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::Error;
+use crate::error::Error;
 
 /// Longest TOKEN the protocol allows.
 pub const MAX_TOKEN_LEN: usize = 256;

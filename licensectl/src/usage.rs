@@ -11,10 +11,11 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::accounts::unix_secs;
-use crate::{AccountsDir, Error};
+use crate::accounts::{AccountsDir, read_optional};
+use crate::error::Error;
+use crate::vocab::{MAX_META_BYTES, unix_secs};
 
-pub const USAGE_FILE: &str = "usage.json";
+pub use crate::vocab::USAGE_FILE;
 /// Reports kept while the server does not acknowledge them; the oldest are dropped beyond this so
 /// a device that never syncs does not grow the file without bound.
 pub const MAX_PENDING_REPORTS: usize = 1000;
@@ -101,8 +102,7 @@ impl UsageStore {
     /// Reads the store; absent → empty. A corrupt file is an error (a flush must not erase it).
     pub fn read(dir: &AccountsDir) -> Result<UsageStore, Error> {
         let path = dir.file(USAGE_FILE);
-        let Some(bytes) = crate::accounts::read_optional(&path, crate::accounts::MAX_META_BYTES)?
-        else {
+        let Some(bytes) = read_optional(&path, MAX_META_BYTES)? else {
             return Ok(UsageStore::default());
         };
         serde_json::from_slice(&bytes).map_err(|e| Error::CorruptFile {
