@@ -753,6 +753,11 @@ fn licensed_container_lifecycle() {
         let (stop, served) = (stop.clone(), served.clone());
         std::thread::spawn(move || request_loop(port, &stop, &served))
     };
+    // One keep-alive connection that never reconnects: handed over to the new generation.
+    let keep_alive = {
+        let stop = stop.clone();
+        std::thread::spawn(move || keep_alive_loop(port, &stop))
+    };
     let at_least = |n: usize, what: &str| {
         eventually(Duration::from_secs(10), what, || {
             (served.load(Ordering::Relaxed) >= n).then_some(())
@@ -780,6 +785,11 @@ fn licensed_container_lifecycle() {
     );
     stop.store(true, Ordering::Relaxed);
     let load = load.join().expect("request loop");
+    let kept = keep_alive.join().expect("keep-alive loop");
+    assert!(
+        kept.as_ref().is_ok_and(|n| *n > 0),
+        "the keep-alive connection across the SIGHUP swap: {kept:?}"
+    );
     assert!(load.ok > 0, "the request loop made requests");
     assert!(
         load.failures.is_empty(),
@@ -962,6 +972,44 @@ struct Load {
 
 /// /health and an engine-backed JSON-RPC call, alternately, until `stop`; every failure recorded,
 /// `served` counts the answered ones as they happen.
+/// `/health` over one keep-alive connection until `stop`, never reconnecting: the number of
+/// answers, or the first failure.
+fn keep_alive_loop(port: u16, stop: &AtomicBool) -> Result<usize, String> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let mut w = stream.try_clone().map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(stream);
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        w.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .map_err(|e| format!("after {n} answers, write: {e}"))?;
+        let mut line = String::new();
+        r.read_line(&mut line)
+            .map_err(|e| format!("after {n} answers, read: {e}"))?;
+        if !line.starts_with("HTTP/1.1 200") {
+            return Err(format!("after {n} answers: {line:?}"));
+        }
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h).map_err(|e| e.to_string())?;
+            if h == "\r\n" || h.is_empty() {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().map_err(|_| format!("bad {h:?}"))?;
+            }
+        }
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).map_err(|e| e.to_string())?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 fn request_loop(port: u16, stop: &AtomicBool, served: &AtomicUsize) -> Load {
     let mut load = Load::default();
     let mut times = Vec::new();
