@@ -308,7 +308,14 @@ fn when_the_next_generation_cannot_start_handed_connections_are_closed_not_left_
 }
 
 /// Runs `privitty-load` against `url` and returns its result line.
-fn load(url: &str, conns: usize, duration: &str, body: Option<&str>, label: &str) -> String {
+fn load(
+    url: &str,
+    conns: usize,
+    duration: &str,
+    body: Option<&str>,
+    rate: Option<f64>,
+    label: &str,
+) -> String {
     let mut cmd = std::process::Command::new(support::bin("privitty-load"));
     cmd.args([
         "run",
@@ -323,6 +330,9 @@ fn load(url: &str, conns: usize, duration: &str, body: Option<&str>, label: &str
     if let Some(b) = body {
         cmd.args(["--body", b]);
     }
+    if let Some(r) = rate {
+        cmd.args(["--rate", &format!("{r:.0}")]);
+    }
     let out = cmd.output().expect("run privitty-load");
     assert!(
         out.status.success(),
@@ -332,9 +342,18 @@ fn load(url: &str, conns: usize, duration: &str, body: Option<&str>, label: &str
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// `rps=` of a privitty-load result line.
+fn rps(line: &str) -> f64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("rps="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// `tests/bench/swap-bench.sh` runs this (release build): keep-alive load at 8 and 64 connections
-/// on `/health` and on `/rpc`, steady for 5 s, then for 20 s with a SIGHUP swap every 200 ms
-/// (100 swaps), same run; prints privitty-load's lines (p50/p99/max, non-2xx, socket errors).
+/// on `/health` and on `/rpc`. First the capacity (each connection back to back, 5 s), then at half
+/// of it, paced: 5 s steady and 21 s with a SIGHUP swap every 200 ms (100 swaps), same run; prints
+/// privitty-load's lines (p50/p99/max from when each request was due, non-2xx, socket errors).
 #[test]
 #[ignore = "benchmark: run by tests/bench/swap-bench.sh"]
 fn keep_alive_swap_benchmark() {
@@ -347,12 +366,22 @@ fn keep_alive_swap_benchmark() {
     for conns in [8usize, 64] {
         for (path, body) in [("/health", None), ("/rpc", Some(rpc))] {
             let url = format!("{base}{path}");
+            let full = load(
+                &url,
+                conns,
+                "5s",
+                body,
+                None,
+                &format!("swap-bench: capacity {path}"),
+            );
+            let half = Some(rps(&full) / 2.0);
             let steady = load(
                 &url,
                 conns,
                 "5s",
                 body,
-                &format!("swap-bench: steady   {path}"),
+                half,
+                &format!("swap-bench: steady   {path} (half)"),
             );
             let swapping = std::thread::scope(|s| {
                 let runner = s.spawn(|| {
@@ -361,7 +390,8 @@ fn keep_alive_swap_benchmark() {
                         conns,
                         "21s",
                         body,
-                        &format!("swap-bench: swapping {path}"),
+                        half,
+                        &format!("swap-bench: swapping {path} (half)"),
                     )
                 });
                 // Paced: 100 swaps spread over the run, each one waited for.
@@ -377,6 +407,7 @@ fn keep_alive_swap_benchmark() {
                 }
                 runner.join().unwrap()
             });
+            println!("{full}");
             println!("{steady}");
             println!("{swapping}");
         }

@@ -51,6 +51,11 @@ enum Cmd {
         /// Send `Authorization: Bearer <TOKEN>` with every request (read from this file).
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
+        /// Requests per second in all, spread evenly over the connections (default: each
+        /// connection sends back to back). Latency then counts from when a request was due, so
+        /// time spent waiting behind a slow answer is measured too.
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// Serve a constant /health (the baseline: hyper alone, same runtime set-up as edged).
     BaselineServer {
@@ -82,6 +87,7 @@ fn main() -> anyhow::Result<()> {
             body,
             label,
             token_file,
+            rate,
         } => {
             let token = match token_file {
                 Some(f) => Some(
@@ -99,6 +105,7 @@ fn main() -> anyhow::Result<()> {
                 body,
                 label,
                 token,
+                rate,
             ))
         }
         Cmd::BaselineServer { listen } => rt.block_on(baseline(listen)),
@@ -152,7 +159,12 @@ async fn run(
     body: Option<String>,
     label: String,
     token: Option<String>,
+    rate: Option<f64>,
 ) -> anyhow::Result<()> {
+    // Each connection's interval between two requests, when paced.
+    let interval = rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(connections as f64 / r));
     let mut target = parse_url(&url)?;
     target.auth = token.map(|t| format!("Bearer {t}"));
     let target = std::sync::Arc::new(target);
@@ -162,7 +174,7 @@ async fn run(
     for _ in 0..connections {
         let target = target.clone();
         let body = body.clone();
-        tasks.spawn(async move { one_connection(&target, body, deadline).await });
+        tasks.spawn(async move { one_connection(&target, body, deadline, interval).await });
     }
     let mut latencies: Vec<u32> = Vec::new();
     let (mut non_2xx, mut socket_errors) = (0u64, 0u64);
@@ -206,11 +218,14 @@ async fn one_connection(
     target: &Target,
     body: Option<Bytes>,
     deadline: Instant,
+    interval: Option<Duration>,
 ) -> anyhow::Result<Tally> {
     let mut tally = Tally {
         latencies: Vec::with_capacity(100_000),
         ..Tally::default()
     };
+    // When paced: the time the next request is due (a random phase spreads the connections).
+    let mut due = interval.map(|i| Instant::now() + i.mul_f64(fastrand::f64()));
     'connect: while Instant::now() < deadline {
         let stream = tokio::net::TcpStream::connect(&target.addr)
             .await
@@ -232,7 +247,14 @@ async fn one_connection(
             if let Some(auth) = &target.auth {
                 req.headers_mut().insert("authorization", auth.parse()?);
             }
-            let start = Instant::now();
+            if let (Some(at), Some(i)) = (due.as_mut(), interval) {
+                tokio::time::sleep_until((*at).into()).await;
+                *at += i;
+            }
+            // Paced: from when the request was due, so waiting behind a slow answer counts.
+            let start = due
+                .zip(interval)
+                .map_or_else(Instant::now, |(next, i)| next - i);
             let answer = async {
                 sender.ready().await?;
                 let resp = sender.send_request(req).await?;
