@@ -90,6 +90,9 @@ struct Inner {
     /// One-to-one chats (None = not one-to-one), cached.
     chats: Mutex<HashMap<u32, Option<ChatPeer>>>,
     addr: Mutex<Option<String>>,
+    /// When the outbox next has something due (Unix ms), as of the last transaction: the agent's
+    /// timer, kept here so waiting for the next event does not read the state file.
+    next_due: Mutex<Option<i64>>,
     wake: Notify,
 }
 
@@ -172,6 +175,7 @@ impl Peer {
                 others: Mutex::new(HashSet::new()),
                 chats: Mutex::new(HashMap::new()),
                 addr: Mutex::new(None),
+                next_due: Mutex::new(None),
                 wake: Notify::new(),
             }),
         };
@@ -207,7 +211,7 @@ impl Peer {
             .expect("addr")
             .clone()
             .unwrap_or_default();
-        tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             let _lock = inner.files.store().lock().map_err(rpc)?;
             let path = inner.dir.join(format!("state-{ACCOUNT_ID}.json"));
             let before = read_capped(&path, MAX_STATE_BYTES).map_err(rpc)?;
@@ -228,6 +232,7 @@ impl Peer {
                 now_ms: now_ms(),
             };
             let out = f(&mut state, &ctx);
+            *inner.next_due.lock().expect("next_due") = state.next_due();
             let after = serde_json::to_vec_pretty(&state).expect("state serialises");
             if before.as_deref() != Some(&after[..]) {
                 write_atomic(&path, &after, before.is_some()).map_err(rpc)?;
@@ -235,7 +240,13 @@ impl Peer {
             Ok(out)
         })
         .await
-        .map_err(|e| RpcError::internal(format!("the peer state update failed: {e}")))?
+        .map_err(|e| RpcError::internal(format!("the peer state update failed: {e}")))
+        .and_then(|r| r);
+        if result.is_err() {
+            // The state could not be read: look again in a few seconds.
+            *self.inner.next_due.lock().expect("next_due") = Some(now_ms() + 5_000);
+        }
+        result
     }
 
     async fn read_state(&self) -> Result<State, RpcError> {
@@ -384,10 +395,7 @@ impl Peer {
             tracing::warn!(error = %e.message, "peer catch-up failed; will read updates as they arrive");
         }
         loop {
-            let next = match self.read_state().await {
-                Ok(s) => s.next_due(),
-                Err(_) => Some(now_ms() + 5_000),
-            };
+            let next = *self.inner.next_due.lock().expect("next_due");
             let wait =
                 next.map(|t| Duration::from_millis((t - now_ms()).clamp(0, 3_600_000) as u64));
             tokio::select! {
@@ -736,6 +744,14 @@ impl Peer {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    /// The other members of a chat: the one contact of a one-to-one chat, else every member.
+    async fn chat_members(&self, chat_id: u32) -> Result<Vec<u32>, RpcError> {
+        match self.chat_peer(chat_id).await? {
+            Some(peer) => Ok(vec![peer.contact_id]),
+            None => self.members(chat_id).await,
+        }
     }
 
     // ---- methods ----
@@ -1174,10 +1190,7 @@ impl Peer {
         let p = Params::new(method, &params, NAMES).map_err(rpc)?;
         p.id(0, 1).map_err(rpc)?;
         let chat = p.id(1, 1).map_err(rpc)?;
-        let members = match self.chat_peer(chat).await? {
-            Some(peer) => vec![peer.contact_id],
-            None => self.members(chat).await?,
-        };
+        let members = self.chat_members(chat).await?;
         let state = self.read_state().await?;
         let missing: Vec<u32> = members
             .iter()
@@ -1198,10 +1211,7 @@ impl Peer {
         let p = Params::new(method, &params, NAMES).map_err(rpc)?;
         p.id(0, 1).map_err(rpc)?;
         let chat = p.id(1, 1).map_err(rpc)?;
-        let members = match self.chat_peer(chat).await? {
-            Some(peer) => vec![peer.contact_id],
-            None => self.members(chat).await?,
-        };
+        let members = self.chat_members(chat).await?;
         let state = self.read_state().await?;
         let peers: Vec<Value> = members
             .iter()

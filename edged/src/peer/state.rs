@@ -307,19 +307,7 @@ impl State {
         if under_way {
             return false;
         }
-        let keys = ctx.identity.public();
-        self.enqueue(
-            ctx,
-            peer.chat_id,
-            peer.contact_id,
-            None,
-            Body::Hello {
-                addr: ctx.addr.to_owned(),
-                signing: wire::encode32(&keys.signing),
-                agreement: wire::encode32(&keys.agreement),
-                reply: false,
-            },
-        );
+        self.enqueue(ctx, peer.chat_id, peer.contact_id, None, hello(ctx, false));
         true
     }
 
@@ -450,19 +438,7 @@ impl State {
         });
         pinned.confirmed |= *reply || message.to.is_some();
         if !*reply {
-            let mine = ctx.identity.public();
-            self.enqueue(
-                ctx,
-                peer.chat_id,
-                peer.contact_id,
-                None,
-                Body::Hello {
-                    addr: ctx.addr.to_owned(),
-                    signing: wire::encode32(&mine.signing),
-                    agreement: wire::encode32(&mine.agreement),
-                    reply: true,
-                },
-            );
+            self.enqueue(ctx, peer.chat_id, peer.contact_id, None, hello(ctx, true));
             fx.send = true;
         }
         // Our own unanswered hello is answered by theirs.
@@ -895,6 +871,17 @@ impl Outgoing {
     fn payload_is_first_hello(&self) -> bool {
         wire::open_payload(&self.payload)
             .is_ok_and(|u| matches!(u.message.body, Body::Hello { reply: false, .. }))
+    }
+}
+
+/// Our `hello`: our keys for the address we send from.
+fn hello(ctx: &Ctx<'_>, reply: bool) -> Body {
+    let keys = ctx.identity.public();
+    Body::Hello {
+        addr: ctx.addr.to_owned(),
+        signing: wire::encode32(&keys.signing),
+        agreement: wire::encode32(&keys.agreement),
+        reply,
     }
 }
 
