@@ -633,6 +633,23 @@ mod tests {
     }
 
     #[test]
+    fn unknown_numbers_come_back_unchanged_after_a_rewrite() {
+        // Numbers the server put in fields this version does not know are written back as the
+        // same value: a float far from an integer used to come back one unit in the last
+        // place off after parse → write → parse.
+        let text = r#"{"activation_id":"a","device_secret":"s","state":"active","seq":1,
+            "high_water":1,"high_water_epoch":0,
+            "future":{"x":[1,233333333333333333333333333333333.5,2.2250738585072011e-308,0.1]}}"#;
+        let a: Activation = serde_json::from_str(text).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = AccountsDir::new(tmp.path());
+        dir.write_activation(&a).unwrap();
+        let again = dir.activation().unwrap().unwrap();
+        assert_eq!(again, a);
+        assert_eq!(dir.activation().unwrap().unwrap(), again);
+    }
+
+    #[test]
     fn device_uuid_is_created_once_and_never_while_activated() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = AccountsDir::new(tmp.path());
