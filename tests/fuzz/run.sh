@@ -13,7 +13,7 @@
 # (libFuzzer's malloc hooks need a sanitizer runtime). The build goes to tests/fuzz/target, never
 # the main workspace's target dir, so it does not wait for the main build's lock.
 #
-# Environment: FUZZ_SECONDS (default 60), FUZZ_WORKDIR (keep the grown corpora and logs there
+# Environment: FUZZ_SECONDS (default 60), FUZZ_JOBS (targets at once, default one per core), FUZZ_WORKDIR (keep the grown corpora and logs there
 # instead of a deleted temp dir). Crash inputs are written to tests/fuzz/artifacts/<target>/ and
 # printed in base64 in the log, so a CI run's failure can be reproduced from its log alone.
 # The committed corpus is never modified.
@@ -65,19 +65,16 @@ else
   trap 'rm -rf "$work"' EXIT
 fi
 
-failed=()
-summary=()
-for t in "${targets[@]}"; do
-  echo "== fuzz $t for ${FUZZ_SECONDS} s"
-  corpus="$work/corpus/$t"
-  artifacts="$FUZZ_DIR/artifacts/$t"
-  log="$work/$t.log"
+# One target's run: its report goes to $work/$t.report, its exit code to $work/$t.rc.
+fuzz_one() {
+  local t=$1
+  local corpus="$work/corpus/$t" artifacts="$FUZZ_DIR/artifacts/$t" log="$work/$t.log" out="$work/$t.report"
   rm -rf "$corpus"
   mkdir -p "$corpus" "$artifacts"
   cp -R "$FUZZ_DIR/corpus/$t/." "$corpus/"
+  local seeds rc=0
   seeds=$(find "$corpus" -type f | wc -l)
   find "$artifacts" -type f | sort >"$work/$t.artifacts-before"
-  rc=0
   # The binary `cargo fuzz run` would start, started directly so that nothing is rebuilt inside
   # the time box. The outer timeout only catches libFuzzer itself getting stuck; -timeout catches
   # a slow input.
@@ -90,25 +87,53 @@ for t in "${targets[@]}"; do
       -print_final_stats=1 \
       -artifact_prefix="$artifacts/" \
       "$corpus" >"$log" 2>&1 || rc=$?
+  local done_line execs rate rss cov units
   done_line=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -1 || true)
   execs=$(sed -n 's/^stat::number_of_executed_units:[[:space:]]*//p' "$log")
   rate=$(sed -n 's/^stat::average_exec_per_sec:[[:space:]]*//p' "$log")
   rss=$(sed -n 's/^stat::peak_rss_mb:[[:space:]]*//p' "$log")
   cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+' <<<"$done_line" || true)
   units=$(find "$corpus" -type f | wc -l)
-  line="$t: exit $rc, ${execs:-?} execs, ${rate:-?} exec/s, ${cov:-no DONE line}, seeds $seeds → $units inputs, peak RSS ${rss:-?} MB"
-  echo "$line"
-  summary+=("$line")
+  echo "$t: exit $rc, ${execs:-?} execs, ${rate:-?} exec/s, ${cov:-no DONE line}, seeds $seeds → $units inputs, peak RSS ${rss:-?} MB" >"$out"
   if [ "$rc" -ne 0 ]; then
+    {
+      echo "-- $t FAILED (exit $rc); the end of its log:"
+      grep -nE 'panicked at|ERROR: libFuzzer|ERROR: AddressSanitizer|SUMMARY|Test unit written' "$log" | head -20 || true
+      tail -n 60 "$log"
+      find "$artifacts" -type f | sort | comm -13 "$work/$t.artifacts-before" - |
+        while read -r a; do
+          echo "-- input $a ($(wc -c <"$a") bytes), base64:"
+          base64 -w 100 "$a"
+        done
+    } >>"$out"
+  fi
+  echo "$rc" >"$work/$t.rc"
+}
+
+# Each libFuzzer process uses one core: FUZZ_JOBS targets run at once (default: one per core),
+# so the wall time is about ceil(targets / jobs) × FUZZ_SECONDS; each target still gets its full
+# FUZZ_SECONDS.
+jobs=${FUZZ_JOBS:-$(nproc)}
+echo "== fuzz ${targets[*]} for ${FUZZ_SECONDS} s each, $jobs at a time"
+running=0
+for t in "${targets[@]}"; do
+  if [ "$running" -ge "$jobs" ]; then
+    wait -n || true
+    running=$((running - 1))
+  fi
+  fuzz_one "$t" &
+  running=$((running + 1))
+done
+wait || true
+
+failed=()
+summary=()
+for t in "${targets[@]}"; do
+  echo "== fuzz $t"
+  cat "$work/$t.report" 2>/dev/null || echo "$t: no report (the run did not finish)"
+  summary+=("$(head -1 "$work/$t.report" 2>/dev/null || echo "$t: no report")")
+  if [ "$(cat "$work/$t.rc" 2>/dev/null || echo 1)" != 0 ]; then
     failed+=("$t")
-    echo "-- $t FAILED (exit $rc); the end of its log:"
-    grep -nE 'panicked at|ERROR: libFuzzer|ERROR: AddressSanitizer|SUMMARY|Test unit written' "$log" | head -20 || true
-    tail -n 60 "$log"
-    find "$artifacts" -type f | sort | comm -13 "$work/$t.artifacts-before" - |
-      while read -r a; do
-        echo "-- input $a ($(wc -c <"$a") bytes), base64:"
-        base64 -w 100 "$a"
-      done
   fi
 done
 
