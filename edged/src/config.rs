@@ -11,36 +11,19 @@ use std::time::Duration;
 
 use clap::Parser;
 
-/// Environment variables read by privitty-edged (the flags of the same meaning win).
+/// Environment variables read by privitty-edged (the flags of the same meaning win); named,
+/// defaulted and explained in [`licensectl::env`].
 pub mod env {
-    pub const LISTEN: &str = "PRIVITTY_LISTEN";
-    pub const ACCOUNTS: &str = licensectl::env::ACCOUNTS;
-    pub const ENGINE: &str = "PRIVITTY_ENGINE";
-    pub const PROFILE: &str = "PRIVITTY_PROFILE";
-    pub const CORS: &str = "PRIVITTY_CORS";
-    pub const MAX_CONNECTIONS: &str = "PRIVITTY_MAX_CONNECTIONS";
-    pub const HEADER_TIMEOUT: &str = "PRIVITTY_HEADER_TIMEOUT";
-    pub const BODY_TIMEOUT: &str = "PRIVITTY_BODY_TIMEOUT";
-    pub const SSE_PING_INTERVAL: &str = "PRIVITTY_SSE_PING_INTERVAL";
-    pub const SSE_BUFFER: &str = "PRIVITTY_SSE_BUFFER";
-    pub const STOP_TIMEOUT: &str = "PRIVITTY_EDGED_STOP_TIMEOUT";
-    pub const API_AUTH: &str = "PRIVITTY_API_AUTH";
-    pub const API_TOKEN: &str = licensectl::api_token::ENV_TOKEN;
-    pub const API_TOKEN_FILE: &str = licensectl::api_token::ENV_TOKEN_FILE;
-    pub const ALLOWED_HOSTS: &str = "PRIVITTY_ALLOWED_HOSTS";
-    pub const FILES_DIR: &str = "PRIVITTY_FILES_DIR";
-    pub const RPC_ALLOW: &str = "PRIVITTY_RPC_ALLOW";
-    pub const RPC_MAX_BATCH: &str = "PRIVITTY_RPC_MAX_BATCH";
-    pub const RPC_MAX_RESPONSE: &str = "PRIVITTY_RPC_MAX_RESPONSE";
-    pub const SSE_MAX_CLIENTS: &str = "PRIVITTY_SSE_MAX_CLIENTS";
-    pub const METRICS_AUTH: &str = "PRIVITTY_METRICS_AUTH";
-    pub const LICENSE_WARN_BEFORE: &str = "PRIVITTY_LICENSE_WARN_BEFORE";
-    pub const VIEWER_MAX_STREAMS: &str = "PRIVITTY_VIEWER_MAX_STREAMS";
+    pub use licensectl::env::EDGED_STOP_TIMEOUT as STOP_TIMEOUT;
+    pub use licensectl::env::{
+        ACCOUNTS, ALLOWED_HOSTS, API_AUTH, API_TOKEN, API_TOKEN_FILE, BODY_TIMEOUT, CORS, ENGINE,
+        FILES_DIR, HEADER_TIMEOUT, LICENSE_WARN_BEFORE, LISTEN, MAX_CONNECTIONS, METRICS_AUTH,
+        PROFILE, RPC_ALLOW, RPC_MAX_BATCH, RPC_MAX_RESPONSE, SSE_BUFFER, SSE_MAX_CLIENTS,
+        SSE_PING_INTERVAL, VIEWER_MAX_STREAMS,
+    };
     /// Set by privitty-init for each generation it spawns (absent: edged runs on its own): the
     /// generation's number, and the swaps and crashes privitty-init has seen so far.
-    pub const GENERATION: &str = "PRIVITTY_GENERATION";
-    pub const GENERATION_SWAPS: &str = "PRIVITTY_GENERATION_SWAPS";
-    pub const GENERATION_CRASHES: &str = "PRIVITTY_GENERATION_CRASHES";
+    pub use licensectl::env::{GENERATION, GENERATION_CRASHES, GENERATION_SWAPS};
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7200";
@@ -787,6 +770,20 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing from {text}");
         }
+    }
+
+    /// The variables `--help` lists (one per flag) are the registry's, with its defaults; the API
+    /// token has no flag (it would show in `ps`).
+    #[test]
+    fn help_variables_match_the_env_registry() {
+        let cmd = <Args as clap::CommandFactory>::command();
+        let no_flag = [env::API_TOKEN, env::API_TOKEN_FILE];
+        let problems = licensectl::env::flag_differences("edged", &cmd, &no_flag);
+        assert!(
+            problems.is_empty(),
+            "privitty-edged's flags and licensectl/src/env.rs differ:\n  {}",
+            problems.join("\n  ")
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use licensectl::env;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::process::{Child, Command};
@@ -81,10 +82,11 @@ impl EngineError {
                 crate::rpc::RESPONSE_TOO_LARGE,
                 format!(
                     "the answer is {size} bytes, more than the {limit} bytes allowed per call and per batch; \
-                     ask for less at once (fewer ids, smaller batches) or raise PRIVITTY_RPC_MAX_RESPONSE"
+                     ask for less at once (fewer ids, smaller batches) or raise {}",
+                    env::RPC_MAX_RESPONSE
                 ),
             )
-            .with_data(json!({"size": size, "limit": limit, "setting": "PRIVITTY_RPC_MAX_RESPONSE"})),
+            .with_data(json!({"size": size, "limit": limit, "setting": env::RPC_MAX_RESPONSE})),
             other => RpcError::internal(other.to_string()),
         }
     }
@@ -335,14 +337,14 @@ impl Engine {
         let cfg = &self.inner.config;
         let mut cmd = Command::new(&cfg.program);
         cmd.env(
-            "DC_ACCOUNTS_PATH",
+            env::ENGINE_ACCOUNTS_PATH,
             cfg.data_dir.join(ENGINE_ACCOUNTS_SUBDIR),
         )
         // Ours, not the engine's: it must not answer the service manager or see our socket.
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDNAMES")
+        .env_remove(env::NOTIFY_SOCKET)
+        .env_remove(env::LISTEN_FDS)
+        .env_remove(env::LISTEN_PID)
+        .env_remove(env::LISTEN_FDNAMES)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -65,7 +65,7 @@ pub fn take_handover() -> Option<HandoverFds> {
 /// 3), else `addr` bound here; also keeps the hand-over pair for [`take_handover`]. Call before any
 /// thread starts: taking the inherited sockets clears `LISTEN_FDS`/`LISTEN_PID`.
 pub fn take_listener(addr: SocketAddr) -> Result<(TcpListener, &'static str), HostError> {
-    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+    let names: Vec<String> = std::env::var(licensectl::env::LISTEN_FDNAMES)
         .map(|n| n.split(':').map(str::to_owned).collect())
         .unwrap_or_default();
     let mut fds = listenfd::ListenFd::from_env();

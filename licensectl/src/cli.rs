@@ -251,8 +251,8 @@ fn run(cli: Cli) -> u8 {
         .map_or_else(AccountsDir::from_env_or_default, AccountsDir::new);
     let result = match cli.command {
         Command::Health { url } => {
-            let url =
-                url.unwrap_or_else(|| health_url(std::env::var("PRIVITTY_LISTEN").ok().as_deref()));
+            let url = url
+                .unwrap_or_else(|| health_url(std::env::var(crate::env::LISTEN).ok().as_deref()));
             return health(&runtime, &url);
         }
         Command::License { command } => runtime.block_on(license(&dir, command)),
@@ -493,6 +493,27 @@ mod tests {
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
         LicensectlCli::command().debug_assert();
+    }
+
+    /// The variables the `--help` text names are settings of the registry that this CLI reads.
+    #[test]
+    fn help_variables_are_in_the_env_registry() {
+        let help = Cli::command().render_long_help().to_string();
+        let named: Vec<&str> = help
+            .split(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+            .filter(|w| {
+                w.starts_with("PRIVITTY_") || w.ends_with("_PROXY") || *w == "SSL_CERT_FILE"
+            })
+            .collect();
+        assert!(named.len() >= 5, "{named:?}\n{help}");
+        for name in named {
+            let var = crate::env::setting(name);
+            assert!(
+                var.is_some_and(|v| v.is_read_by("CLI") || v.is_read_by("activation")),
+                "--help names {name}, which licensectl/src/env.rs VARS does not list as read by \
+                 the CLI: {var:?}"
+            );
+        }
     }
 
     fn parsed(name: Name, args: &[&str]) -> Result<Cli, clap::Error> {

@@ -13,10 +13,11 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::env;
 use crate::error::{Error, TransientCause};
 use crate::url::DeliveryUrl;
 use crate::usage::UsageReport;
-use crate::vocab::{env, unix_secs};
+use crate::vocab::unix_secs;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

@@ -13,8 +13,9 @@
 //! `layers.rs` fails the tests on an import cycle). From the bottom:
 //!
 //! 0. [`vocab`] — the shared words and limits: [`Status`], [`Reason`], the file names of the
-//!    accounts directory, the size caps, the environment variable names, unix-seconds and RFC 3339
-//!    helpers. Imports nothing from this crate.
+//!    accounts directory, the size caps, unix-seconds and RFC 3339 helpers; [`env`] — the
+//!    registry of environment variables (names, defaults, readers, meanings) that every crate
+//!    names them through. Both import nothing from this crate.
 //! 1. [`error`] — [`Error`], [`ErrorKind`], `TransientCause`: every failure, naming the path or
 //!    peer and the fix.
 //! 2. [`url`] — the delivery URL, its checks and redaction; [`keys`] — trusted keys and `kid`;
@@ -40,6 +41,7 @@ pub mod accounts;
 pub mod api_token;
 pub mod cli;
 pub mod client;
+pub mod env;
 pub mod error;
 pub mod fingerprint;
 pub mod jwt;
@@ -62,6 +64,3 @@ pub use status::{Evaluation, LicenseIdentity, LoadedLicense, StatusReport, needs
 pub use url::DeliveryUrl;
 pub use usage::UsageCounters;
 pub use vocab::{Reason, Status};
-
-/// Environment variables read by the library (each binary documents them in its `--help`).
-pub use vocab::env;

@@ -1,6 +1,6 @@
 //! The shared vocabulary of the license rules: the status words and `no_license` reasons, the names
-//! of the license files in the accounts directory, the size caps, the environment variable names,
-//! and the time helpers (unix seconds, RFC 3339 text).
+//! of the license files in the accounts directory, the size caps, and the time helpers (unix
+//! seconds, RFC 3339 text).
 //!
 //! Owns: words and limits that several layers need, so none of them has to reach up to another
 //! for a name. Must not: import anything from this crate (it is the bottom layer), do I/O, or
@@ -105,19 +105,6 @@ pub const SYNC_STATE_FILE: &str = "sync_state.json";
 pub const MAX_LICENSE_BYTES: usize = 64 * 1024;
 /// Small metadata files are never legitimately larger than this.
 pub const MAX_META_BYTES: u64 = 1024 * 1024;
-
-/// Environment variables read by the library (each binary documents them in its `--help`).
-pub mod env {
-    /// The accounts (data) directory; default [`super::DEFAULT_ACCOUNTS_DIR`].
-    pub const ACCOUNTS: &str = "PRIVITTY_ACCOUNTS";
-    /// Extra trusted license keys: PEM text, or a path to a PEM file; several keys allowed.
-    pub const LICENSE_PUBKEY: &str = "PRIVITTY_LICENSE_PUBKEY";
-    /// Extra CA bundle trusted for the license server, in addition to the system roots.
-    pub const SSL_CERT_FILE: &str = "SSL_CERT_FILE";
-    /// Log filter and format, shared by all binaries.
-    pub const LOG: &str = "PRIVITTY_LOG";
-    pub const LOG_FORMAT: &str = "PRIVITTY_LOG_FORMAT";
-}
 
 /// The last second RFC 3339 text (four-digit years) can show: 9999-12-31T23:59:59Z.
 const MAX_RFC3339_SECS: i64 = 253_402_300_799;

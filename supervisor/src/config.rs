@@ -12,29 +12,13 @@ use std::time::Duration;
 use clap::{ArgAction, Parser};
 use nix::sys::signal::Signal;
 
-/// Environment variables read by `privitty-init` (the CLI flags mirror them).
+/// Environment variables read by `privitty-init` (the CLI flags mirror them); named, defaulted and
+/// explained in [`licensectl::env`].
 pub mod env {
-    pub use licensectl::env::ACCOUNTS;
-    /// Address the supervisor binds once and hands to each edged generation.
-    pub const LISTEN: &str = "PRIVITTY_LISTEN";
-    /// Delivery URL for start-up activation (contains the secret TOKEN).
-    pub const LICENSE_URL: &str = "PRIVITTY_LICENSE_URL";
-    /// A file whose trimmed content is the delivery URL (Docker/Kubernetes secrets).
-    pub const LICENSE_URL_FILE: &str = "PRIVITTY_LICENSE_URL_FILE";
-    /// How long a stop waits for the process tree after SIGTERM before SIGKILL.
-    pub const STOP_TIMEOUT: &str = "PRIVITTY_STOP_TIMEOUT";
-    /// How long start-up activation may take.
-    pub const ACTIVATION_TIMEOUT: &str = "PRIVITTY_ACTIVATION_TIMEOUT";
-    /// Period of the license sync (`0` turns it off).
-    pub const LICENSE_SYNC_INTERVAL: &str = "PRIVITTY_LICENSE_SYNC_INTERVAL";
-    /// Period of the license-file poll that backs up inotify.
-    pub const LICENSE_POLL_INTERVAL: &str = "PRIVITTY_LICENSE_POLL_INTERVAL";
-    /// How long a new generation may take to report READY=1.
-    pub const READY_TIMEOUT: &str = "PRIVITTY_READY_TIMEOUT";
-    /// Unexpected exits tolerated within the crash window.
-    pub const CRASH_LIMIT: &str = "PRIVITTY_CRASH_LIMIT";
-    /// The window the crash limit counts in.
-    pub const CRASH_WINDOW: &str = "PRIVITTY_CRASH_WINDOW";
+    pub use licensectl::env::{
+        ACCOUNTS, ACTIVATION_TIMEOUT, CRASH_LIMIT, CRASH_WINDOW, LICENSE_POLL_INTERVAL,
+        LICENSE_SYNC_INTERVAL, LICENSE_URL, LICENSE_URL_FILE, LISTEN, READY_TIMEOUT, STOP_TIMEOUT,
+    };
 }
 
 /// The command started when none is given.
@@ -809,6 +793,18 @@ mod tests {
         assert_eq!(level(&["--plain", "-vvvvv", "--", "x"]), "trace");
         assert_eq!(level(&["--", "x"]), "info");
         assert_eq!(level(&["--verbose", "--", "x"]), "debug");
+    }
+
+    /// The variables `--help` lists (one per flag) are the registry's, with its defaults.
+    #[test]
+    fn help_variables_match_the_env_registry() {
+        let cmd = <Cli as clap::CommandFactory>::command();
+        let problems = licensectl::env::flag_differences("init", &cmd, &[]);
+        assert!(
+            problems.is_empty(),
+            "privitty-init's flags and licensectl/src/env.rs differ:\n  {}",
+            problems.join("\n  ")
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::net::TcpListener;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::{Instant, SystemTime};
 
+use licensectl::env;
 use licensectl::keys::KeySources;
 use licensectl::{AccountsDir, LicenseIdentity, LoadedLicense, Reason, TrustedKeys};
 use nix::errno::Errno;
@@ -305,20 +306,20 @@ impl Driver<'_> {
             program: command[0].clone(),
             args: command[1..].to_vec(),
             env: vec![
-                ("NOTIFY_SOCKET".into(), notify.env_value()),
+                (env::NOTIFY_SOCKET.into(), notify.env_value()),
                 (
-                    OsString::from(licensectl::env::ACCOUNTS),
+                    OsString::from(env::ACCOUNTS),
                     self.dir.path().as_os_str().to_os_string(),
                 ),
                 // edged's metrics: counters that go on across generations (edged's own start
                 // again at each swap).
-                ("PRIVITTY_GENERATION".into(), generation.to_string().into()),
+                (env::GENERATION.into(), generation.to_string().into()),
                 (
-                    "PRIVITTY_GENERATION_SWAPS".into(),
+                    env::GENERATION_SWAPS.into(),
                     self.machine.swaps().to_string().into(),
                 ),
                 (
-                    "PRIVITTY_GENERATION_CRASHES".into(),
+                    env::GENERATION_CRASHES.into(),
                     self.machine.crashes_total().to_string().into(),
                 ),
             ],

@@ -6,6 +6,7 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
+use licensectl::env;
 use nix::errno::Errno;
 use nix::unistd::{AccessFlags, Pid, access};
 
@@ -113,7 +114,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Pid, SpawnError> {
 /// Our environment, overridden by `spec.env`, without inherited socket-activation variables
 /// (they describe our fds, not the child's), plus fresh ones when fds are handed over.
 fn environment(spec: &SpawnSpec) -> Result<Vec<CString>, SpawnError> {
-    const ACTIVATION: [&str; 3] = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
+    const ACTIVATION: [&str; 3] = [env::LISTEN_FDS, env::LISTEN_PID, env::LISTEN_FDNAMES];
     let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| !ACTIVATION.iter().any(|a| k == a))
         .filter(|(k, _)| !spec.env.iter().any(|(o, _)| o == k))
@@ -127,11 +128,11 @@ fn environment(spec: &SpawnSpec) -> Result<Vec<CString>, SpawnError> {
     );
     if !spec.listen_fds.is_empty() {
         vars.push((
-            "LISTEN_FDS".into(),
+            env::LISTEN_FDS.into(),
             spec.listen_fds.len().to_string().into(),
         ));
         let names: Vec<&str> = spec.listen_fds.iter().map(|(_, n)| n.as_str()).collect();
-        vars.push(("LISTEN_FDNAMES".into(), names.join(":").into()));
+        vars.push((env::LISTEN_FDNAMES.into(), names.join(":").into()));
         // LISTEN_PID is added by the child itself: only it knows its pid before exec.
     }
     vars.into_iter()
