@@ -94,6 +94,8 @@ struct Inner {
     /// timer, kept here so waiting for the next event does not read the state file.
     next_due: Mutex<Option<i64>>,
     wake: Notify,
+    /// One flush at a time: a method's own flush and the agent's never send an item twice.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -177,6 +179,7 @@ impl Peer {
                 addr: Mutex::new(None),
                 next_due: Mutex::new(None),
                 wake: Notify::new(),
+                flushing: tokio::sync::Mutex::new(()),
             }),
         };
         let task = tokio::spawn(peer.clone().run(events, stop));
@@ -661,6 +664,7 @@ impl Peer {
 
     /// Sends what is due in the outbox (only with a usable license).
     async fn flush(&self) {
+        let _one = self.inner.flushing.lock().await;
         if !self.licensed() {
             return;
         }
@@ -821,7 +825,9 @@ impl Peer {
         if let Err(e) = self.handshake_with(&recipients).await {
             tracing::warn!(%file, error = %e.message, "a handshake could not start; the grant waits for it");
         }
-        self.inner.wake.notify_one();
+        // Sent before the call returns: the update is in the engine's queue ahead of whatever
+        // the client sends next (the `.prv` itself, after `privitty_send_file`).
+        self.flush().await;
         let state = self.read_state().await?;
         result["recipients"] = json!(
             recipients
@@ -866,7 +872,7 @@ impl Peer {
                 reached
             })
             .await?;
-        self.inner.wake.notify_one();
+        self.flush().await;
         result["peers_notified"] = json!(reached);
         Ok(result)
     }
@@ -907,7 +913,7 @@ impl Peer {
             .await?
             .map_err(action)?;
         self.handshake_with(&[contact]).await.ok();
-        self.inner.wake.notify_one();
+        self.flush().await;
         self.inner.hub.publish(&json!({
             "type": "PrivittyFileAccessChanged",
             "account_id": ACCOUNT_ID,
@@ -940,7 +946,7 @@ impl Peer {
             .transact(move |state, ctx| state.end(ctx, file, contact, Access::Denied))
             .await?
             .map_err(action)?;
-        self.inner.wake.notify_one();
+        self.flush().await;
         self.inner.hub.publish(&json!({
             "type": "PrivittyFileAccessChanged",
             "account_id": ACCOUNT_ID,
@@ -967,7 +973,7 @@ impl Peer {
             .transact(move |state, ctx| state.request_renewal(ctx, file))
             .await?
             .map_err(action)?;
-        self.inner.wake.notify_one();
+        self.flush().await;
         Ok(json!({
             "file_id": file,
             "owner_contact_id": held.owner_contact_id,

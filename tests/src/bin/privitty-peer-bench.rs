@@ -65,6 +65,9 @@ fn main() {
     let alice = &gw[0];
     let mut handshakes = Vec::new();
     let mut responder = Vec::new();
+    // From the responder pinning the initiator to the initiator pinning the responder: the
+    // handshake's second message.
+    let mut replies = Vec::new();
     let mut joined = Vec::new();
     for i in 1..=pairs {
         let peer = &gw[i];
@@ -88,11 +91,13 @@ fn main() {
             .at;
         responder.push(pinned - began);
         handshakes.push(done - began);
+        replies.push(done.saturating_duration_since(pinned));
         joined.push(j);
     }
     let bob = &gw[1];
     let j = joined[0];
     let (mut hops, mut sends, mut revokes) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut file_arrived, mut grant_arrived) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         std::thread::sleep(quiet);
         let from = bob.events().cursor();
@@ -127,9 +132,11 @@ fn main() {
         );
         let file = r["file_id"].clone();
         let msg = wait_downloaded(bob, from, &format!("{name}.prv"));
-        bob.wait_event(from, "grant", |e| {
+        file_arrived.push(sent.elapsed());
+        let grant = bob.wait_event(from, "grant", |e| {
             e["type"] == "PrivittyFileAccessChanged" && e["file_id"] == file
         });
+        grant_arrived.push(grant.at - sent);
         let ok = bob.response("privitty_decrypt_file", json!([ACCOUNT, msg]));
         assert!(ok["result"]["path"].is_string(), "{ok}");
         sends.push(sent.elapsed());
@@ -157,9 +164,12 @@ fn main() {
     summary("text hop (plain message)", &mut hops, hop);
     summary("handshake, responder pinned", &mut responder, hop);
     summary("handshake, initiator complete", &mut handshakes, hop);
+    summary("  of which: the reply's hop", &mut replies, hop);
     summary("send → peer can decrypt", &mut sends, hop);
+    summary("  of which: the .prv downloaded", &mut file_arrived, hop);
+    summary("  of which: the grant applied", &mut grant_arrived, hop);
     summary("revoke → peer refuses", &mut revokes, hop);
     println!(
-        "note: the initiator's handshake is a round trip (two hops) by nature; send → decrypt includes the file's own delivery"
+        "note: the initiator's handshake is a round trip (hello, then the reply hello: two messages, each a hop); send → decrypt includes the file's own delivery, and the grant travels in a second mail"
     );
 }
