@@ -21,14 +21,14 @@ tests/scripts/fetch-engine.sh >/dev/null
 cargo build --locked "${profile[@]}" --workspace --bins
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-if ! cargo test --locked "${profile[@]}" -p privitty-tests --test init_managed swap_benchmark \
+if ! cargo test --locked "${profile[@]}" -p privitty-tests --test system init_managed::swap_benchmark \
     -- --ignored --exact --nocapture >"$out" 2>&1; then
     cat "$out"
     exit 1
 fi
 grep '^swap-bench:' "$out"
 # Keep-alive clients across 100 paced swaps at 8 and 64 connections (connection hand-over).
-if ! cargo test --locked "${profile[@]}" -p privitty-tests --test handover keep_alive_swap_benchmark \
+if ! cargo test --locked "${profile[@]}" -p privitty-tests --test system handover::keep_alive_swap_benchmark \
     -- --ignored --exact --nocapture >"$out" 2>&1; then
     cat "$out"
     exit 1

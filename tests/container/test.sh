@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The container test: builds the image offline (build-image.sh), then runs tests/tests/container.rs
+# The container test: builds the image offline (build-image.sh), then runs the `container::` tests (tests/tests/system/container.rs)
 # against it with rootful podman (configuration and storage from podman-env.sh, under target/podman).
-# Usage: tests/container/test.sh [extra `cargo test` arguments, e.g. a test name]
+# Usage: tests/container/test.sh [a test name within container::, e.g. late_activation]
 #   PRIVITTY_IMAGE   test this already built image instead of building one
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -18,4 +18,4 @@ cargo build --locked -p privitty-tests --bin privitty-license-server
 # shellcheck source=tests/container/podman-env.sh
 source tests/container/podman-env.sh
 # The container tests are #[ignore]d in the workspace run (no image there); here they must run.
-PRIVITTY_IMAGE=$image cargo test --locked -p privitty-tests --test container "$@" -- --ignored --nocapture
+PRIVITTY_IMAGE=$image cargo test --locked -p privitty-tests --test system -- --ignored --nocapture "container::${1:-}"

@@ -1937,7 +1937,7 @@ fn cli_sigkill_during_a_revocation_or_deactivation_never_leaves_a_usable_license
 
 /// Prints per-call figures next to a baseline: server calls against a 404 on the same listener (the
 /// HTTP stack without work), CLI commands against `privitty-edge --version` (process start).
-/// `cargo test -p privitty-tests --release --test license_cli bench -- --ignored --nocapture`
+/// `cargo test -p privitty-tests --release --test system license_cli::bench -- --ignored --nocapture`
 #[test]
 #[ignore = "benchmark: prints figures"]
 fn bench_license_server_and_cli() {
