@@ -412,27 +412,27 @@ impl Config {
             .files_dir
             .clone()
             .unwrap_or_else(|| args.accounts.join(FILES_SUBDIR));
-        let mut duration = |flag: &str, var: &str, text: &str| match humantime::parse_duration(text)
-        {
-            Ok(d) if d.is_zero() => {
-                problems.push(format!("--{flag} / {var}: must be more than 0"));
-                None
-            }
-            Ok(d) if d > MAX_DURATION => {
-                problems.push(format!(
-                    "--{flag} / {var}: must be at most {}",
-                    humantime::format_duration(MAX_DURATION)
-                ));
-                None
-            }
-            Ok(d) => Some(d),
-            Err(e) => {
-                problems.push(format!(
-                    "--{flag} / {var}: {text:?} is not a duration like 10s or 500ms ({e})"
-                ));
-                None
-            }
-        };
+        let mut duration =
+            |flag: &str, var: &str, text: &str| match licensectl::vocab::parse_duration(text) {
+                Ok(d) if d.is_zero() => {
+                    problems.push(format!("--{flag} / {var}: must be more than 0"));
+                    None
+                }
+                Ok(d) if d > MAX_DURATION => {
+                    problems.push(format!(
+                        "--{flag} / {var}: must be at most {}",
+                        humantime::format_duration(MAX_DURATION)
+                    ));
+                    None
+                }
+                Ok(d) => Some(d),
+                Err(e) => {
+                    problems.push(format!(
+                        "--{flag} / {var}: {text:?} is not a duration like 10s or 500ms ({e})"
+                    ));
+                    None
+                }
+            };
         let header_timeout = duration("header-timeout", env::HEADER_TIMEOUT, &args.header_timeout);
         let body_timeout = duration("body-timeout", env::BODY_TIMEOUT, &args.body_timeout);
         let sse_ping_interval = duration(
@@ -449,7 +449,8 @@ impl Config {
                 args.metrics_auth
             ));
         }
-        let license_warn_before = match humantime::parse_duration(args.license_warn_before.trim()) {
+        let license_warn_before = match licensectl::vocab::parse_duration(&args.license_warn_before)
+        {
             Ok(d) if d.is_zero() => Some(None),
             Ok(d) if d > MAX_LICENSE_WARN_BEFORE => {
                 problems.push(format!(

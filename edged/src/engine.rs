@@ -26,12 +26,8 @@ use crate::rpc::RpcError;
 pub const ENGINE_ACCOUNTS_SUBDIR: &str = "accounts";
 /// The account an edge device uses.
 pub const ACCOUNT_ID: u64 = 1;
-const BACKOFF_START: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// The first engine must answer and set up account 1 within this (it takes ~10 ms to answer).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// An engine that ran this long counts as healthy: the next restart starts from the short backoff.
-const HEALTHY_RUN: Duration = Duration::from_secs(30);
 
 /// How to start the engine.
 #[derive(Clone, Debug)]
@@ -246,6 +242,18 @@ impl Engine {
         params: &[Value],
         budget: Option<Arc<Budget>>,
     ) -> Result<Value, EngineError> {
+        // Every line logged while the call runs names it (and, inside a connection's span, the
+        // client it is for).
+        let span = tracing::debug_span!("engine_call", method);
+        tracing::Instrument::instrument(self.call_in_span(method, params, budget), span).await
+    }
+
+    async fn call_in_span(
+        &self,
+        method: &str,
+        params: &[Value],
+        budget: Option<Arc<Budget>>,
+    ) -> Result<Value, EngineError> {
         let generation = self
             .inner
             .current
@@ -391,7 +399,9 @@ impl Engine {
     ) {
         let pump = tokio::spawn(pump_events(self.clone(), hub, stop.clone()));
         let mut running = first;
-        let mut backoff = BACKOFF_START;
+        // 100 ms doubling to 10 s; an engine that ran 30 s counts as healthy and the next restart
+        // starts from the short delay again (the same pacing as privitty-init's generations).
+        let mut pacing = licensectl::pacing::Backoff::default();
         loop {
             let exited = tokio::select! {
                 status = running.child.wait() => Some(status),
@@ -410,16 +420,14 @@ impl Engine {
                 .map(|s| s.to_string())
                 .unwrap_or_else(|e| e.to_string());
             tracing::warn!(generation = running.generation.number, %status, "engine exited; restarting");
-            if running.started.elapsed() >= HEALTHY_RUN {
-                backoff = BACKOFF_START;
-            }
+            pacing.note_uptime(running.started.elapsed());
             // Restart after the backoff unless asked to stop; give up never: the service depends on it.
             loop {
+                let backoff = pacing.next_delay();
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = crate::stopped(&mut stop) => { let _ = pump.await; return; }
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
                 let number = *self.inner.generation.borrow() + 1;
                 match self.spawn_generation(number) {
                     Ok(r) => {

@@ -159,10 +159,15 @@ pub async fn serve(
                 tracing::debug!(peer = %handed.peer, buffered = handed.buffered.len(), "serving a handed-over connection");
                 let shared = shared.clone();
                 let io = handover::Prefixed::new(handed.buffered, stream);
-                tokio::spawn(async move {
-                    serve_connection(io, handed.peer, shared).await;
-                    drop(permit);
-                });
+                // Every line logged while serving it names the connection.
+                let span = tracing::debug_span!("conn", peer = %handed.peer, handed = true);
+                tokio::spawn(tracing::Instrument::instrument(
+                    async move {
+                        serve_connection(io, handed.peer, shared).await;
+                        drop(permit);
+                    },
+                    span,
+                ));
             }
         });
     }
@@ -187,10 +192,14 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
-        tokio::spawn(async move {
-            serve_connection(handover::Prefixed::new(Vec::new(), stream), peer, shared).await;
-            drop(permit);
-        });
+        let span = tracing::debug_span!("conn", %peer);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                serve_connection(handover::Prefixed::new(Vec::new(), stream), peer, shared).await;
+                drop(permit);
+            },
+            span,
+        ));
     }
     drop(listener);
     tracing::info!("stopping: no new connections; finishing in-flight requests");

@@ -97,11 +97,17 @@ pub fn run_standalone(config: Config) -> Result<(), RunError> {
         .enable_all()
         .build()
         .map_err(RunError::Runtime)?;
-    let result = rt.block_on(async move {
-        let stop = signals::stop_requested().map_err(RunError::Signals)?;
-        let listener = TcpListener::from_std(listener).map_err(RunError::Listener)?;
-        run(config, listener, LicenseSource::Files, stop).await
-    });
+    // Under privitty-init, every line of the serving path (and each connection's and engine
+    // call's span below it) names the generation.
+    let span = tracing::info_span!("edged", generation = config.generation.map(|g| g.number));
+    let result = rt.block_on(tracing::Instrument::instrument(
+        async move {
+            let stop = signals::stop_requested().map_err(RunError::Signals)?;
+            let listener = TcpListener::from_std(listener).map_err(RunError::Listener)?;
+            run(config, listener, LicenseSource::Files, stop).await
+        },
+        span,
+    ));
     // A thread still blocked on the data-directory lock must not hold up the exit.
     rt.shutdown_timeout(Duration::from_millis(200));
     result

@@ -15,7 +15,8 @@
 //! 0. [`vocab`] — the shared words and limits: [`Status`], [`Reason`], the file names of the
 //!    accounts directory, the size caps, unix-seconds and RFC 3339 helpers; [`env`] — the
 //!    registry of environment variables (names, defaults, readers, meanings) that every crate
-//!    names them through. Both import nothing from this crate.
+//!    names them through; [`pacing`] — the restart backoff of privitty-init and edged. All three
+//!    import nothing from this crate.
 //! 1. [`error`] — [`Error`], [`ErrorKind`], `TransientCause`: every failure, naming the path or
 //!    peer and the fix.
 //! 2. [`url`] — the delivery URL, its checks and redaction; [`keys`] — trusted keys and `kid`;
@@ -48,6 +49,7 @@ pub mod jwt;
 pub mod keys;
 pub mod logging;
 pub mod ops;
+pub mod pacing;
 pub mod status;
 pub mod url;
 pub mod usage;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
+use licensectl::vocab::parse_duration;
 use nix::sys::signal::Signal;
 
 /// Environment variables read by `privitty-init` (the CLI flags mirror them); named, defaulted and
@@ -519,15 +520,6 @@ fn parse_signal(value: &str) -> Option<Signal> {
 /// How a problem names its value: both ways it can be given.
 fn origin(var: &str, flag: &str) -> String {
     format!("{var} ({flag})")
-}
-
-/// A humantime duration; a bare `0` means zero (no unit needed for nothing).
-fn parse_duration(value: &str) -> Result<Duration, humantime::DurationError> {
-    let value = value.trim();
-    if value == "0" {
-        return Ok(Duration::ZERO);
-    }
-    humantime::parse_duration(value)
 }
 
 fn license_url(
