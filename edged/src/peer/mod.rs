@@ -1191,13 +1191,22 @@ impl Peer {
         }))
     }
 
-    async fn is_encrypted(&self, method: &str, params: Vec<Value>) -> Result<Value, RpcError> {
+    /// The `[account_id, chat_id]` of a chat method: the chat, its other members and the state.
+    async fn chat_params(
+        &self,
+        method: &str,
+        params: &[Value],
+    ) -> Result<(u32, Vec<u32>, State), RpcError> {
         const NAMES: &[&str] = &["account_id", "chat_id"];
-        let p = Params::new(method, &params, NAMES).map_err(rpc)?;
+        let p = Params::new(method, params, NAMES).map_err(rpc)?;
         p.id(0, 1).map_err(rpc)?;
         let chat = p.id(1, 1).map_err(rpc)?;
         let members = self.chat_members(chat).await?;
-        let state = self.read_state().await?;
+        Ok((chat, members, self.read_state().await?))
+    }
+
+    async fn is_encrypted(&self, method: &str, params: Vec<Value>) -> Result<Value, RpcError> {
+        let (chat, members, state) = self.chat_params(method, &params).await?;
         let missing: Vec<u32> = members
             .iter()
             .copied()
@@ -1213,12 +1222,7 @@ impl Peer {
     }
 
     async fn capabilities(&self, method: &str, params: Vec<Value>) -> Result<Value, RpcError> {
-        const NAMES: &[&str] = &["account_id", "chat_id"];
-        let p = Params::new(method, &params, NAMES).map_err(rpc)?;
-        p.id(0, 1).map_err(rpc)?;
-        let chat = p.id(1, 1).map_err(rpc)?;
-        let members = self.chat_members(chat).await?;
-        let state = self.read_state().await?;
+        let (_, members, state) = self.chat_params(method, &params).await?;
         let peers: Vec<Value> = members
             .iter()
             .map(|c| match state.peer(*c) {
