@@ -5,8 +5,7 @@
 //! HTTP/1.1 client for exact status/header/body checks, and finding the engine (edged's child) via
 //! /proc. Must not: reach the network, or leave processes behind (the process is killed on drop).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -456,16 +455,18 @@ impl EdgedStack {
         self.raw_exchange(&raw)
     }
 
-    /// Writes raw bytes and parses the response (read until the server closes).
+    /// Writes raw bytes on a fresh connection and parses the response (read until the server
+    /// closes; [`crate::http::exchange_raw`]).
     pub fn raw_exchange(&self, raw: &[u8]) -> Reply {
-        let mut s = TcpStream::connect(self.addr()).expect("connect to edged");
-        s.set_read_timeout(Some(Duration::from_secs(60)))
-            .expect("read timeout");
-        s.write_all(raw).expect("write request");
-        let mut out = Vec::new();
-        // The server may close before it read all of an oversized body; what it sent still counts.
-        let _ = s.read_to_end(&mut out);
-        parse_reply(&out)
+        let r = crate::http::exchange_raw(self.addr(), raw).unwrap_or_else(|e| {
+            let head = String::from_utf8_lossy(&raw[..raw.len().min(200)]).into_owned();
+            panic!("{}: {head:?}…: {e}", self.addr())
+        });
+        Reply {
+            status: r.status,
+            body: r.text(),
+            headers: r.headers,
+        }
     }
 
     /// `POST /rpc` with a JSON body.
@@ -501,48 +502,4 @@ pub fn wait_exit(proc: &mut Proc, deadline: Duration) -> ExitStatus {
     crate::support::eventually(deadline, &format!("{name} to exit"), || {
         proc.child.try_wait().expect("try_wait")
     })
-}
-
-fn parse_reply(raw: &[u8]) -> Reply {
-    let text = String::from_utf8_lossy(raw).to_string();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP response head in {text:?}"));
-    let mut lines = head.lines();
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }

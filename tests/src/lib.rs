@@ -7,6 +7,7 @@
 
 pub mod edged_stack;
 pub mod gateways;
+pub mod http;
 pub mod init_harness;
 pub mod license_server;
 pub mod mail_server;

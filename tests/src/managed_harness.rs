@@ -7,8 +7,7 @@
 //! everything waits on [`support::eventually`] with a deadline.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -307,159 +306,9 @@ pub fn jti(jwt: &str) -> String {
     claims["jti"].as_str().expect("jti claim").to_string()
 }
 
-// ---------------------------------------------------------------------------------------------
-// A minimal HTTP/1.1 client, so every failure is classified exactly (refused, reset, closed before
-// the response, bad status) instead of being folded into a library's retry logic.
-
-/// How one request failed.
-#[derive(Debug)]
-pub enum HttpError {
-    Connect(std::io::Error),
-    /// The connection ended before any byte of the response (write failed, EOF, reset).
-    NoResponse(String),
-    /// The response started but broke off or was malformed.
-    Broken(String),
-}
-
-impl std::fmt::Display for HttpError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            HttpError::Connect(e) => write!(f, "connect: {e}"),
-            HttpError::NoResponse(e) => write!(f, "no response: {e}"),
-            HttpError::Broken(e) => write!(f, "broken response: {e}"),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub body: Vec<u8>,
-    /// The server announced it closes the connection after this response.
-    pub close: bool,
-}
-
-/// One HTTP/1.1 connection.
-#[derive(Debug)]
-pub struct Conn {
-    reader: BufReader<TcpStream>,
-    /// The `Host` header: the address connected to, as a browser would send it.
-    host: String,
-}
-
-impl Conn {
-    pub fn connect(addr: SocketAddr) -> Result<Conn, HttpError> {
-        let stream = TcpStream::connect(addr).map_err(HttpError::Connect)?;
-        stream.set_nodelay(true).ok();
-        // A hung request fails the test rather than hanging it.
-        stream.set_read_timeout(Some(DEADLINE)).ok();
-        Ok(Conn {
-            reader: BufReader::new(stream),
-            host: addr.to_string(),
-        })
-    }
-
-    /// Sends one request and reads its whole response.
-    pub fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: Option<&[u8]>,
-        keep_alive: bool,
-    ) -> Result<HttpResponse, HttpError> {
-        let body = body.unwrap_or_default();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: {}\r\n\r\n",
-            self.host,
-            body.len(),
-            if keep_alive { "keep-alive" } else { "close" }
-        );
-        let stream = self.reader.get_mut();
-        let mut req = head.into_bytes();
-        req.extend_from_slice(body);
-        stream
-            .write_all(&req)
-            .map_err(|e| HttpError::NoResponse(format!("write: {e}")))?;
-        let mut status_line = String::new();
-        match self.reader.read_line(&mut status_line) {
-            Ok(0) => return Err(HttpError::NoResponse("closed".into())),
-            Ok(_) => {}
-            Err(e) => return Err(HttpError::NoResponse(format!("read: {e}"))),
-        }
-        let status: u16 = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| HttpError::Broken(format!("status line {status_line:?}")))?;
-        let mut length = None;
-        let mut chunked = false;
-        let mut close = false;
-        loop {
-            let mut line = String::new();
-            let n = self
-                .reader
-                .read_line(&mut line)
-                .map_err(|e| HttpError::Broken(format!("headers: {e}")))?;
-            if n == 0 {
-                return Err(HttpError::Broken("closed in headers".into()));
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-                match k.as_str() {
-                    "content-length" => length = v.parse::<usize>().ok(),
-                    "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
-                    "connection" => close = v.eq_ignore_ascii_case("close"),
-                    _ => {}
-                }
-            }
-        }
-        let body = if chunked {
-            self.read_chunked()?
-        } else if let Some(n) = length {
-            let mut b = vec![0; n];
-            self.reader
-                .read_exact(&mut b)
-                .map_err(|e| HttpError::Broken(format!("body: {e}")))?;
-            b
-        } else if status == 204 || status == 304 {
-            Vec::new()
-        } else {
-            let mut b = Vec::new();
-            self.reader
-                .read_to_end(&mut b)
-                .map_err(|e| HttpError::Broken(format!("body: {e}")))?;
-            close = true;
-            b
-        };
-        Ok(HttpResponse {
-            status,
-            body,
-            close: close || !keep_alive,
-        })
-    }
-
-    fn read_chunked(&mut self) -> Result<Vec<u8>, HttpError> {
-        let broken = |e: std::io::Error| HttpError::Broken(format!("chunk: {e}"));
-        let mut out = Vec::new();
-        loop {
-            let mut size = String::new();
-            self.reader.read_line(&mut size).map_err(broken)?;
-            let size = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
-                .map_err(|_| HttpError::Broken(format!("chunk size {size:?}")))?;
-            let mut chunk = vec![0; size + 2];
-            self.reader.read_exact(&mut chunk).map_err(broken)?;
-            if size == 0 {
-                return Ok(out);
-            }
-            out.extend_from_slice(&chunk[..size]);
-        }
-    }
-}
+// The HTTP/1.1 client of the tests (one for all): [`crate::http`]; re-exported here for the
+// tests that reach it through this harness.
+pub use crate::http::{Conn, HttpError, HttpResponse};
 
 /// `GET path` on a fresh connection.
 pub fn get(addr: SocketAddr, path: &str) -> Result<HttpResponse, HttpError> {
