@@ -12,10 +12,11 @@ if [ -z "$image" ]; then
   image=privitty/edge:test
   tests/container/build-image.sh "$image"
 fi
-# The test starts the reference license server from the debug build.
-cargo build --locked -p privitty-tests --bin privitty-license-server
+# The test starts the reference license server from the debug build. `--workspace`, as
+# tests/scripts/test.sh builds: the same features, so after it nothing is rebuilt.
+cargo build --locked --workspace --bins
 
 # shellcheck source=tests/container/podman-env.sh
 source tests/container/podman-env.sh
 # The container tests are #[ignore]d in the workspace run (no image there); here they must run.
-PRIVITTY_IMAGE=$image cargo test --locked -p privitty-tests --test system -- --ignored --nocapture "container::${1:-}"
+PRIVITTY_IMAGE=$image cargo test --locked --workspace --test system -- --ignored --nocapture "container::${1:-}"
