@@ -127,14 +127,14 @@ struct Waiting {
 
 /// One running engine process: its stdin queue and the calls waiting for its answers.
 #[derive(Debug)]
-struct Generation {
+struct EngineRun {
     number: u64,
     lines: mpsc::UnboundedSender<String>,
     /// `None` once the process is gone: later calls fail at once instead of waiting.
     pending: Mutex<Option<HashMap<u64, Waiting>>>,
 }
 
-impl Generation {
+impl EngineRun {
     fn fail_all(&self) {
         let drained = self.pending.lock().expect("pending lock").take();
         for (_, waiting) in drained.into_iter().flatten() {
@@ -146,19 +146,13 @@ impl Generation {
 /// Removes a call's entry from the pending table when the call ends, however it ends (a no-op
 /// once the answer took the entry).
 struct PendingEntry<'a> {
-    generation: &'a Generation,
+    run: &'a EngineRun,
     id: u64,
 }
 
 impl Drop for PendingEntry<'_> {
     fn drop(&mut self) {
-        if let Some(map) = self
-            .generation
-            .pending
-            .lock()
-            .expect("pending lock")
-            .as_mut()
-        {
+        if let Some(map) = self.run.pending.lock().expect("pending lock").as_mut() {
             map.remove(&self.id);
         }
     }
@@ -174,9 +168,9 @@ pub struct Engine {
 struct Inner {
     config: EngineConfig,
     next_id: AtomicU64,
-    current: Mutex<Option<Arc<Generation>>>,
-    /// Number of the running generation (0 = none yet); waiters watch it.
-    generation: watch::Sender<u64>,
+    current: Mutex<Option<Arc<EngineRun>>>,
+    /// Number of the current engine run (0 = none yet); waiters watch it.
+    run: watch::Sender<u64>,
     pid: Mutex<Option<u32>>,
     restarts: AtomicU64,
     /// Longest line read from the engine; a longer answer is dropped unread (`TooLarge`).
@@ -199,12 +193,12 @@ impl Engine {
                 config,
                 next_id: AtomicU64::new(1),
                 current: Mutex::new(None),
-                generation: watch::channel(0).0,
+                run: watch::channel(0).0,
                 pid: Mutex::new(None),
                 restarts: AtomicU64::new(0),
             }),
         };
-        let first = engine.spawn_generation(1)?;
+        let first = engine.spawn_run(1)?;
         let set_up = tokio::time::timeout(START_TIMEOUT, engine.set_up_account())
             .await
             .unwrap_or_else(|_| {
@@ -254,7 +248,7 @@ impl Engine {
         params: &[Value],
         budget: Option<Arc<Budget>>,
     ) -> Result<Value, EngineError> {
-        let generation = self
+        let run = self
             .inner
             .current
             .lock()
@@ -268,7 +262,7 @@ impl Engine {
         .expect("request serializes");
         let (tx, rx) = oneshot::channel();
         {
-            let mut pending = generation.pending.lock().expect("pending lock");
+            let mut pending = run.pending.lock().expect("pending lock");
             match pending.as_mut() {
                 Some(map) => map.insert(id, Waiting { reply: tx, budget }),
                 None => return Err(EngineError::Died),
@@ -276,11 +270,8 @@ impl Engine {
         }
         // A caller that goes away (client disconnected, batch dropped) must not leave its entry
         // behind: a long-poll the engine never answers would keep it until the engine dies.
-        let _entry = PendingEntry {
-            generation: &generation,
-            id,
-        };
-        if generation.lines.send(line).is_err() {
+        let _entry = PendingEntry { run: &run, id };
+        if run.lines.send(line).is_err() {
             return Err(EngineError::Died);
         }
         rx.await.unwrap_or(Err(EngineError::Died))
@@ -341,7 +332,7 @@ impl Engine {
         Ok(())
     }
 
-    fn spawn_generation(&self, number: u64) -> Result<Running, EngineError> {
+    fn spawn_run(&self, number: u64) -> Result<Running, EngineError> {
         let cfg = &self.inner.config;
         let mut cmd = Command::new(&cfg.program);
         cmd.env(
@@ -366,24 +357,20 @@ impl Engine {
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
         let (lines_tx, lines_rx) = mpsc::unbounded_channel();
-        let generation = Arc::new(Generation {
+        let run = Arc::new(EngineRun {
             number,
             lines: lines_tx,
             pending: Mutex::new(Some(HashMap::new())),
         });
         tokio::spawn(write_lines(stdin, lines_rx));
-        let reader = tokio::spawn(read_answers(
-            stdout,
-            generation.clone(),
-            self.inner.max_line,
-        ));
+        let reader = tokio::spawn(read_answers(stdout, run.clone(), self.inner.max_line));
         tokio::spawn(log_stderr(stderr, pid));
         *self.inner.pid.lock().expect("pid lock") = pid;
-        *self.inner.current.lock().expect("current lock") = Some(generation.clone());
-        self.inner.generation.send_replace(number);
-        tracing::info!(generation = number, pid, program = %cfg.program.display(), "engine started");
+        *self.inner.current.lock().expect("current lock") = Some(run.clone());
+        self.inner.run.send_replace(number);
+        tracing::info!(engine_run = number, pid, program = %cfg.program.display(), "engine started");
         Ok(Running {
-            generation,
+            run,
             child,
             reader,
             started: Instant::now(),
@@ -408,18 +395,18 @@ impl Engine {
                 _ = crate::stopped(&mut stop) => None,
             };
             let Some(status) = exited else {
-                self.detach(&running.generation);
+                self.detach(&running.run);
                 running.stop(stop_timeout).await;
                 break;
             };
-            self.detach(&running.generation);
+            self.detach(&running.run);
             // Answers already read still count; only then fail the rest.
             let _ = (&mut running.reader).await;
-            running.generation.fail_all();
+            running.run.fail_all();
             let status = status
                 .map(|s| s.to_string())
                 .unwrap_or_else(|e| e.to_string());
-            tracing::warn!(generation = running.generation.number, %status, "engine exited; restarting");
+            tracing::warn!(engine_run = running.run.number, %status, "engine exited; restarting");
             pacing.note_uptime(running.started.elapsed());
             // Restart after the backoff unless asked to stop; give up never: the service depends on it.
             loop {
@@ -428,8 +415,8 @@ impl Engine {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = crate::stopped(&mut stop) => { let _ = pump.await; return; }
                 }
-                let number = *self.inner.generation.borrow() + 1;
-                match self.spawn_generation(number) {
+                let number = *self.inner.run.borrow() + 1;
+                match self.spawn_run(number) {
                     Ok(r) => {
                         running = r;
                         self.inner.restarts.fetch_add(1, Ordering::Relaxed);
@@ -443,7 +430,7 @@ impl Engine {
                                     Err(_) => Some(format!("no answer within {START_TIMEOUT:?}")),
                                 };
                                 if let Some(error) = error {
-                                    tracing::warn!(generation = number, %error, "restarted engine failed account set-up");
+                                    tracing::warn!(engine_run = number, %error, "restarted engine failed account set-up");
                                 }
                             }
                             _ = crate::stopped(&mut stop) => {}
@@ -459,9 +446,9 @@ impl Engine {
         let _ = pump.await;
     }
 
-    fn detach(&self, generation: &Arc<Generation>) {
+    fn detach(&self, run: &Arc<EngineRun>) {
         let mut current = self.inner.current.lock().expect("current lock");
-        if current.as_ref().is_some_and(|g| Arc::ptr_eq(g, generation)) {
+        if current.as_ref().is_some_and(|g| Arc::ptr_eq(g, run)) {
             *current = None;
             *self.inner.pid.lock().expect("pid lock") = None;
         }
@@ -469,7 +456,7 @@ impl Engine {
 }
 
 struct Running {
-    generation: Arc<Generation>,
+    run: Arc<EngineRun>,
     child: Child,
     reader: tokio::task::JoinHandle<()>,
     started: Instant,
@@ -478,17 +465,17 @@ struct Running {
 impl Running {
     /// Closes stdin (the engine exits on EOF), waits up to `timeout`, then kills.
     async fn stop(mut self, timeout: Duration) {
-        let number = self.generation.number;
+        let number = self.run.number;
         // An empty line tells the writer task to close stdin.
-        let _ = self.generation.lines.send(String::new());
+        let _ = self.run.lines.send(String::new());
         match tokio::time::timeout(timeout, self.child.wait()).await {
             Ok(status) => {
                 let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
-                tracing::info!(generation = number, %status, "engine stopped")
+                tracing::info!(engine_run = number, %status, "engine stopped")
             }
             Err(_) => {
                 tracing::warn!(
-                    generation = number,
+                    engine_run = number,
                     ?timeout,
                     "engine did not exit after stdin closed; killing it"
                 );
@@ -496,7 +483,7 @@ impl Running {
             }
         }
         let _ = (&mut self.reader).await;
-        self.generation.fail_all();
+        self.run.fail_all();
     }
 }
 
@@ -532,11 +519,7 @@ async fn write_lines(
     let _ = out.shutdown().await;
 }
 
-async fn read_answers(
-    stdout: tokio::process::ChildStdout,
-    generation: Arc<Generation>,
-    max_line: usize,
-) {
+async fn read_answers(stdout: tokio::process::ChildStdout, run: Arc<EngineRun>, max_line: usize) {
     let mut reader = BufReader::new(stdout);
     let mut buf = Vec::new();
     loop {
@@ -576,7 +559,7 @@ async fn read_answers(
                 (id, Err(size))
             }
         };
-        let waiting = generation
+        let waiting = run
             .pending
             .lock()
             .expect("pending lock")
@@ -606,7 +589,7 @@ async fn read_answers(
         let _ = waiting.reply.send(outcome);
     }
     // No answer can come any more: fail what is still waiting now, not when the exit is noticed.
-    generation.fail_all();
+    run.fail_all();
 }
 
 /// One line from the engine: whole, or only its first bytes when it is longer than the cap.
@@ -710,9 +693,9 @@ async fn log_stderr(stderr: tokio::process::ChildStderr, pid: Option<u32>) {
 
 /// Pulls events with `get_next_event` and publishes them, across engine restarts, until stop.
 async fn pump_events(engine: Engine, hub: Hub, mut stop: watch::Receiver<bool>) {
-    let mut generations = engine.inner.generation.subscribe();
+    let mut runs = engine.inner.run.subscribe();
     loop {
-        let asked_of = *generations.borrow_and_update();
+        let asked_of = *runs.borrow_and_update();
         let next = tokio::select! {
             r = engine.call("get_next_event", &[]) => r,
             _ = crate::stopped(&mut stop) => return,
@@ -726,7 +709,7 @@ async fn pump_events(engine: Engine, hub: Hub, mut stop: watch::Receiver<bool>) 
             Err(_) => {
                 // That engine is gone: wait for the next one (or stop) instead of spinning.
                 tokio::select! {
-                    _ = generations.wait_for(|g| *g != asked_of) => {}
+                    _ = runs.wait_for(|g| *g != asked_of) => {}
                     _ = crate::stopped(&mut stop) => return,
                 }
             }
@@ -751,7 +734,7 @@ mod tests {
                 max_line: 1024,
                 next_id: AtomicU64::new(1),
                 current: Mutex::new(None),
-                generation: watch::channel(0).0,
+                run: watch::channel(0).0,
                 pid: Mutex::new(None),
                 restarts: AtomicU64::new(0),
             }),
@@ -839,7 +822,7 @@ done
     async fn a_call_its_caller_gave_up_on_leaves_no_pending_entry() {
         // `tail` answers nothing until stdin closes: a call to it waits like a long-poll does.
         let engine = bare("/usr/bin/tail");
-        let running = engine.spawn_generation(1).expect("spawn tail");
+        let running = engine.spawn_run(1).expect("spawn tail");
         {
             let params = [json!(1)];
             let call = engine.call("wait_next_msgs", &params);
