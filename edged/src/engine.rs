@@ -180,13 +180,14 @@ struct Inner {
 impl Engine {
     /// Starts the engine, sets up account 1, and keeps the engine running (restarting it with backoff)
     /// until `stop` turns true. Returns once the first engine answered and account 1 is set up; the
-    /// returned task ends after the engine stopped.
+    /// returned task ends after the engine stopped. A stop during the set-up stops that engine the
+    /// way every stop does (stdin closed, SIGKILL only after `stop_timeout`) and returns `None`.
     pub async fn start(
         config: EngineConfig,
         hub: Hub,
-        stop: watch::Receiver<bool>,
+        mut stop: watch::Receiver<bool>,
         stop_timeout: Duration,
-    ) -> Result<(Engine, tokio::task::JoinHandle<()>), EngineError> {
+    ) -> Result<Option<(Engine, tokio::task::JoinHandle<()>)>, EngineError> {
         let engine = Engine {
             inner: Arc::new(Inner {
                 max_line: config.max_answer,
@@ -199,14 +200,19 @@ impl Engine {
             }),
         };
         let first = engine.spawn_run(1)?;
-        let set_up = tokio::time::timeout(START_TIMEOUT, engine.set_up_account())
-            .await
-            .unwrap_or_else(|_| {
-                Err(EngineError::Setup {
-                    program: engine.inner.config.program.clone(),
-                    detail: format!("it did not answer within {START_TIMEOUT:?}"),
-                })
-            });
+        let set_up = tokio::select! {
+            r = tokio::time::timeout(START_TIMEOUT, engine.set_up_account()) => r,
+            _ = crate::stopped(&mut stop) => {
+                first.stop(stop_timeout).await;
+                return Ok(None);
+            }
+        };
+        let set_up = set_up.unwrap_or_else(|_| {
+            Err(EngineError::Setup {
+                program: engine.inner.config.program.clone(),
+                detail: format!("it did not answer within {START_TIMEOUT:?}"),
+            })
+        });
         if let Err(e) = set_up {
             first.stop(stop_timeout).await;
             return Err(match e {
@@ -221,7 +227,7 @@ impl Engine {
             });
         }
         let keeper = tokio::spawn(engine.clone().keep_running(first, hub, stop, stop_timeout));
-        Ok((engine, keeper))
+        Ok(Some((engine, keeper)))
     }
 
     /// Calls an engine method with positional params.
@@ -767,6 +773,50 @@ while IFS= read -r line; do
 done
 "#;
 
+    /// Never answers; on stdin's end it leaves a mark and exits, as the real engine does.
+    const NEVER_ANSWERS: &str = r#"#!/bin/sh
+: > "$DC_ACCOUNTS_PATH.started"
+cat > /dev/null
+: > "$DC_ACCOUNTS_PATH.eof"
+"#;
+
+    #[tokio::test]
+    async fn a_stop_during_the_first_engines_set_up_closes_its_stdin_instead_of_killing_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("engine.sh");
+        std::fs::write(&program, NEVER_ANSWERS).unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config = EngineConfig {
+            program,
+            data_dir: dir.path().to_path_buf(),
+            profile: "test".into(),
+            max_answer: 1024 * 1024,
+            realtime_off: true,
+        };
+        let (stop_tx, stop) = watch::channel(false);
+        let start = tokio::spawn(Engine::start(
+            config,
+            Hub::new(4),
+            stop,
+            Duration::from_secs(30),
+        ));
+        // The engine's DC_ACCOUNTS_PATH is <data_dir>/accounts.
+        let mark = |what: &str| dir.path().join(format!("accounts{what}"));
+        crate::test_util::wait_until(|| mark(".started").exists()).await;
+        stop_tx.send(true).unwrap();
+        let started = tokio::time::timeout(Duration::from_secs(20), start)
+            .await
+            .expect("a stop ends the start-up at once, not after START_TIMEOUT")
+            .unwrap()
+            .expect("a stop is not a start-up error");
+        assert!(started.is_none());
+        assert!(
+            mark(".eof").exists(),
+            "the engine was killed instead of seeing its stdin close"
+        );
+    }
+
     #[tokio::test]
     async fn a_stop_during_a_restarted_engines_set_up_is_not_ignored() {
         use std::os::unix::fs::PermissionsExt;
@@ -784,7 +834,8 @@ done
         let (stop_tx, stop) = watch::channel(false);
         let (engine, keeper) = Engine::start(config, Hub::new(4), stop, Duration::from_millis(200))
             .await
-            .expect("the first engine answers");
+            .expect("the first engine answers")
+            .expect("no stop was asked for");
         let first = engine.pid().expect("running");
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(first as i32),

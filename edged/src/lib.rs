@@ -210,9 +210,20 @@ pub async fn run(
         realtime_off: !config.policy.realtime_allowed(),
     };
     let engine_deadline = config.stop_timeout * 2 / 5;
-    let (engine, keeper) = tokio::select! {
-        r = engine::Engine::start(engine_config, hub.clone(), engine_stop, engine_deadline) => r?,
-        _ = &mut shutdown => return Ok(()),
+    // A stop during the engine's start-up stops it like any other stop, never by dropping it
+    // (which would SIGKILL an engine that may be writing its databases).
+    let start = engine::Engine::start(engine_config, hub.clone(), engine_stop, engine_deadline);
+    tokio::pin!(start);
+    let started = tokio::select! {
+        r = &mut start => r?,
+        _ = &mut shutdown => {
+            let _ = engine_stop_tx.send(true);
+            start.await?
+        }
+    };
+    let Some((engine, keeper)) = started else {
+        tracing::info!("stopped during the engine's start-up");
+        return Ok(());
     };
     let metrics = Arc::new(metrics::Metrics::new(
         metrics::Sources {
