@@ -12,10 +12,10 @@ use std::time::Duration;
 use clap::Parser;
 
 /// Environment variables read by privitty-edged (the flags of the same meaning win); named,
-/// defaulted and explained in [`licensectl::env`].
+/// defaulted and explained in [`privitty_base::env`].
 pub mod env {
-    pub use licensectl::env::EDGED_STOP_TIMEOUT as STOP_TIMEOUT;
-    pub use licensectl::env::{
+    pub use privitty_base::env::EDGED_STOP_TIMEOUT as STOP_TIMEOUT;
+    pub use privitty_base::env::{
         ACCOUNTS, ALLOWED_HOSTS, API_AUTH, API_TOKEN, API_TOKEN_FILE, BODY_TIMEOUT, CORS, ENGINE,
         FILES_DIR, HEADER_TIMEOUT, LICENSE_WARN_BEFORE, LISTEN, MAX_CONNECTIONS, METRICS_AUTH,
         PROFILE, RPC_ALLOW, RPC_MAX_BATCH, RPC_MAX_RESPONSE, SSE_BUFFER, SSE_MAX_CLIENTS,
@@ -23,7 +23,7 @@ pub mod env {
     };
     /// Set by privitty-init for each generation it spawns (absent: edged runs on its own): the
     /// generation's number, and the swaps and crashes privitty-init has seen so far.
-    pub use licensectl::env::{GENERATION, GENERATION_CRASHES, GENERATION_SWAPS};
+    pub use privitty_base::env::{GENERATION, GENERATION_CRASHES, GENERATION_SWAPS};
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7200";
@@ -413,7 +413,8 @@ impl Config {
             .clone()
             .unwrap_or_else(|| args.accounts.join(FILES_SUBDIR));
         let mut duration =
-            |flag: &str, var: &str, text: &str| match licensectl::vocab::parse_duration(text) {
+            |flag: &str, var: &str, text: &str| match privitty_base::duration::parse_duration(text)
+            {
                 Ok(d) if d.is_zero() => {
                     problems.push(format!("--{flag} / {var}: must be more than 0"));
                     None
@@ -449,8 +450,9 @@ impl Config {
                 args.metrics_auth
             ));
         }
-        let license_warn_before = match licensectl::vocab::parse_duration(&args.license_warn_before)
-        {
+        let license_warn_before = match privitty_base::duration::parse_duration(
+            &args.license_warn_before,
+        ) {
             Ok(d) if d.is_zero() => Some(None),
             Ok(d) if d > MAX_LICENSE_WARN_BEFORE => {
                 problems.push(format!(
@@ -779,10 +781,10 @@ mod tests {
     fn help_variables_match_the_env_registry() {
         let cmd = <Args as clap::CommandFactory>::command();
         let no_flag = [env::API_TOKEN, env::API_TOKEN_FILE];
-        let problems = licensectl::env::flag_differences("edged", &cmd, &no_flag);
+        let problems = privitty_base::env::flag_differences("edged", &cmd, &no_flag);
         assert!(
             problems.is_empty(),
-            "privitty-edged's flags and licensectl/src/env.rs differ:\n  {}",
+            "privitty-edged's flags and licensectl/base/src/env.rs differ:\n  {}",
             problems.join("\n  ")
         );
     }

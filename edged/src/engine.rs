@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use licensectl::env;
+use privitty_base::env;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::process::{Child, Command};
@@ -394,7 +394,7 @@ impl Engine {
         let mut running = first;
         // 100 ms doubling to 10 s; an engine that ran 30 s counts as healthy and the next restart
         // starts from the short delay again (the same pacing as privitty-init's generations).
-        let mut pacing = licensectl::pacing::Backoff::default();
+        let mut pacing = privitty_base::pacing::Backoff::default();
         loop {
             let exited = tokio::select! {
                 status = running.child.wait() => Some(status),

@@ -10,9 +10,6 @@ use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 
-/// Backlog of a socket edged binds itself (the kernel caps it at `net.core.somaxconn`).
-pub const LISTEN_BACKLOG: i32 = 1024;
-
 /// The lock file that keeps two edged (and so two engines) off one data directory.
 pub const LOCK_FILE: &str = ".edged.lock";
 
@@ -20,12 +17,8 @@ pub const LOCK_FILE: &str = ".edged.lock";
 pub enum HostError {
     #[error("cannot take the inherited listening socket (LISTEN_FDS, fd 3)")]
     Inherited(#[source] std::io::Error),
-    #[error("cannot listen on {addr} (is another service using it? pick another --listen)")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] privitty_base::listen::BindError),
     #[error("cannot create the data directory {path} (check --accounts and its owner)")]
     DataDir {
         path: PathBuf,
@@ -65,7 +58,7 @@ pub fn take_handover() -> Option<HandoverFds> {
 /// 3), else `addr` bound here; also keeps the hand-over pair for [`take_handover`]. Call before any
 /// thread starts: taking the inherited sockets clears `LISTEN_FDS`/`LISTEN_PID`.
 pub fn take_listener(addr: SocketAddr) -> Result<(TcpListener, &'static str), HostError> {
-    let names: Vec<String> = std::env::var(licensectl::env::LISTEN_FDNAMES)
+    let names: Vec<String> = std::env::var(privitty_base::env::LISTEN_FDNAMES)
         .map(|n| n.split(':').map(str::to_owned).collect())
         .unwrap_or_default();
     let mut fds = listenfd::ListenFd::from_env();
@@ -112,18 +105,11 @@ pub fn take_listener(addr: SocketAddr) -> Result<(TcpListener, &'static str), Ho
             "fd 3 is not a TCP listening socket",
         )));
     }
-    let bind = || -> std::io::Result<TcpListener> {
-        use socket2::{Domain, Socket, Type};
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-        // A restarted edged must be able to bind while old connections sit in TIME_WAIT.
-        socket.set_reuse_address(true)?;
-        socket.bind(&addr.into())?;
-        // Connections beyond the connection cap wait here, so make room for bursts.
-        socket.listen(LISTEN_BACKLOG)?;
-        socket.set_nonblocking(true)?;
-        Ok(socket.into())
-    };
-    let l = bind().map_err(|source| HostError::Bind { addr, source })?;
+    // The same socket privitty-init would have handed over; connections beyond the connection
+    // cap wait in its backlog.
+    let l = privitty_base::listen::bind(addr)?;
+    l.set_nonblocking(true)
+        .map_err(|source| HostError::Bind(privitty_base::listen::BindError { addr, source }))?;
     Ok((l, "bound"))
 }
 

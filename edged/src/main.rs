@@ -21,7 +21,7 @@ pub(crate) fn main() -> ExitCode {
             };
         }
     };
-    licensectl::logging::init("info");
+    privitty_base::logging::init("info");
     let path = std::env::var_os("PATH");
     let config = match edged::Config::from_args(args, path.as_deref(), edged::config::hostname()) {
         Ok(c) => c,

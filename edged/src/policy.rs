@@ -20,7 +20,7 @@ pub const POLICY_DENIED: i64 = -32003;
 /// A path parameter outside the files directory, or otherwise unusable.
 pub const PATH_REFUSED: i64 = -32602;
 /// The setting that lets denied methods through.
-pub const ALLOW_SETTING: &str = licensectl::env::RPC_ALLOW;
+pub const ALLOW_SETTING: &str = privitty_base::env::RPC_ALLOW;
 
 /// Where a path hides in a method's positional params.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

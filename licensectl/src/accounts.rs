@@ -20,9 +20,9 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::env;
 use crate::error::Error;
 use crate::vocab::MAX_LICENSE_BYTES;
+use privitty_base::env;
 
 pub use crate::vocab::{
     ACTIVATION_FILE, DEFAULT_ACCOUNTS_DIR, DEVICE_UUID_FILE, LICENSE_FILE, LICENSE_SERVER_FILE,

@@ -18,8 +18,8 @@ use crate::accounts::AccountsDir;
 /// The token's file in the data directory, when neither variable names another.
 pub const API_TOKEN_FILE: &str = "api.token";
 /// Environment variables (edged and the CLI read the same ones).
-pub const ENV_TOKEN: &str = crate::env::API_TOKEN;
-pub const ENV_TOKEN_FILE: &str = crate::env::API_TOKEN_FILE;
+pub const ENV_TOKEN: &str = privitty_base::env::API_TOKEN;
+pub const ENV_TOKEN_FILE: &str = privitty_base::env::API_TOKEN_FILE;
 /// Shortest and longest accepted token (a generated one is 43 characters).
 pub const MIN_TOKEN_LEN: usize = 16;
 pub const MAX_TOKEN_LEN: usize = 512;

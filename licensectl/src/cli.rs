@@ -203,7 +203,7 @@ pub fn main_as(name: Name) -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(exit::USAGE));
         }
     };
-    crate::logging::init("warn");
+    privitty_base::logging::init("warn");
     ExitCode::from(run(cli))
 }
 
@@ -251,8 +251,11 @@ fn run(cli: Cli) -> u8 {
         .map_or_else(AccountsDir::from_env_or_default, AccountsDir::new);
     let result = match cli.command {
         Command::Health { url } => {
-            let url = url
-                .unwrap_or_else(|| health_url(std::env::var(crate::env::LISTEN).ok().as_deref()));
+            let url = url.unwrap_or_else(|| {
+                privitty_base::health::url_for_listen(
+                    std::env::var(privitty_base::env::LISTEN).ok().as_deref(),
+                )
+            });
             return health(&runtime, &url);
         }
         Command::License { command } => runtime.block_on(license(&dir, command)),
@@ -292,25 +295,8 @@ fn io_failure(e: std::io::Error) -> Failure {
     Failure::Internal(format!("cannot write to standard output: {e}"))
 }
 
-/// The daemon's base URL for the health check, from its listen address: the image listens on
-/// `0.0.0.0:7200`, which the check reaches over loopback. An unparsable value falls back to the
-/// default (the check then reports what it could not reach).
-fn health_url(listen: Option<&str>) -> String {
-    const DEFAULT: &str = "http://127.0.0.1:7200";
-    let Some(Ok(mut addr)) = listen.map(|l| l.trim().parse::<std::net::SocketAddr>()) else {
-        return DEFAULT.to_string();
-    };
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr {
-            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    format!("http://{addr}")
-}
-
 fn health(runtime: &tokio::runtime::Runtime, url: &str) -> u8 {
-    match runtime.block_on(crate::client::check_health(url)) {
+    match runtime.block_on(privitty_base::health::check_health(url)) {
         Ok(()) => {
             println!("ok");
             exit::OK
@@ -507,10 +493,10 @@ mod tests {
             .collect();
         assert!(named.len() >= 5, "{named:?}\n{help}");
         for name in named {
-            let var = crate::env::setting(name);
+            let var = privitty_base::env::setting(name);
             assert!(
                 var.is_some_and(|v| v.is_read_by("CLI") || v.is_read_by("activation")),
-                "--help names {name}, which licensectl/src/env.rs VARS does not list as read by \
+                "--help names {name}, which licensectl/base/src/env.rs VARS does not list as read by \
                  the CLI: {var:?}"
             );
         }
@@ -573,15 +559,6 @@ mod tests {
         }
         let e = parsed(Name::PrivittyEdge, &["frobnicate"]).unwrap_err();
         assert_eq!(bare_license_command_tip(Name::PrivittyEdge, &e), None);
-    }
-
-    #[test]
-    fn health_checks_the_listen_address_over_loopback() {
-        assert_eq!(health_url(None), "http://127.0.0.1:7200");
-        assert_eq!(health_url(Some("0.0.0.0:7300")), "http://127.0.0.1:7300");
-        assert_eq!(health_url(Some("[::]:7301")), "http://[::1]:7301");
-        assert_eq!(health_url(Some("10.1.2.3:7302")), "http://10.1.2.3:7302");
-        assert_eq!(health_url(Some("not an address")), "http://127.0.0.1:7200");
     }
 
     #[test]

@@ -13,7 +13,9 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::env;
+use privitty_base::chain::error_chain;
+use privitty_base::env;
+
 use crate::error::{Error, TransientCause};
 use crate::url::DeliveryUrl;
 use crate::usage::UsageReport;
@@ -405,20 +407,6 @@ fn refusal_hint(code: &str) -> &'static str {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
-}
-
 /// The causes of an error, looking inside `io::Error`s, whose `source()` skips their payload.
 fn causes<'a>(
     e: &'a (dyn std::error::Error + 'static),
@@ -497,40 +485,6 @@ fn load_pem_bundle(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<
     rustls_pemfile::certs(&mut std::io::BufReader::new(file))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("not a PEM certificate bundle ({e})"))
-}
-
-/// `GET <base>/health` on the local daemon: Ok when it answers 200 with `"status":"ok"`.
-/// Never uses a proxy. Returns a description of what was wrong otherwise.
-pub async fn check_health(base: &str) -> Result<(), String> {
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let url = format!("{}/health", base.trim_end_matches('/'));
-    let resp = http
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {}", error_chain(&e.without_url())))?;
-    let status = resp.status();
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| format!("{url}: {}", error_chain(&e.without_url())))?;
-    if status != StatusCode::OK {
-        return Err(format!("{url} answered HTTP {status}"));
-    }
-    let json: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|_| format!("{url} did not answer JSON"))?;
-    match json.get("status").and_then(|s| s.as_str()) {
-        Some("ok") => Ok(()),
-        other => Err(format!(
-            "{url} reports status {}",
-            other.unwrap_or("(missing)")
-        )),
-    }
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@ use ed25519_dalek::VerifyingKey;
 use ed25519_dalek::pkcs8::DecodePublicKey;
 use sha2::{Digest, Sha256};
 
-use crate::env;
 use crate::error::Error;
+use privitty_base::env;
 
 pub const SYSTEM_KEYS_DIR: &str = "/etc/privitty/license-keys";
 

@@ -10,13 +10,11 @@
 //! # Layout
 //!
 //! The modules form layers; a module uses only the layers below it (never one beside or above:
-//! `layers.rs` fails the tests on an import cycle). From the bottom:
+//! `privitty-base`'s `layers.rs` fails the tests on an import cycle). From the bottom:
 //!
 //! 0. [`vocab`] — the shared words and limits: [`Status`], [`Reason`], the file names of the
-//!    accounts directory, the size caps, unix-seconds and RFC 3339 helpers; [`env`] — the
-//!    registry of environment variables (names, defaults, readers, meanings) that every crate
-//!    names them through; [`pacing`] — the restart backoff of privitty-init and edged. All three
-//!    import nothing from this crate.
+//!    accounts directory, the size caps, unix-seconds and RFC 3339 helpers. It imports nothing
+//!    from this crate.
 //! 1. [`error`] — [`Error`], [`ErrorKind`], `TransientCause`: every failure, naming the path or
 //!    peer and the fix.
 //! 2. [`url`] — the delivery URL, its checks and redaction; [`keys`] — trusted keys and `kid`;
@@ -25,14 +23,17 @@
 //! 3. [`jwt`] — verifying (and, for servers and tests, signing) `privitty.lic`.
 //! 4. [`status`] — the status rules, [`LoadedLicense`], the `license status` report;
 //!    [`usage`] — the usage counters and `usage.json`.
-//! 5. [`client`] — the protocol v1 HTTP client and the classification of its failures; the
-//!    container health check.
+//! 5. [`client`] — the protocol v1 HTTP client and the classification of its failures.
 //! 6. [`ops`] — `activate`, `sync`, `deactivate`: protocol calls plus file commits, under the lock.
 //! 7. [`cli`] — the `privitty-edge` / `licensectl` command line and its exit codes.
 //!
-//! Beside the license rules, used by the binaries: [`logging`] (layer 1, the log set-up of all
-//! three binaries), [`api_token`] and [`fingerprint`] (layer 3, the HTTP API token and the device
-//! fingerprint, stored in the accounts directory).
+//! Beside the license rules, used by the binaries: [`api_token`] and [`fingerprint`] (layer 3, the
+//! HTTP API token and the device fingerprint, stored in the accounts directory).
+//!
+//! Below all of them is the `privitty-base` crate (`licensectl/base/`): the environment variable
+//! registry, logging, the duration syntax, restart pacing, the listening socket and the health
+//! probe, which every binary shares and which have nothing to do with licenses. `layers.rs`, the
+//! import-cycle check of every crate, lives there too.
 //!
 //! This root only declares the modules and re-exports the names the other crates use; the older
 //! paths (`accounts::unix_secs`, `ops::read_sync_state`, `jwt::MAX_LICENSE_BYTES`, …) stay as
@@ -42,21 +43,15 @@ pub mod accounts;
 pub mod api_token;
 pub mod cli;
 pub mod client;
-pub mod env;
 pub mod error;
 pub mod fingerprint;
 pub mod jwt;
 pub mod keys;
-pub mod logging;
 pub mod ops;
-pub mod pacing;
 pub mod status;
 pub mod url;
 pub mod usage;
 pub mod vocab;
-
-#[cfg(test)]
-mod layers;
 
 pub use accounts::AccountsDir;
 pub use error::{Error, ErrorKind};

@@ -32,7 +32,7 @@ pub use crate::accounts::{SyncState, read_sync_state};
 pub use crate::vocab::SYNC_STATE_FILE;
 
 /// The gateway's name, used as the device name on activation.
-pub const PROFILE_ENV: &str = crate::env::PROFILE;
+pub const PROFILE_ENV: &str = privitty_base::env::PROFILE;
 /// Usage reports sent in one sync; the rest go with the next one.
 pub const MAX_REPORTS_PER_SYNC: usize = 50;
 

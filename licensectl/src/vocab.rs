@@ -122,12 +122,6 @@ pub fn rfc3339_unix(secs: i64) -> String {
         .to_string()
 }
 
-/// The one duration syntax of every setting (`PRIVITTY_STOP_TIMEOUT=8s`, `--header-timeout 500ms`,
-/// `24h`, `14days`; a bare `0` is zero): humantime's, around surrounding blanks.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, humantime::DurationError> {
-    humantime::parse_duration(text.trim())
-}
-
 /// Unix seconds of a time (negative before 1970).
 pub fn unix_secs(t: SystemTime) -> i64 {
     match t.duration_since(SystemTime::UNIX_EPOCH) {

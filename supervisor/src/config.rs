@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
-use licensectl::vocab::parse_duration;
 use nix::sys::signal::Signal;
+use privitty_base::duration::parse_duration;
 
 /// Environment variables read by `privitty-init` (the CLI flags mirror them); named, defaulted and
-/// explained in [`licensectl::env`].
+/// explained in [`privitty_base::env`].
 pub mod env {
-    pub use licensectl::env::{
+    pub use privitty_base::env::{
         ACCOUNTS, ACTIVATION_TIMEOUT, CRASH_LIMIT, CRASH_WINDOW, LICENSE_POLL_INTERVAL,
         LICENSE_SYNC_INTERVAL, LICENSE_URL, LICENSE_URL_FILE, LISTEN, READY_TIMEOUT, STOP_TIMEOUT,
     };
@@ -791,10 +791,10 @@ mod tests {
     #[test]
     fn help_variables_match_the_env_registry() {
         let cmd = <Cli as clap::CommandFactory>::command();
-        let problems = licensectl::env::flag_differences("init", &cmd, &[]);
+        let problems = privitty_base::env::flag_differences("init", &cmd, &[]);
         assert!(
             problems.is_empty(),
-            "privitty-init's flags and licensectl/src/env.rs differ:\n  {}",
+            "privitty-init's flags and licensectl/base/src/env.rs differ:\n  {}",
             problems.join("\n  ")
         );
     }

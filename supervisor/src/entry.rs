@@ -40,7 +40,7 @@ pub fn main() -> ExitCode {
         eprintln!("privitty-init: cannot set the parent-death signal {sig}: {e}");
         return code(exit::FAILURE);
     }
-    licensectl::logging::init(config.log_filter());
+    privitty_base::logging::init(config.log_filter());
 
     // Plain mode waits for signals alone; managed mode also polls its sockets and pipes.
     let installed = if config.plain {

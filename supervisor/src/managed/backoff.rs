@@ -1,5 +1,5 @@
 //! Restart pacing: the crash budget that ends a crash loop, and the backoff between restarts
-//! (shared with edged's engine restarts: [`licensectl::pacing::Backoff`]).
+//! (shared with edged's engine restarts: [`privitty_base::pacing::Backoff`]).
 //!
 //! Owns the arithmetic only. Must not read the clock: every method takes `now`, so the lifecycle
 //! machine stays pure and these rules are tested without waiting.
@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-pub use licensectl::pacing::Backoff;
+pub use privitty_base::pacing::Backoff;
 
 /// Counts unexpected exits in a sliding window; more than `limit` within `window` is a crash loop.
 #[derive(Clone, Debug)]

@@ -17,12 +17,12 @@ use std::net::TcpListener;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::{Instant, SystemTime};
 
-use licensectl::env;
 use licensectl::keys::KeySources;
 use licensectl::{AccountsDir, LicenseIdentity, LoadedLicense, Reason, TrustedKeys};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use privitty_base::env;
 
 use super::backoff::Backoff;
 use super::jobs::{Jobs, Stream};

@@ -123,7 +123,7 @@ impl Jobs {
             program: self.cli.clone(),
             args,
             env: vec![(
-                licensectl::env::ACCOUNTS.into(),
+                privitty_base::env::ACCOUNTS.into(),
                 self.accounts.clone().into_os_string(),
             )],
             env_remove: vec![
@@ -258,7 +258,7 @@ impl Running {
             if let Some(error) = text.strip_prefix("error: ") {
                 self.error = Some(error.trim_end().to_string());
             } else if let Some(after) = text.strip_prefix(RETRY_AFTER_PREFIX) {
-                self.retry_after = licensectl::vocab::parse_duration(after).ok();
+                self.retry_after = privitty_base::duration::parse_duration(after).ok();
             } else {
                 let _ = stderr.write_all(line);
                 let _ = stderr.write_all(b"\n");

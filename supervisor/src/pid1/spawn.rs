@@ -6,9 +6,9 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use licensectl::env;
 use nix::errno::Errno;
 use nix::unistd::{AccessFlags, Pid, access};
+use privitty_base::env;
 
 use super::sys::{self, ForkExecError, Prepared, Stage};
 use crate::config::exit;

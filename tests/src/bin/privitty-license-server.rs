@@ -5,7 +5,7 @@ use privitty_tests::license_server::cli::{Cli, run};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    licensectl::logging::init("info");
+    privitty_base::logging::init("info");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -5,10 +5,10 @@
 //! "Configuration" table, row for row), [`INTERNAL`] (variables our own processes pass to each
 //! other, or tests read) and [`BUILD_TIME`] (read when compiling). Every crate names a variable
 //! through these constants. Must not: read the environment, or import anything from this crate
-//! (it is a leaf, like `vocab`).
+//! (it is a leaf).
 //!
 //! The tests below fail when the README table and [`VARS`] differ, and when a `"PRIVITTY_…"` string
-//! in the non-test sources of licensectl, edged or the supervisor is in none of the lists; the
+//! in the non-test sources of this crate, licensectl, edged or the supervisor is in none of the lists; the
 //! `--help` of privitty-init and privitty-edged is checked against [`VARS`] in their own crates.
 
 /// One operator setting, as a row of the README's table shows it.
@@ -42,7 +42,7 @@ pub struct OtherVar {
     pub meaning: &'static str,
 }
 
-/// The accounts (data) directory; default [`crate::vocab::DEFAULT_ACCOUNTS_DIR`].
+/// The accounts (data) directory; default `licensectl::vocab::DEFAULT_ACCOUNTS_DIR`.
 pub const ACCOUNTS: &str = "PRIVITTY_ACCOUNTS";
 /// The HTTP address privitty-init binds once and hands to each edged generation (edged binds it
 /// itself when run alone; `privitty-edge health` asks its loopback side).
@@ -451,7 +451,7 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     fn workspace() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
     }
 
     /// The README rows [`VARS`] stands for: consecutive entries with the same reader and meaning
@@ -527,7 +527,7 @@ mod tests {
         let report = table_differences(&readme_rows(&readme), &expected);
         assert!(
             report.is_empty(),
-            "{} (Configuration) and licensectl/src/env.rs VARS differ; change both:\n{report}\n\
+            "{} (Configuration) and licensectl/base/src/env.rs VARS differ; change both:\n{report}\n\
              the table VARS stands for:\n{}",
             path.display(),
             expected.join("\n")
@@ -620,6 +620,7 @@ mod tests {
     fn env_every_variable_in_the_sources_is_registered() {
         let mut files = Vec::new();
         for dir in [
+            "licensectl/base/src",
             "licensectl/src",
             "edged/src",
             "supervisor/src",
@@ -631,7 +632,7 @@ mod tests {
         let unknown = unknown_names(&files);
         assert!(
             unknown.is_empty(),
-            "variables in no list of licensectl/src/env.rs (add an operator setting to VARS and the \
+            "variables in no list of licensectl/base/src/env.rs (add an operator setting to VARS and the \
              README table, anything else to INTERNAL):\n  {}",
             unknown.join("\n  ")
         );

@@ -1,8 +1,8 @@
 //! The layer check: no import cycle between the modules of a crate (style rule 15).
 //!
 //! Owns: a small reader of Rust sources that builds a crate's module graph and fails naming every
-//! cycle. It runs on this crate and on edged and the supervisor (their sources are beside this
-//! crate in the workspace). Must not: be more than a test; it reads files, nothing else.
+//! cycle. It runs on this crate, the license library, edged and the supervisor (their sources are
+//! in the same workspace). Must not: be more than a test; it reads files, nothing else.
 //!
 //! What counts as a use of module `b` by module `a`: a path in `a` that starts with `crate::`,
 //! `super::` or `self::` and reaches `b` or an item in it, in a `use` declaration or anywhere in the
@@ -766,42 +766,59 @@ pub(crate) fn assert_no_new_cycle(root: &Path, known: &[&[&str]]) {
     );
 }
 
+/// A file of the workspace, from its root.
 fn workspace_file(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
+}
+
+#[test]
+fn base_has_no_import_cycle() {
+    assert_no_new_cycle(&workspace_file("licensectl/base/src/lib.rs"), &[]);
 }
 
 #[test]
 fn licensectl_has_no_import_cycle() {
-    assert_no_new_cycle(&workspace_file("src/lib.rs"), &[]);
+    assert_no_new_cycle(&workspace_file("licensectl/src/lib.rs"), &[]);
 }
 
+/// The leaf layers: nothing in them imports from their own crate.
 #[test]
-fn licensectl_leaf_modules_import_nothing_from_the_crate() {
-    let krate = Crate::read(&workspace_file("src/lib.rs"));
-    for leaf in ["vocab", "env", "pacing"] {
-        let leaf = vec![leaf.to_string()];
-        let uses: Vec<String> = krate
-            .edges()
-            .into_iter()
-            .filter(|((from, _), _)| *from == leaf)
-            .map(|(_, place)| place)
-            .collect();
-        assert!(
-            uses.is_empty(),
-            "{leaf:?} is in the leaf layer, yet: {uses:?}"
-        );
+fn leaf_modules_import_nothing_from_their_crate() {
+    for (lib, leaves) in [
+        ("licensectl/src/lib.rs", &["vocab"][..]),
+        (
+            "licensectl/base/src/lib.rs",
+            &["env", "duration", "pacing", "chain"][..],
+        ),
+    ] {
+        let krate = Crate::read(&workspace_file(lib));
+        for leaf in leaves {
+            let leaf = vec![leaf.to_string()];
+            let uses: Vec<String> = krate
+                .edges()
+                .into_iter()
+                .filter(|((from, _), _)| *from == leaf)
+                .map(|(_, place)| place)
+                .collect();
+            assert!(
+                uses.is_empty(),
+                "{leaf:?} of {lib} is in the leaf layer, yet: {uses:?}"
+            );
+        }
     }
 }
 
 #[test]
 fn edged_has_no_new_import_cycle() {
-    assert_no_new_cycle(&workspace_file("../edged/src/lib.rs"), EDGED_KNOWN_CYCLES);
+    assert_no_new_cycle(&workspace_file("edged/src/lib.rs"), EDGED_KNOWN_CYCLES);
 }
 
 #[test]
 fn supervisor_has_no_new_import_cycle() {
     assert_no_new_cycle(
-        &workspace_file("../supervisor/src/lib.rs"),
+        &workspace_file("supervisor/src/lib.rs"),
         SUPERVISOR_KNOWN_CYCLES,
     );
 }
