@@ -11,7 +11,6 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use nix::sys::signal::{SigSet, Signal};
 use privitty_tests::gateways::{Gateway, secure_join};
 use privitty_tests::license_server::{LicenseServer, LicenseSpec};
 use privitty_tests::mail_server::MailServer;
@@ -23,11 +22,9 @@ fn env_or(key: &str, default: &str) -> String {
 fn main() {
     let began = Instant::now();
     // Signals are taken before any child starts, so a Ctrl-C during start-up still cleans up
-    // (it is handled once start-up is done).
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    signals.thread_block().expect("block SIGINT/SIGTERM");
+    // (it is handled once start-up is done). Handlers, not a blocked mask: children inherit a
+    // mask, and a mail server started with SIGTERM blocked does not stop on SIGTERM.
+    let signals = Signals::take();
 
     let demo = PathBuf::from(env_or("PRIVITTY_DEMO_DIR", "demo"));
     std::fs::create_dir_all(&demo).expect("create the demo directory");
@@ -163,8 +160,8 @@ wait_status() {{
     println!("Ctrl-C stops everything");
     let _ = std::io::stdout().flush();
 
-    let signal = signals.wait().expect("wait for a signal");
-    eprintln!("{signal:?}: stopping the gateways, the mail server and the license server …");
+    let signal = signals.wait();
+    eprintln!("{signal}: stopping the gateways, the mail server and the license server …");
     alice.stop();
     bob.stop();
     drop(alice);
@@ -173,4 +170,36 @@ wait_status() {{
     drop(mail);
     let _ = std::fs::remove_file(&env_file);
     eprintln!("stopped");
+}
+
+/// SIGINT and SIGTERM, caught from the moment [`Signals::take`] returns.
+struct Signals {
+    runtime: tokio::runtime::Runtime,
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn take() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("a runtime for the signal handlers");
+        let _in = runtime.enter();
+        let int = signal(SignalKind::interrupt()).expect("catch SIGINT");
+        let term = signal(SignalKind::terminate()).expect("catch SIGTERM");
+        drop(_in);
+        Signals { runtime, int, term }
+    }
+
+    /// Waits for the first of them (one that came earlier counts) and names it.
+    fn wait(mut self) -> &'static str {
+        self.runtime.block_on(async {
+            tokio::select! {
+                _ = self.int.recv() => "SIGINT",
+                _ = self.term.recv() => "SIGTERM",
+            }
+        })
+    }
 }
