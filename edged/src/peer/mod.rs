@@ -879,11 +879,11 @@ impl Peer {
 
     fn owner_checked(&self, file: Uuid, chat_id: u32) -> Result<privitty::FileRecord, RpcError> {
         let record = self.inner.files.file_record(file).map_err(rpc)?;
-        if record.chat_id != chat_id {
+        if record.meta.chat_id != chat_id {
             return Err(rpc(PrivittyError::WrongChat {
                 file_id: file,
-                account_id: record.account_id,
-                chat_id: record.chat_id,
+                account_id: record.meta.account_id,
+                chat_id: record.meta.chat_id,
                 given_account_id: ACCOUNT_ID as u32,
                 given_chat_id: chat_id,
             }));
@@ -921,14 +921,14 @@ impl Peer {
             "file_id": file,
             "peer_contact_id": contact,
             "status": "active",
-            "expires_at": given.expires_at.map(rfc3339),
+            "expires_at": given.policy.expires_at.map(rfc3339),
         }));
         Ok(json!({
             "file_id": file,
             "peer_contact_id": contact,
             "status": "active",
-            "expires_at": given.expires_at.map(rfc3339),
-            "generation": given.generation,
+            "expires_at": given.policy.expires_at.map(rfc3339),
+            "generation": given.policy.generation,
         }))
     }
 
@@ -953,13 +953,13 @@ impl Peer {
             "chat_id": chat,
             "file_id": file,
             "peer_contact_id": contact,
-            "status": given.access.as_str(),
+            "status": given.policy.access.as_str(),
         }));
         Ok(json!({
             "file_id": file,
             "peer_contact_id": contact,
-            "status": given.access.as_str(),
-            "generation": given.generation,
+            "status": given.policy.access.as_str(),
+            "generation": given.policy.generation,
         }))
     }
 
@@ -1024,7 +1024,7 @@ impl Peer {
         let (header, digest) = read;
         let state = self.read_state().await?;
         let now = self.inner.license.trusted_now(SystemTime::now());
-        let status = if let Ok(record) = files.file_record(header.file_id) {
+        let status = if let Ok(record) = files.file_record(header.meta.file_id) {
             let own = record.header_sha256 == digest;
             FileStatus {
                 path,
@@ -1037,7 +1037,7 @@ impl Peer {
                 state,
             }
         } else {
-            let held = state.inbound.get(&header.file_id).cloned();
+            let held = state.inbound.get(&header.meta.file_id).cloned();
             FileStatus {
                 path,
                 header,
@@ -1058,9 +1058,13 @@ impl Peer {
         p.id(0, 1).map_err(rpc)?;
         let msg_id = p.id(1, 1).map_err(rpc)?;
         let st = self.file_status(msg_id).await?;
-        let file = st.header.file_id;
+        let file = st.header.meta.file_id;
         let key: FileKey = if let Some(record) = &st.record {
-            let (_, key) = self.inner.files.owner_key(record.file_id).map_err(rpc)?;
+            let (_, key) = self
+                .inner
+                .files
+                .owner_key(record.meta.file_id)
+                .map_err(rpc)?;
             key
         } else {
             let held = st.held.as_ref().ok_or_else(|| {
@@ -1070,7 +1074,7 @@ impl Peer {
                 )
             })?;
             check_access(file, held, st.now)?;
-            if !held.download {
+            if !held.policy.download {
                 return Err(RpcError::new(
                     ACCESS_DENIED,
                     format!(
@@ -1148,10 +1152,10 @@ impl Peer {
                         .map(|(c, g)| {
                             json!({
                                 "contact_id": c,
-                                "status": if g.access == Access::Active && g.expires_at.is_some_and(|t| now >= t) { "expired" } else { g.access.as_str() },
-                                "expires_at": g.expires_at.map(rfc3339),
-                                "allow_download": g.download,
-                                "allow_forward": g.forward,
+                                "status": g.policy.status(now),
+                                "expires_at": g.policy.expires_at.map(rfc3339),
+                                "allow_download": g.policy.download,
+                                "allow_forward": g.policy.forward,
                                 "delivered": g.delivered,
                                 "waiting_for_handshake": state.waiting.contains(&(*c, file)),
                                 "renew_requested_at": g.renew_requested_at.map(rfc3339),
@@ -1163,9 +1167,9 @@ impl Peer {
             return Ok(json!({
                 "file_id": file,
                 "direction": "outgoing",
-                "chat_id": record.chat_id,
-                "original_name": record.original_name,
-                "original_size": record.original_size,
+                "chat_id": record.meta.chat_id,
+                "original_name": record.meta.original_name,
+                "original_size": record.meta.original_size,
                 "key_destroyed": record.wrapped_key.is_none(),
                 "recipients": recipients,
             }));
@@ -1180,10 +1184,10 @@ impl Peer {
             "chat_id": held.chat_id,
             "owner_contact_id": held.owner_contact_id,
             "owner_fingerprint": held.owner_fingerprint,
-            "status": access_status(held, now),
-            "expires_at": held.expires_at.map(rfc3339),
-            "allow_download": held.download,
-            "allow_forward": held.forward,
+            "status": held.policy.status(now),
+            "expires_at": held.policy.expires_at.map(rfc3339),
+            "allow_download": held.policy.download,
+            "allow_forward": held.policy.forward,
             "key_held": held.sealed_key.is_some(),
             "original_name": held.name,
             "original_size": held.size,
@@ -1257,9 +1261,9 @@ impl Peer {
             NOT_A_PROTECTED_FILE => ViewerRefusal::NotFound(e.message),
             _ => ViewerRefusal::Failed(e.message),
         })?;
-        let file = st.header.file_id;
+        let file = st.header.meta.file_id;
         let key = if let Some(record) = &st.record {
-            match self.inner.files.owner_key(record.file_id) {
+            match self.inner.files.owner_key(record.meta.file_id) {
                 Ok((_, key)) => key,
                 Err(e @ PrivittyError::Revoked { .. }) => {
                     return Err(ViewerRefusal::Forbidden(e.to_string()));
@@ -1312,13 +1316,13 @@ impl Peer {
                 Err(_) => continue,
             };
             if let Some(held) = &st.held
-                && !held.forward
+                && !held.policy.forward
             {
                 return Err(RpcError::new(
                     ACCESS_DENIED,
                     format!(
                         "message {id} is protected file {} whose owner does not allow forwarding it",
-                        st.header.file_id
+                        st.header.meta.file_id
                     ),
                 ));
             }
@@ -1344,7 +1348,7 @@ impl ViewerSource {
         if header != self.header {
             return Err(PrivittyError::RecordMismatch {
                 path: self.path.clone(),
-                file_id: self.header.file_id,
+                file_id: self.header.meta.file_id,
             });
         }
         Ok(PrvReader::new(file, &self.path, header, &bytes, &self.key))
@@ -1395,11 +1399,11 @@ impl FileStatus {
     }
 
     fn describe(&self, msg_id: u32) -> Value {
-        let file = self.header.file_id;
+        let file = self.header.meta.file_id;
         if let Some(record) = &self.record {
             let status = if record.wrapped_key.is_none() {
                 "revoked"
-            } else if record.expires_at.is_some_and(|t| self.now >= t) {
+            } else if record.meta.expires_at.is_some_and(|t| self.now >= t) {
                 "expired"
             } else {
                 "active"
@@ -1410,11 +1414,11 @@ impl FileStatus {
                 "file_id": file,
                 "direction": "outgoing",
                 "status": status,
-                "expires_at": record.expires_at.map(rfc3339),
+                "expires_at": record.meta.expires_at.map(rfc3339),
                 "allow_download": true,
                 "allow_forward": true,
-                "original_name": record.original_name,
-                "original_size": record.original_size,
+                "original_name": record.meta.original_name,
+                "original_size": record.meta.original_size,
             });
         }
         let _ = self.outgoing;
@@ -1424,12 +1428,12 @@ impl FileStatus {
                 "is_privitty": true,
                 "file_id": file,
                 "direction": "incoming",
-                "status": access_status(held, self.now),
-                "expires_at": held.expires_at.map(rfc3339),
-                "allow_download": held.download,
-                "allow_forward": held.forward,
-                "original_name": self.header.original_name,
-                "original_size": self.header.original_size,
+                "status": held.policy.status(self.now),
+                "expires_at": held.policy.expires_at.map(rfc3339),
+                "allow_download": held.policy.download,
+                "allow_forward": held.policy.forward,
+                "original_name": self.header.meta.original_name,
+                "original_size": self.header.meta.original_size,
             }),
             None => json!({
                 "msg_id": msg_id,
@@ -1437,30 +1441,22 @@ impl FileStatus {
                 "file_id": file,
                 "direction": "incoming",
                 "status": "pending",
-                "original_name": self.header.original_name,
-                "original_size": self.header.original_size,
+                "original_name": self.header.meta.original_name,
+                "original_size": self.header.meta.original_size,
             }),
         }
     }
 }
 
-/// `active`, `expired`, `denied` or `revoked` at `now` (the license's trusted clock).
-fn access_status(held: &state::InGrant, now: i64) -> &'static str {
-    match held.access {
-        Access::Active if held.expires_at.is_some_and(|t| now >= t) => "expired",
-        a => a.as_str(),
-    }
-}
-
 /// Refuses a received file whose access ended.
 fn check_access(file: Uuid, held: &state::InGrant, now: i64) -> Result<(), RpcError> {
-    match access_status(held, now) {
+    match held.policy.status(now) {
         "active" => Ok(()),
         "expired" => Err(RpcError::new(
             ACCESS_DENIED,
             format!(
                 "access to file {file} expired at {}; ask the owner to renew it (privitty_init_access_grant_request)",
-                held.expires_at.map(rfc3339).unwrap_or_default()
+                held.policy.expires_at.map(rfc3339).unwrap_or_default()
             ),
         )),
         status => Err(RpcError::new(
@@ -1491,7 +1487,7 @@ fn decrypt_into(
     if read_header != *header {
         return Err(PrivittyError::RecordMismatch {
             path: path.to_path_buf(),
-            file_id: header.file_id,
+            file_id: header.meta.file_id,
         });
     }
     let mut reader = PrvReader::new(file, path, read_header, &bytes, key);
@@ -1511,7 +1507,7 @@ fn decrypt_into(
     tmp.as_file()
         .sync_all()
         .map_err(|e| PrivittyError::from_io(out_dir, e))?;
-    let name = safe_name(&header.original_name, header.file_id);
+    let name = safe_name(&header.meta.original_name, header.meta.file_id);
     let (stem, ext) = match name.rfind('.') {
         Some(i) if i > 0 => (&name[..i], &name[i..]),
         _ => (name.as_str(), ""),

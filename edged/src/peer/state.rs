@@ -140,16 +140,44 @@ impl Access {
     }
 }
 
+/// One decision of a file's owner about one recipient's access. `generation` numbers the
+/// decisions (`PEER-PROTOCOL.md`, "Generations"): the owner keeps the latest it made
+/// ([`OutGrant`]), the recipient the newest it received ([`InGrant`]), so both sides hold the same
+/// shape. Both grants also have a `chat_id` and a `renew_requested_at`, which stay outside: the
+/// chat is a different one on each side, and a renewal request comes from the recipient: it is
+/// no decision of the owner.
+///
+/// Flattened into both grants: its fields are keys of the grants in the state file, as they were
+/// before it was a struct of its own (test `grants_written_before_grant_policy_read_back_the_same`
+/// in `state/tests.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GrantPolicy {
+    pub generation: u64,
+    pub access: Access,
+    /// Unix seconds; `None` = no end.
+    pub expires_at: Option<i64>,
+    pub download: bool,
+    pub forward: bool,
+}
+
+impl GrantPolicy {
+    /// `active`, `expired`, `denied` or `revoked` at `now` (Unix seconds; the peer module passes
+    /// the license's trusted clock).
+    pub fn status(&self, now: i64) -> &'static str {
+        match self.access {
+            Access::Active if self.expires_at.is_some_and(|t| now >= t) => "expired",
+            a => a.as_str(),
+        }
+    }
+}
+
 /// Owner side: what one recipient was given.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OutGrant {
     /// The chat the file was sent in.
     pub chat_id: u32,
-    pub generation: u64,
-    pub access: Access,
-    pub expires_at: Option<i64>,
-    pub download: bool,
-    pub forward: bool,
+    #[serde(flatten)]
+    pub policy: GrantPolicy,
     /// The recipient acknowledged the current generation.
     pub delivered: bool,
     pub renew_requested_at: Option<i64>,
@@ -162,15 +190,12 @@ pub struct InGrant {
     pub owner_fingerprint: String,
     /// The one-to-one chat with the owner.
     pub chat_id: u32,
-    pub generation: u64,
-    pub access: Access,
+    #[serde(flatten)]
+    pub policy: GrantPolicy,
     /// The file key sealed by this device's master key; `None` once revoked or denied.
     pub sealed_key: Option<String>,
     /// Hex SHA-256 of the `.prv` header the key belongs to (empty for a tombstone).
     pub header: String,
-    pub download: bool,
-    pub forward: bool,
-    pub expires_at: Option<i64>,
     pub name: String,
     pub size: u64,
     pub updated_at: i64,
@@ -516,7 +541,7 @@ impl State {
                 tracing::warn!(file = %grant.file, "a grant for a file id another peer owns; ignored");
                 return;
             }
-            if grant.generation <= held.generation {
+            if grant.generation <= held.policy.generation {
                 return;
             }
         }
@@ -529,13 +554,15 @@ impl State {
             owner_contact_id: peer.contact_id,
             owner_fingerprint: from.to_owned(),
             chat_id: peer.chat_id,
-            generation: grant.generation,
-            access: Access::Active,
+            policy: GrantPolicy {
+                generation: grant.generation,
+                access: Access::Active,
+                expires_at: grant.expires_at,
+                download: grant.download,
+                forward: grant.forward,
+            },
             sealed_key: Some(sealed),
             header: grant.header,
-            download: grant.download,
-            forward: grant.forward,
-            expires_at: grant.expires_at,
             name: grant.name,
             size: grant.size,
             updated_at: ctx.now(),
@@ -548,9 +575,9 @@ impl State {
             "file_id": grant.file,
             "peer_contact_id": peer.contact_id,
             "status": "active",
-            "allow_download": held.download,
-            "allow_forward": held.forward,
-            "expires_at": held.expires_at.map(rfc3339),
+            "allow_download": held.policy.download,
+            "allow_forward": held.policy.forward,
+            "expires_at": held.policy.expires_at.map(rfc3339),
         }));
         self.inbound.insert(grant.file, held);
     }
@@ -571,23 +598,25 @@ impl State {
             owner_contact_id: peer.contact_id,
             owner_fingerprint: from.to_owned(),
             chat_id: peer.chat_id,
-            generation: 0,
-            access,
+            policy: GrantPolicy {
+                generation: 0,
+                access,
+                expires_at: None,
+                download: false,
+                forward: false,
+            },
             sealed_key: None,
             header: String::new(),
-            download: false,
-            forward: false,
-            expires_at: None,
             name: String::new(),
             size: 0,
             updated_at: ctx.now(),
             renew_requested_at: None,
         });
-        if held.owner_fingerprint != from || generation <= held.generation {
+        if held.owner_fingerprint != from || generation <= held.policy.generation {
             return;
         }
-        held.generation = generation;
-        held.access = access;
+        held.policy.generation = generation;
+        held.policy.access = access;
         held.sealed_key = None;
         held.updated_at = ctx.now();
         fx.events.push(match access {
@@ -653,15 +682,17 @@ impl State {
                 .entry(contact_id)
                 .or_insert(OutGrant {
                     chat_id,
-                    generation: 0,
-                    access: Access::Active,
-                    expires_at: record.expires_at,
-                    download: record.allow_download,
-                    forward: record.allow_forward,
+                    policy: GrantPolicy {
+                        generation: 0,
+                        access: Access::Active,
+                        expires_at: record.meta.expires_at,
+                        download: record.meta.allow_download,
+                        forward: record.meta.allow_forward,
+                    },
                     delivered: false,
                     renew_requested_at: None,
                 });
-            given.generation += 1;
+            given.policy.generation += 1;
             self.grant_or_wait(ctx, file, contact_id)?;
         }
         Ok(())
@@ -709,13 +740,13 @@ impl State {
         let grant = Grant {
             file,
             header: record.header_sha256.clone(),
-            generation: given.generation,
+            generation: given.policy.generation,
             key: wire::seal_key(&keys, file, &record.header_sha256, &key),
-            download: given.download,
-            forward: given.forward,
-            expires_at: given.expires_at,
-            name: record.original_name.clone(),
-            size: record.original_size,
+            download: given.policy.download,
+            forward: given.policy.forward,
+            expires_at: given.policy.expires_at,
+            name: record.meta.original_name.clone(),
+            size: record.meta.original_size,
         };
         self.drop_queued(file, contact_id);
         self.enqueue(ctx, chat, contact_id, Some(file), Body::Grant(grant));
@@ -750,17 +781,17 @@ impl State {
     ) -> Result<OutGrant, ActionError> {
         let now = ctx.now();
         let given = self.given_mut(file, contact_id)?;
-        if given.access == Access::Revoked {
+        if given.policy.access == Access::Revoked {
             return Err(ActionError::RevokedForGood {
                 file_id: file,
                 contact_id,
             });
         }
-        given.generation += 1;
-        given.access = Access::Active;
+        given.policy.generation += 1;
+        given.policy.access = Access::Active;
         given.delivered = false;
         given.renew_requested_at = None;
-        given.expires_at = (duration_s > 0).then(|| now.saturating_add(duration_s as i64));
+        given.policy.expires_at = (duration_s > 0).then(|| now.saturating_add(duration_s as i64));
         let out = given.clone();
         self.grant_or_wait(ctx, file, contact_id)?;
         Ok(out)
@@ -775,14 +806,14 @@ impl State {
         access: Access,
     ) -> Result<OutGrant, ActionError> {
         let given = self.given_mut(file, contact_id)?;
-        if given.access == Access::Revoked {
+        if given.policy.access == Access::Revoked {
             return Ok(given.clone());
         }
-        given.generation += 1;
-        given.access = access;
+        given.policy.generation += 1;
+        given.policy.access = access;
         given.delivered = false;
         given.renew_requested_at = None;
-        let (generation, out) = (given.generation, given.clone());
+        let (generation, out) = (given.policy.generation, given.clone());
         self.waiting.remove(&(contact_id, file));
         self.drop_queued(file, contact_id);
         // A recipient without a handshake never had a key: nothing to tell it.
@@ -826,7 +857,7 @@ impl State {
     /// The key of a received file, if access is active (expiry is the caller's check).
     pub fn inbound_key(&self, files: &Privitty, file: Uuid) -> Option<FileKey> {
         let held = self.inbound.get(&file)?;
-        if held.access != Access::Active {
+        if held.policy.access != Access::Active {
             return None;
         }
         open_inbound(files, file, &held.header, held.sealed_key.as_deref()?)

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::error::PrivittyError;
+use super::meta::FileMeta;
 
 /// First 8 bytes of every `.prv` file (PNG-style: a non-ASCII byte, then CR LF, ^Z, LF, so
 /// text-mode transfers that mangle line endings are detected at once).
@@ -61,19 +62,8 @@ impl std::fmt::Debug for FileKey {
 /// the associated data of every chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
-    pub file_id: Uuid,
-    pub account_id: u32,
-    pub chat_id: u32,
-    /// `None` for a group file.
-    pub peer_contact_id: Option<u32>,
-    pub allow_download: bool,
-    pub allow_forward: bool,
-    /// Unix seconds.
-    pub created_at: i64,
-    /// Unix seconds; `None` = never expires.
-    pub expires_at: Option<i64>,
-    pub original_name: String,
-    pub original_size: u64,
+    /// The file's description; the key store's record keeps the same one.
+    pub meta: FileMeta,
     pub chunk_size: u32,
     pub nonce_prefix: [u8; NONCE_PREFIX_LEN],
 }
@@ -81,15 +71,16 @@ pub struct Header {
 impl Header {
     /// The exact header bytes (version 1, no key slots).
     pub fn encode(&self) -> Vec<u8> {
-        let name = self.original_name.as_bytes();
+        let meta = &self.meta;
+        let name = meta.original_name.as_bytes();
         let mut flags = 0u16;
-        if self.allow_download {
+        if meta.allow_download {
             flags |= FLAG_ALLOW_DOWNLOAD;
         }
-        if self.allow_forward {
+        if meta.allow_forward {
             flags |= FLAG_ALLOW_FORWARD;
         }
-        if self.peer_contact_id.is_none() {
+        if meta.peer_contact_id.is_none() {
             flags |= FLAG_GROUP;
         }
         let header_len = (FIXED_LEN + name.len() + 2) as u32;
@@ -98,13 +89,13 @@ impl Header {
         out.extend_from_slice(&VERSION.to_be_bytes());
         out.extend_from_slice(&flags.to_be_bytes());
         out.extend_from_slice(&header_len.to_be_bytes());
-        out.extend_from_slice(self.file_id.as_bytes());
-        out.extend_from_slice(&self.account_id.to_be_bytes());
-        out.extend_from_slice(&self.chat_id.to_be_bytes());
-        out.extend_from_slice(&self.peer_contact_id.unwrap_or(0).to_be_bytes());
-        out.extend_from_slice(&self.created_at.to_be_bytes());
-        out.extend_from_slice(&self.expires_at.unwrap_or(0).to_be_bytes());
-        out.extend_from_slice(&self.original_size.to_be_bytes());
+        out.extend_from_slice(meta.file_id.as_bytes());
+        out.extend_from_slice(&meta.account_id.to_be_bytes());
+        out.extend_from_slice(&meta.chat_id.to_be_bytes());
+        out.extend_from_slice(&meta.peer_contact_id.unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&meta.created_at.to_be_bytes());
+        out.extend_from_slice(&meta.expires_at.unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&meta.original_size.to_be_bytes());
         out.extend_from_slice(&self.chunk_size.to_be_bytes());
         out.extend_from_slice(&self.nonce_prefix);
         out.extend_from_slice(&(name.len() as u16).to_be_bytes());
@@ -175,16 +166,18 @@ impl Header {
         }
         let expires_at = be64(52) as i64;
         let header = Header {
-            file_id: Uuid::from_bytes(fixed[16..32].try_into().expect("16 bytes")),
-            account_id: be32(32),
-            chat_id: be32(36),
-            peer_contact_id: (!group).then_some(peer),
-            allow_download: flags & FLAG_ALLOW_DOWNLOAD != 0,
-            allow_forward: flags & FLAG_ALLOW_FORWARD != 0,
-            created_at: be64(44) as i64,
-            expires_at: (expires_at != 0).then_some(expires_at),
-            original_name,
-            original_size: be64(60),
+            meta: FileMeta {
+                file_id: Uuid::from_bytes(fixed[16..32].try_into().expect("16 bytes")),
+                account_id: be32(32),
+                chat_id: be32(36),
+                peer_contact_id: (!group).then_some(peer),
+                allow_download: flags & FLAG_ALLOW_DOWNLOAD != 0,
+                allow_forward: flags & FLAG_ALLOW_FORWARD != 0,
+                created_at: be64(44) as i64,
+                expires_at: (expires_at != 0).then_some(expires_at),
+                original_name,
+                original_size: be64(60),
+            },
             chunk_size,
             nonce_prefix: fixed[72..72 + NONCE_PREFIX_LEN]
                 .try_into()
@@ -199,7 +192,8 @@ impl Header {
     /// Number of chunks a file of this size has: at least one (an empty file is one empty,
     /// authenticated last chunk).
     pub fn chunk_count(&self) -> u64 {
-        self.original_size
+        self.meta
+            .original_size
             .div_ceil(u64::from(self.chunk_size))
             .max(1)
     }
@@ -211,7 +205,7 @@ impl Header {
         if index < last {
             chunk as usize
         } else {
-            (self.original_size - last * chunk) as usize
+            (self.meta.original_size - last * chunk) as usize
         }
     }
 }
@@ -260,7 +254,7 @@ pub fn encrypt(
     let mut buf: Vec<u8> = Vec::with_capacity(header.chunk_size as usize + TAG_LEN);
     let changed = || PrivittyError::SourceChanged {
         path: src_path.to_path_buf(),
-        expected: header.original_size,
+        expected: header.meta.original_size,
     };
     let last = header.chunk_count() - 1;
     for index in 0..=last {
@@ -326,7 +320,7 @@ impl<R> std::fmt::Debug for PrvReader<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PrvReader")
             .field("path", &self.path)
-            .field("file_id", &self.header.file_id)
+            .field("file_id", &self.header.meta.file_id)
             .field("next_chunk", &self.next_chunk)
             .finish_non_exhaustive()
     }
@@ -533,16 +527,18 @@ mod seek_tests {
     fn sealed(size: u64) -> (Vec<u8>, Vec<u8>, FileKey) {
         let plain: Vec<u8> = (0..size).map(|i| (i * 7 + i / 251) as u8).collect();
         let header = Header {
-            file_id: Uuid::new_v4(),
-            account_id: 1,
-            chat_id: 10,
-            peer_contact_id: Some(11),
-            allow_download: false,
-            allow_forward: false,
-            created_at: 0,
-            expires_at: None,
-            original_name: "seek.bin".to_owned(),
-            original_size: size,
+            meta: FileMeta {
+                file_id: Uuid::new_v4(),
+                account_id: 1,
+                chat_id: 10,
+                peer_contact_id: Some(11),
+                allow_download: false,
+                allow_forward: false,
+                created_at: 0,
+                expires_at: None,
+                original_name: "seek.bin".to_owned(),
+                original_size: size,
+            },
             chunk_size: C,
             nonce_prefix: [3; NONCE_PREFIX_LEN],
         };

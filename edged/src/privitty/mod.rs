@@ -2,8 +2,9 @@
 //! file (streaming AEAD, per-file key), revoke access to it and report its state, plus the
 //! streaming decryption API the viewer (`/auth`, `/stream`) builds on.
 //!
-//! Owns the `.prv` format (`format`), the key store under `<accounts>/privitty/` (`store`) and
-//! the method parameters (`params`); `PRV-FORMAT.md` documents all three. It must not talk to
+//! Owns the `.prv` format (`format`), the key store under `<accounts>/privitty/` (`store`), the
+//! description of a file both of them carry (`meta`) and the method parameters (`params`);
+//! `PRV-FORMAT.md` documents them. It must not talk to
 //! the engine, check the license (edged gates every method in [`Privitty::METHODS`]) or write
 //! plaintext anywhere: decryption only streams into a caller's writer. File keys never leave it
 //! in clear, not in results, events, errors or logs. All I/O is blocking: callers run it on a
@@ -11,6 +12,7 @@
 
 mod error;
 pub mod format;
+mod meta;
 pub(crate) mod params;
 pub mod store;
 
@@ -28,6 +30,7 @@ use uuid::Uuid;
 
 pub use error::PrivittyError;
 pub use format::{FileKey, Header, PrvReader};
+pub use meta::FileMeta;
 pub use params::MAX_DURATION_MINUTES;
 pub use store::{FileRecord, Store};
 pub(crate) use store::{read_capped, write_atomic};
@@ -247,7 +250,7 @@ impl Privitty {
         let p = Params::new(method, values, FILE_INFO_PARAMS)?;
         let (account_id, file_id) = (p.id(0, 1)?, p.file_id(1)?);
         let record = self.store.get(file_id)?;
-        if record.account_id != account_id {
+        if record.meta.account_id != account_id {
             return Err(PrivittyError::UnknownFile { file_id });
         }
         Ok(Outcome {
@@ -315,16 +318,18 @@ impl Privitty {
         let mut nonce_prefix = [0u8; format::NONCE_PREFIX_LEN];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce_prefix);
         let header = Header {
-            file_id: Uuid::new_v4(),
-            account_id: request.account_id,
-            chat_id: request.chat_id,
-            peer_contact_id: request.peer_contact_id,
-            allow_download: request.allow_download,
-            allow_forward: request.allow_forward,
-            created_at,
-            expires_at,
-            original_name: name.to_owned(),
-            original_size: size,
+            meta: FileMeta {
+                file_id: Uuid::new_v4(),
+                account_id: request.account_id,
+                chat_id: request.chat_id,
+                peer_contact_id: request.peer_contact_id,
+                allow_download: request.allow_download,
+                allow_forward: request.allow_forward,
+                created_at,
+                expires_at,
+                original_name: name.to_owned(),
+                original_size: size,
+            },
             chunk_size: format::CHUNK_SIZE,
             nonce_prefix,
         };
@@ -350,44 +355,36 @@ impl Privitty {
             .sync_all()
             .map_err(|e| PrivittyError::from_io(&out_path, e))?;
 
+        let file_id = header.meta.file_id;
         let record = FileRecord {
             version: store::RECORD_VERSION,
-            file_id: header.file_id,
-            account_id: header.account_id,
-            chat_id: header.chat_id,
-            peer_contact_id: header.peer_contact_id,
-            allow_download: header.allow_download,
-            allow_forward: header.allow_forward,
-            created_at,
-            expires_at,
-            original_name: header.original_name.clone(),
-            original_size: size,
+            meta: header.meta.clone(),
             encrypted_path: out_path.clone(),
             header_sha256: hex::encode(digest),
-            wrapped_key: Some(self.store.wrap(header.file_id, &digest, &key)),
+            wrapped_key: Some(self.store.wrap(file_id, &digest, &key)),
             revoked_peers: Vec::new(),
             revoked_at: None,
         };
         self.store.insert(&record)?;
         if let Err(e) = tmp.persist_noclobber(&out_path) {
             // The temp file is deleted when `e` drops; the record must go with it.
-            let _ = self.store.remove(header.file_id);
+            let _ = self.store.remove(file_id);
             return Err(PrivittyError::from_io(&out_path, e.error));
         }
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| PrivittyError::from_io(dir, e))?;
         tracing::debug!(
-            file_id = %header.file_id,
-            account_id = header.account_id,
-            chat_id = header.chat_id,
+            %file_id,
+            account_id = header.meta.account_id,
+            chat_id = header.meta.chat_id,
             size,
-            group = header.peer_contact_id.is_none(),
+            group = header.meta.peer_contact_id.is_none(),
             "encrypted a privitty file"
         );
         Ok(Encrypted {
             encrypted_path: out_path,
-            file_id: header.file_id,
+            file_id,
             expires_at,
             record,
         })
@@ -406,16 +403,16 @@ impl Privitty {
     ) -> Result<Revocation, PrivittyError> {
         let lock = self.store.lock()?;
         let mut record = self.store.get(file_id)?;
-        if (record.account_id, record.chat_id) != (account_id, chat_id) {
+        if (record.meta.account_id, record.meta.chat_id) != (account_id, chat_id) {
             return Err(PrivittyError::WrongChat {
                 file_id,
-                account_id: record.account_id,
-                chat_id: record.chat_id,
+                account_id: record.meta.account_id,
+                chat_id: record.meta.chat_id,
                 given_account_id: account_id,
                 given_chat_id: chat_id,
             });
         }
-        let destroy = match record.peer_contact_id {
+        let destroy = match record.meta.peer_contact_id {
             Some(recipient) if peer_contact_id != 0 && peer_contact_id != recipient => {
                 return Err(PrivittyError::NotRecipient {
                     file_id,
@@ -481,23 +478,23 @@ impl Privitty {
     ) -> Result<PrvReader<File>, PrivittyError> {
         let mut file = open_regular_file(path)?;
         let (header, header_bytes) = Header::read_from(&mut file, path)?;
-        let record = self.store.get(header.file_id)?;
+        let record = self.store.get(header.meta.file_id)?;
         let recorded = store::decode_digest(&record.header_sha256);
         if recorded != Some(format::header_digest(&header_bytes)) {
             return Err(PrivittyError::RecordMismatch {
                 path: path.to_path_buf(),
-                file_id: header.file_id,
+                file_id: header.meta.file_id,
             });
         }
         let revoked_peer = peer_contact_id.is_some_and(|p| record.revoked_peers.contains(&p));
         if record.wrapped_key.is_none() || revoked_peer {
             return Err(PrivittyError::Revoked {
-                file_id: header.file_id,
+                file_id: header.meta.file_id,
             });
         }
-        if let Some(expires_at) = record.expires_at.filter(|t| unix_seconds(now) >= *t) {
+        if let Some(expires_at) = record.meta.expires_at.filter(|t| unix_seconds(now) >= *t) {
             return Err(PrivittyError::Expired {
-                file_id: header.file_id,
+                file_id: header.meta.file_id,
                 expires_at: rfc3339(expires_at),
             });
         }
@@ -521,16 +518,19 @@ impl Privitty {
     pub fn decrypted_event(header: &Header) -> Value {
         json!({
             "type": "PrivittyFileDecrypted",
-            "account_id": header.account_id,
-            "chat_id": header.chat_id,
-            "file_id": header.file_id,
+            "account_id": header.meta.account_id,
+            "chat_id": header.meta.chat_id,
+            "file_id": header.meta.file_id,
         })
     }
 }
 
 /// The `privitty_get_file_info` result.
 fn file_info(record: &FileRecord, now: SystemTime) -> Value {
-    let expired = record.expires_at.is_some_and(|t| unix_seconds(now) >= t);
+    let expired = record
+        .meta
+        .expires_at
+        .is_some_and(|t| unix_seconds(now) >= t);
     let status = if record.wrapped_key.is_none() {
         "revoked"
     } else if expired {
@@ -539,20 +539,20 @@ fn file_info(record: &FileRecord, now: SystemTime) -> Value {
         "active"
     };
     json!({
-        "file_id": record.file_id,
-        "account_id": record.account_id,
-        "chat_id": record.chat_id,
-        "peer_contact_id": record.peer_contact_id,
-        "group": record.peer_contact_id.is_none(),
-        "allow_download": record.allow_download,
-        "allow_forward": record.allow_forward,
-        "created_at": rfc3339(record.created_at),
-        "expires_at": record.expires_at.map(rfc3339),
+        "file_id": record.meta.file_id,
+        "account_id": record.meta.account_id,
+        "chat_id": record.meta.chat_id,
+        "peer_contact_id": record.meta.peer_contact_id,
+        "group": record.meta.peer_contact_id.is_none(),
+        "allow_download": record.meta.allow_download,
+        "allow_forward": record.meta.allow_forward,
+        "created_at": rfc3339(record.meta.created_at),
+        "expires_at": record.meta.expires_at.map(rfc3339),
         "status": status,
         "revoked_peers": record.revoked_peers,
         "revoked_at": record.revoked_at.map(rfc3339),
-        "original_name": record.original_name,
-        "original_size": record.original_size,
+        "original_name": record.meta.original_name,
+        "original_size": record.meta.original_size,
         "encrypted_path": record.encrypted_path,
     })
 }

@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::error::PrivittyError;
 use super::format::FileKey;
+use super::meta::FileMeta;
 
 /// Directory of the store inside the accounts directory.
 pub const STORE_DIR: &str = "privitty";
@@ -40,19 +41,10 @@ const WRAP_AAD_PREFIX: &[u8] = b"privitty-edge/prv/v1/file-key";
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileRecord {
     pub version: u32,
-    pub file_id: Uuid,
-    pub account_id: u32,
-    pub chat_id: u32,
-    /// `None` for a group file.
-    pub peer_contact_id: Option<u32>,
-    pub allow_download: bool,
-    pub allow_forward: bool,
-    /// Unix seconds.
-    pub created_at: i64,
-    /// Unix seconds; `None` = never expires.
-    pub expires_at: Option<i64>,
-    pub original_name: String,
-    pub original_size: u64,
+    /// The description from the file's header. Flattened: its fields are keys of the record
+    /// itself, as they were before it was a struct of its own (`record_format_tests`).
+    #[serde(flatten)]
+    pub meta: FileMeta,
     pub encrypted_path: PathBuf,
     /// Hex SHA-256 of the exact `.prv` header this key belongs to.
     pub header_sha256: String,
@@ -166,11 +158,10 @@ impl Store {
 
     /// Recovers the file key of `record`; `Revoked` when it was destroyed.
     pub fn unwrap(&self, record: &FileRecord) -> Result<FileKey, PrivittyError> {
-        let path = self.record_path(record.file_id);
+        let file_id = record.meta.file_id;
+        let path = self.record_path(file_id);
         let Some(wrapped) = &record.wrapped_key else {
-            return Err(PrivittyError::Revoked {
-                file_id: record.file_id,
-            });
+            return Err(PrivittyError::Revoked { file_id });
         };
         let bad = |why: &str| PrivittyError::store(&path, why.to_owned());
         let bytes = hex::decode(wrapped).map_err(|_| bad("its wrapped key is not hex"))?;
@@ -180,7 +171,7 @@ impl Store {
             return Err(bad("its wrapped key has the wrong length"));
         }
         let (nonce, sealed) = bytes.split_at(WRAP_NONCE_LEN);
-        let aad = wrap_aad(record.file_id, &digest);
+        let aad = wrap_aad(file_id, &digest);
         let key = self
             .master
             .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad: &aad })
@@ -239,7 +230,7 @@ impl Store {
                 format!("is not a valid record ({e}); restore it from a backup"),
             )
         })?;
-        if record.version != RECORD_VERSION || record.file_id != file_id {
+        if record.version != RECORD_VERSION || record.meta.file_id != file_id {
             return Err(PrivittyError::store(
                 &path,
                 "has another version or file id than its name says; restore it from a backup",
@@ -267,7 +258,7 @@ impl Store {
     }
 
     fn write(&self, record: &FileRecord, replace: bool) -> Result<(), PrivittyError> {
-        let path = self.record_path(record.file_id);
+        let path = self.record_path(record.meta.file_id);
         let json = serde_json::to_vec_pretty(record).expect("a record always serialises");
         write_atomic(&path, &json, replace)
     }
@@ -426,4 +417,132 @@ pub(crate) fn read_capped(path: &Path, max: u64) -> Result<Option<Vec<u8>>, Priv
         .read_to_end(&mut bytes)
         .map_err(|e| PrivittyError::store(path, format!("cannot read: {e}")))?;
     Ok(Some(bytes))
+}
+
+/// The record JSON stays what it was before [`FileMeta`] was split out of [`FileRecord`]: the
+/// fixtures below are records as the code before the split wrote them (`to_vec_pretty`, as
+/// [`Store::insert`] does), captured from it.
+#[cfg(test)]
+mod record_format_tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    /// A one-to-one file that expires, as `privitty_send_file` records it.
+    const ONE_TO_ONE: &str = r#"{
+  "version": 1,
+  "file_id": "5f0c6a8e-2b7d-4c1e-9a3f-0d4e8b6c2a91",
+  "account_id": 1,
+  "chat_id": 12,
+  "peer_contact_id": 20,
+  "allow_download": true,
+  "allow_forward": false,
+  "created_at": 1795774265,
+  "expires_at": 1795777865,
+  "original_name": "report.pdf",
+  "original_size": 1048577,
+  "encrypted_path": "/data/files/report.pdf.prv",
+  "header_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+  "wrapped_key": "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f404142434445464748",
+  "revoked_peers": [],
+  "revoked_at": null
+}"#;
+
+    /// A revoked group file with every number at an extreme: the flattened fields are buffered
+    /// by serde before they are read, and must come back exactly (u64 above i64, i64 below 0,
+    /// 2^53 + 1 which an f64 would round).
+    const EXTREMES: &str = r#"{
+  "version": 1,
+  "file_id": "c3a1e2f4-7b8d-4e6f-8a9b-1c2d3e4f5a6b",
+  "account_id": 4294967295,
+  "chat_id": 4294967295,
+  "peer_contact_id": null,
+  "allow_download": false,
+  "allow_forward": true,
+  "created_at": -9223372036854775808,
+  "expires_at": 9223372036854775807,
+  "original_name": "grüße \"quoted\".bin",
+  "original_size": 18446744073709551615,
+  "encrypted_path": "/data/files/grüße \"quoted\".bin.prv",
+  "header_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+  "wrapped_key": null,
+  "revoked_peers": [
+    7,
+    9
+  ],
+  "revoked_at": 9007199254740993
+}"#;
+
+    fn extremes() -> FileRecord {
+        FileRecord {
+            version: RECORD_VERSION,
+            meta: FileMeta {
+                file_id: Uuid::parse_str("c3a1e2f4-7b8d-4e6f-8a9b-1c2d3e4f5a6b").unwrap(),
+                account_id: u32::MAX,
+                chat_id: u32::MAX,
+                peer_contact_id: None,
+                allow_download: false,
+                allow_forward: true,
+                created_at: i64::MIN,
+                expires_at: Some(i64::MAX),
+                original_name: "grüße \"quoted\".bin".to_owned(),
+                original_size: u64::MAX,
+            },
+            encrypted_path: PathBuf::from("/data/files/grüße \"quoted\".bin.prv"),
+            header_sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+                .to_owned(),
+            wrapped_key: None,
+            revoked_peers: vec![7, 9],
+            revoked_at: Some(9_007_199_254_740_993),
+        }
+    }
+
+    #[test]
+    fn records_written_before_file_meta_read_and_write_back_the_same() {
+        for fixture in [ONE_TO_ONE, EXTREMES] {
+            let record: FileRecord = serde_json::from_str(fixture).unwrap();
+            let again = serde_json::to_vec_pretty(&record).unwrap();
+            // The contract: the same keys with the same values.
+            assert_eq!(
+                serde_json::from_slice::<Value>(&again).unwrap(),
+                serde_json::from_str::<Value>(fixture).unwrap(),
+            );
+            // Today even the text is the same (the flattened fields sit where they were); a
+            // deliberate reorder of FileMeta's fields may relax this to the check above.
+            assert_eq!(String::from_utf8(again).unwrap(), fixture);
+        }
+        let parsed: FileRecord = serde_json::from_str(EXTREMES).unwrap();
+        assert_eq!(parsed, extremes());
+        let parsed: FileRecord = serde_json::from_str(ONE_TO_ONE).unwrap();
+        assert_eq!(
+            (parsed.meta.peer_contact_id, parsed.meta.expires_at),
+            (Some(20), Some(1_795_777_865))
+        );
+        assert_eq!(parsed.meta.original_size, 1_048_577);
+    }
+
+    #[test]
+    fn a_record_without_revocation_fields_still_reads() {
+        // Both may be absent (`#[serde(default)]`); the flattened part must not change that.
+        let mut old: Value = serde_json::from_str(ONE_TO_ONE).unwrap();
+        let map = old.as_object_mut().unwrap();
+        map.remove("revoked_peers");
+        map.remove("revoked_at");
+        let record: FileRecord = serde_json::from_value(old).unwrap();
+        assert!(record.revoked_peers.is_empty() && record.revoked_at.is_none());
+        assert_eq!(record.meta.original_name, "report.pdf");
+    }
+
+    #[test]
+    fn the_store_reads_and_rewrites_an_old_record_unchanged() {
+        let accounts = tempfile::tempdir().unwrap();
+        let store = Store::open(accounts.path()).unwrap();
+        let record = extremes();
+        let path = store.record_path(record.meta.file_id);
+        fs::write(&path, EXTREMES).unwrap();
+        assert_eq!(store.get(record.meta.file_id).unwrap(), record);
+        let lock = store.lock().unwrap();
+        store.update(&record, &lock).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), EXTREMES);
+    }
 }

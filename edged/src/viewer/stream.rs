@@ -65,8 +65,8 @@ pub(super) async fn start(
         Ok(source) => source,
         Err(refusal) => return refused(msg_id, refusal),
     };
-    let size = source.header.original_size;
-    let file_id = source.header.file_id;
+    let size = source.header.meta.original_size;
+    let file_id = source.header.meta.file_id;
     let chat_id = source.chat_id;
     let etag = format!("\"{file_id}\"");
     // `If-Range` with another validator: the client's copy is of something else, send it all.
@@ -93,7 +93,7 @@ pub(super) async fn start(
             return r;
         }
     };
-    let name = source.header.original_name.clone();
+    let name = source.header.meta.original_name.clone();
     let opened = tokio::task::spawn_blocking(move || Opened::open(&source, start, end)).await;
     let opened = match opened {
         Ok(Ok(opened)) => opened,

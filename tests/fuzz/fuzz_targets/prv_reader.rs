@@ -23,6 +23,7 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use edged::privitty::FileMeta;
 use edged::privitty::format::{self, FileKey, Header, PrvReader};
 use libfuzzer_sys::fuzz_target;
 use privitty_edge_fuzz::input::Cursor;
@@ -62,7 +63,7 @@ fn read_file(file: &[u8], through_read: bool) -> Outcome {
         "an accepted header must be canonical: {header:?}"
     );
     assert!((format::MIN_CHUNK_SIZE..=format::MAX_CHUNK_SIZE).contains(&header.chunk_size));
-    assert!(header.original_name.len() <= format::MAX_NAME_LEN);
+    assert!(header.meta.original_name.len() <= format::MAX_NAME_LEN);
 
     let mut reader = PrvReader::new(src, path, header.clone(), &header_bytes, key());
     let capacity = reader.buffer_capacity();
@@ -133,16 +134,18 @@ fn construct(input: &mut Cursor<'_>) -> (Header, Vec<u8>) {
         .map(|i| (i as u8).wrapping_mul(167).wrapping_add(seed))
         .collect();
     let header = Header {
-        file_id,
-        account_id,
-        chat_id,
-        peer_contact_id: (flags & 4 == 0).then_some(peer),
-        allow_download: flags & 1 != 0,
-        allow_forward: flags & 2 != 0,
-        created_at,
-        expires_at: (expires_at != 0).then_some(expires_at),
-        original_name,
-        original_size: plain.len() as u64,
+        meta: FileMeta {
+            file_id,
+            account_id,
+            chat_id,
+            peer_contact_id: (flags & 4 == 0).then_some(peer),
+            allow_download: flags & 1 != 0,
+            allow_forward: flags & 2 != 0,
+            created_at,
+            expires_at: (expires_at != 0).then_some(expires_at),
+            original_name,
+            original_size: plain.len() as u64,
+        },
         chunk_size,
         nonce_prefix,
     };
@@ -152,8 +155,8 @@ fn construct(input: &mut Cursor<'_>) -> (Header, Vec<u8>) {
 /// A header the reader must accept: everything `read_from` checks holds.
 fn consistent(h: &Header) -> bool {
     (format::MIN_CHUNK_SIZE..=format::MAX_CHUNK_SIZE).contains(&h.chunk_size)
-        && h.original_name.len() <= format::MAX_NAME_LEN
-        && h.peer_contact_id != Some(0)
+        && h.meta.original_name.len() <= format::MAX_NAME_LEN
+        && h.meta.peer_contact_id != Some(0)
 }
 
 fuzz_target!(|data: &[u8]| {

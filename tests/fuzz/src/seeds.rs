@@ -2,6 +2,7 @@
 //! layout (see the target's doc comment). `examples/write_corpus.rs` writes them under
 //! `corpus/<target>/<name>`; everything here is deterministic, so rewriting changes nothing.
 
+use edged::privitty::FileMeta;
 use edged::privitty::format::{self, Header};
 
 use crate::input::SEP;
@@ -214,16 +215,18 @@ fn prv_constructed(
 
 fn prv_header() -> Header {
     Header {
-        file_id: uuid::Uuid::from_bytes([0x17; 16]),
-        account_id: 1,
-        chat_id: 10,
-        peer_contact_id: Some(10),
-        allow_download: true,
-        allow_forward: false,
-        created_at: 1_700_000_000,
-        expires_at: Some(1_700_003_600),
-        original_name: "report.csv".into(),
-        original_size: 1500,
+        meta: FileMeta {
+            file_id: uuid::Uuid::from_bytes([0x17; 16]),
+            account_id: 1,
+            chat_id: 10,
+            peer_contact_id: Some(10),
+            allow_download: true,
+            allow_forward: false,
+            created_at: 1_700_000_000,
+            expires_at: Some(1_700_003_600),
+            original_name: "report.csv".into(),
+            original_size: 1500,
+        },
         chunk_size: format::MIN_CHUNK_SIZE,
         nonce_prefix: [0x42; format::NONCE_PREFIX_LEN],
     }
@@ -236,11 +239,15 @@ fn prv_reader() -> Vec<Seed> {
     raw.extend(vec![0u8; 1040 + 492]);
     let mut version_2 = raw.clone();
     version_2[1 + 9] = 2;
+    let header = prv_header();
     let group = Header {
-        peer_contact_id: None,
-        expires_at: None,
-        original_size: 0,
-        ..prv_header()
+        meta: FileMeta {
+            peer_contact_id: None,
+            expires_at: None,
+            original_size: 0,
+            ..header.meta
+        },
+        ..header
     };
     let mut raw_group = vec![0u8];
     raw_group.extend(group.encode());

@@ -238,7 +238,7 @@ fn replayed_forged_and_misaddressed_messages_change_nothing() {
     unsigned["s"] = Value::String(String::new());
     let (events, acks) = bob.receive(&a_at_b, &[forged, unsigned]);
     assert!(events.is_empty() && acks.is_empty());
-    assert_eq!(bob.state.inbound[&file].access, Access::Active);
+    assert_eq!(bob.state.inbound[&file].policy.access, Access::Active);
 
     let mut carol = Device::new("carol@example.org");
     let carol_sees_bob = ChatPeer {
@@ -285,7 +285,7 @@ fn a_revoke_that_overtakes_its_grant_wins() {
         events.is_empty(),
         "an older grant after the revoke is ignored"
     );
-    assert_eq!(bob.state.inbound[&file].access, Access::Revoked);
+    assert_eq!(bob.state.inbound[&file].policy.access, Access::Revoked);
     assert!(bob.state.inbound[&file].sealed_key.is_none());
     assert!(bob.state.inbound_key(&bob.files, file).is_none());
     // Revoked for good on the owner's side.
@@ -320,10 +320,13 @@ fn deny_ends_access_and_a_later_grant_with_expiry_restores_it() {
     assert!(bob.state.inbound_key(&bob.files, file).is_none());
 
     let given = alice.with(|s, c| s.grant(c, file, 11, 5)).unwrap();
-    assert_eq!(given.expires_at, Some(alice.ctx().now() + 5));
+    assert_eq!(given.policy.expires_at, Some(alice.ctx().now() + 5));
     let (_, eb) = settle(&mut alice, &mut bob, &b_at_a, &a_at_b);
     assert_eq!(eb[0]["status"], "active");
-    assert_eq!(bob.state.inbound[&file].expires_at, given.expires_at);
+    assert_eq!(
+        bob.state.inbound[&file].policy.expires_at,
+        given.policy.expires_at
+    );
     assert!(bob.state.inbound_key(&bob.files, file).is_some());
 }
 
@@ -391,7 +394,10 @@ fn a_group_member_revoked_alone_leaves_the_others_their_key() {
     route(&mut alice, &mut bob, &mut carol);
     assert!(bob.state.inbound_key(&bob.files, file).is_none());
     assert!(carol.state.inbound_key(&carol.files, file).is_some());
-    assert_eq!(alice.state.outbound[&file][&12].access, Access::Active);
+    assert_eq!(
+        alice.state.outbound[&file][&12].policy.access,
+        Access::Active
+    );
 }
 
 #[test]
@@ -424,4 +430,161 @@ fn seen_sets_compact_and_resends_back_off() {
         alice.state.sent(seq, 0);
     }
     assert!(alice.state.outbox.is_empty(), "given up after MAX_ATTEMPTS");
+}
+
+/// A state file as the code before [`GrantPolicy`] was split out of the grants wrote it
+/// (`to_vec_pretty`, as the peer module saves it), captured from it: grants given and held, with
+/// every number of a grant at an extreme (the flattened fields are buffered by serde before they
+/// are read: u64 above i64, i64 below 0 and 2^53 + 1, which an f64 would round, must come back
+/// exactly).
+const STATE_BEFORE_GRANT_POLICY: &str = r#"{
+  "version": 1,
+  "next_seq": 1,
+  "peers": {},
+  "seen": {},
+  "chats": {},
+  "outbox": {},
+  "waiting": [],
+  "outbound": {
+    "5f0c6a8e-2b7d-4c1e-9a3f-0d4e8b6c2a91": {
+      "20": {
+        "chat_id": 12,
+        "generation": 3,
+        "access": "active",
+        "expires_at": 1795777865,
+        "download": true,
+        "forward": false,
+        "delivered": true,
+        "renew_requested_at": 1795776000
+      }
+    },
+    "c3a1e2f4-7b8d-4e6f-8a9b-1c2d3e4f5a6b": {
+      "4294967295": {
+        "chat_id": 4294967295,
+        "generation": 18446744073709551615,
+        "access": "revoked",
+        "expires_at": -9223372036854775808,
+        "download": false,
+        "forward": true,
+        "delivered": false,
+        "renew_requested_at": null
+      }
+    }
+  },
+  "inbound": {
+    "5f0c6a8e-2b7d-4c1e-9a3f-0d4e8b6c2a91": {
+      "owner_contact_id": 10,
+      "owner_fingerprint": "fp-owner",
+      "chat_id": 11,
+      "generation": 2,
+      "access": "active",
+      "sealed_key": "a1b2c3",
+      "header": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+      "download": false,
+      "forward": true,
+      "expires_at": null,
+      "name": "report.pdf",
+      "size": 1048577,
+      "updated_at": 1795774300,
+      "renew_requested_at": null
+    },
+    "c3a1e2f4-7b8d-4e6f-8a9b-1c2d3e4f5a6b": {
+      "owner_contact_id": 4294967295,
+      "owner_fingerprint": "fp-other",
+      "chat_id": 13,
+      "generation": 18446744073709551615,
+      "access": "denied",
+      "sealed_key": null,
+      "header": "",
+      "download": true,
+      "forward": false,
+      "expires_at": 9223372036854775807,
+      "name": "",
+      "size": 18446744073709551615,
+      "updated_at": -9223372036854775808,
+      "renew_requested_at": 9007199254740993
+    }
+  }
+}"#;
+
+#[test]
+fn grants_written_before_grant_policy_read_back_the_same() {
+    let file = Uuid::parse_str("5f0c6a8e-2b7d-4c1e-9a3f-0d4e8b6c2a91").unwrap();
+    let big = Uuid::parse_str("c3a1e2f4-7b8d-4e6f-8a9b-1c2d3e4f5a6b").unwrap();
+    let state: State = serde_json::from_str(STATE_BEFORE_GRANT_POLICY).unwrap();
+    let given = |chat_id, policy, delivered, renew_requested_at| OutGrant {
+        chat_id,
+        policy,
+        delivered,
+        renew_requested_at,
+    };
+    let policy = |generation, access, expires_at, download, forward| GrantPolicy {
+        generation,
+        access,
+        expires_at,
+        download,
+        forward,
+    };
+    let mut expected = State::new();
+    expected.outbound.entry(file).or_default().insert(
+        20,
+        given(
+            12,
+            policy(3, Access::Active, Some(1_795_777_865), true, false),
+            true,
+            Some(1_795_776_000),
+        ),
+    );
+    expected.outbound.entry(big).or_default().insert(
+        u32::MAX,
+        given(
+            u32::MAX,
+            policy(u64::MAX, Access::Revoked, Some(i64::MIN), false, true),
+            false,
+            None,
+        ),
+    );
+    expected.inbound.insert(
+        file,
+        InGrant {
+            owner_contact_id: 10,
+            owner_fingerprint: "fp-owner".to_owned(),
+            chat_id: 11,
+            policy: policy(2, Access::Active, None, false, true),
+            sealed_key: Some("a1b2c3".to_owned()),
+            header: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".to_owned(),
+            name: "report.pdf".to_owned(),
+            size: 1_048_577,
+            updated_at: 1_795_774_300,
+            renew_requested_at: None,
+        },
+    );
+    expected.inbound.insert(
+        big,
+        InGrant {
+            owner_contact_id: u32::MAX,
+            owner_fingerprint: "fp-other".to_owned(),
+            chat_id: 13,
+            policy: policy(u64::MAX, Access::Denied, Some(i64::MAX), true, false),
+            sealed_key: None,
+            header: String::new(),
+            name: String::new(),
+            size: u64::MAX,
+            updated_at: i64::MIN,
+            renew_requested_at: Some(9_007_199_254_740_993),
+        },
+    );
+    assert_eq!(state, expected);
+
+    // Written back: the same keys with the same values. The text differs only in the order of
+    // a held grant's keys (its policy fields now come together), so the first save after an
+    // upgrade rewrites the file once; after that it is stable (a save writes only on a change).
+    let again = serde_json::to_vec_pretty(&state).unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&again).unwrap(),
+        serde_json::from_str::<Value>(STATE_BEFORE_GRANT_POLICY).unwrap(),
+    );
+    let reread: State = serde_json::from_slice(&again).unwrap();
+    assert_eq!(reread, expected);
+    assert_eq!(serde_json::to_vec_pretty(&reread).unwrap(), again);
 }

@@ -31,7 +31,7 @@ fn store_survives_reopen_and_keeps_secrets_private() {
     let key = env
         .p
         .store
-        .unwrap(&env.p.store.get(header.file_id).unwrap())
+        .unwrap(&env.p.store.get(header.meta.file_id).unwrap())
         .unwrap();
     let key_hex = hex::encode(key.0);
     let master_hex = hex::encode(fs::read(&master).unwrap());

@@ -96,16 +96,18 @@ fn encryption_writes_one_chunk_at_a_time() {
     }
     const SIZE: u64 = 5 * CHUNK_SIZE as u64 + 3;
     let header = Header {
-        file_id: Uuid::new_v4(),
-        account_id: 1,
-        chat_id: 12,
-        peer_contact_id: None,
-        allow_download: false,
-        allow_forward: false,
-        created_at: 0,
-        expires_at: None,
-        original_name: "stream".to_owned(),
-        original_size: SIZE,
+        meta: FileMeta {
+            file_id: Uuid::new_v4(),
+            account_id: 1,
+            chat_id: 12,
+            peer_contact_id: None,
+            allow_download: false,
+            allow_forward: false,
+            created_at: 0,
+            expires_at: None,
+            original_name: "stream".to_owned(),
+            original_size: SIZE,
+        },
         chunk_size: CHUNK_SIZE,
         nonce_prefix: [7; format::NONCE_PREFIX_LEN],
     };
@@ -256,7 +258,7 @@ impl Sample {
     fn key(&self) -> FileKey {
         let mut src = &self.bytes[..];
         let (header, _) = Header::read_from(&mut src, &self.prv).unwrap();
-        let record = self.env.p.store.get(header.file_id).unwrap();
+        let record = self.env.p.store.get(header.meta.file_id).unwrap();
         self.env.p.store.unwrap(&record).unwrap()
     }
 }
