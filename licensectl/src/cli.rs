@@ -484,7 +484,18 @@ mod tests {
     /// The variables the `--help` text names are settings of the registry that this CLI reads.
     #[test]
     fn help_variables_are_in_the_env_registry() {
-        let help = Cli::command().render_long_help().to_string();
+        // The help of every command and subcommand (`health --help` names PRIVITTY_LISTEN).
+        fn all_help(cmd: &mut clap::Command, out: &mut String) {
+            out.push_str(&cmd.render_long_help().to_string());
+            for sub in cmd.get_subcommands_mut() {
+                all_help(sub, out);
+            }
+        }
+        let mut help = String::new();
+        let mut cmd = Cli::command();
+        cmd.build();
+        all_help(&mut cmd, &mut help);
+        assert!(help.contains("PRIVITTY_LISTEN"), "{help}");
         let named: Vec<&str> = help
             .split(|c: char| !(c.is_ascii_uppercase() || c == '_'))
             .filter(|w| {

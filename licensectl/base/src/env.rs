@@ -187,8 +187,8 @@ pub static VARS: &[EnvVar] = &[
     var(
         LISTEN,
         "`127.0.0.1:7200` (image: `0.0.0.0:7200`)",
-        "init, edged",
-        "HTTP listen address (init binds it once and hands it over)",
+        "init, edged, CLI",
+        "HTTP listen address (init binds it once and hands it over; `privitty-edge health` probes it)",
     ),
     var(LICENSE_URL, UNSET, "init", LICENSE_URL_MEANING),
     var(LICENSE_URL_FILE, UNSET, "init", LICENSE_URL_MEANING),
