@@ -3,13 +3,16 @@
 //!
 //! Owns: one constant per variable name, [`VARS`] (the operator's settings: the README's
 //! "Configuration" table, row for row), [`INTERNAL`] (variables our own processes pass to each
-//! other, or tests read) and [`BUILD_TIME`] (read when compiling). Every crate names a variable
+//! other, or tests read), [`TOOLS`] (the demo's, benchmarks' and container test's) and
+//! [`BUILD_TIME`] (read when compiling). Every crate names a variable
 //! through these constants. Must not: read the environment, or import anything from this crate
 //! (it is a leaf).
 //!
 //! The tests below fail when the README table and [`VARS`] differ, and when a `"PRIVITTY_…"` string
-//! in the non-test sources of this crate, licensectl, edged or the supervisor is in none of the lists; the
-//! `--help` of privitty-init and privitty-edged is checked against [`VARS`] in their own crates.
+//! in the non-test sources of this crate, licensectl, edged or the supervisor, or a `PRIVITTY_…`
+//! word in a Markdown file, a script, the Dockerfile, CI or the manifests, is in none of the lists;
+//! the `--help` of privitty-init, privitty-edged and privitty-edge is checked against [`VARS`] in
+//! their own crates.
 
 /// One operator setting, as a row of the README's table shows it.
 ///
@@ -376,6 +379,39 @@ pub static INTERNAL: &[OtherVar] = &[
     },
 ];
 
+/// Variables of the scripts and tools under `tests/` (demo, benchmarks, container test): not read
+/// by the product, named in its documentation.
+pub static TOOLS: &[OtherVar] = &[
+    OtherVar {
+        name: "PRIVITTY_DEMO_DIR",
+        meaning: "run-local.sh --demo: where the demo writes env.sh (default ./demo)",
+    },
+    OtherVar {
+        name: "PRIVITTY_DEMO_PORTS",
+        meaning: "run-local.sh --demo: alice's and bob's ports (default `7200 7201`)",
+    },
+    OtherVar {
+        name: "PRIVITTY_BENCH_BIN_DIR",
+        meaning: "init-bench.sh: measure the binaries in this directory instead of this build's",
+    },
+    OtherVar {
+        name: "PRIVITTY_BENCH_TESTPROC",
+        meaning: "init-bench.sh: the privitty-testproc to use",
+    },
+    OtherVar {
+        name: "PRIVITTY_IMAGE",
+        meaning: "container test: test this already built image instead of building one",
+    },
+    OtherVar {
+        name: "PRIVITTY_IMAGE_PROFILE",
+        meaning: "build-binaries.sh: the cargo profile of the image's executable (default `image`)",
+    },
+    OtherVar {
+        name: "PRIVITTY_TESTPROC_STATIC",
+        meaning: "container test: a static privitty-testproc to copy into the container",
+    },
+];
+
 /// Variables read when compiling, not at run time.
 pub static BUILD_TIME: &[OtherVar] = &[OtherVar {
     name: BUILTIN_LICENSE_KEYS,
@@ -389,7 +425,12 @@ pub fn setting(name: &str) -> Option<&'static EnvVar> {
 
 /// Whether `name` is in any of the lists.
 pub fn is_known(name: &str) -> bool {
-    setting(name).is_some() || INTERNAL.iter().chain(BUILD_TIME).any(|v| v.name == name)
+    setting(name).is_some()
+        || INTERNAL
+            .iter()
+            .chain(BUILD_TIME)
+            .chain(TOOLS)
+            .any(|v| v.name == name)
 }
 
 /// What differs between the variables a binary's flags read (clap's `env`, shown in `--help`) and
@@ -539,7 +580,13 @@ mod tests {
         let mut names: Vec<&str> = VARS
             .iter()
             .map(|v| v.name)
-            .chain(INTERNAL.iter().chain(BUILD_TIME).map(|v| v.name))
+            .chain(
+                INTERNAL
+                    .iter()
+                    .chain(BUILD_TIME)
+                    .chain(TOOLS)
+                    .map(|v| v.name),
+            )
             .collect();
         let all = names.len();
         names.sort_unstable();
@@ -614,6 +661,86 @@ mod tests {
             }
         }
         unknown
+    }
+
+    /// The `PRIVITTY_…` words of a document or script, except Rust paths (`gate::PRIVITTY_METHODS`).
+    fn names_in_text(text: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("PRIVITTY_") {
+            let path = rest[..at].ends_with("::");
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = tail[..end].trim_end_matches('_');
+            if !path && name.len() > "PRIVITTY".len() {
+                names.push(name.to_string());
+            }
+            rest = &tail[end..];
+        }
+        names
+    }
+
+    /// The files operators and developers read or run: every Markdown file, the scripts, the
+    /// Dockerfile, CI and the Kubernetes manifests.
+    fn documents(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut entries: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        for path in entries {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                if !name.starts_with('.') && name != "target" && name != "corpus" {
+                    documents(&path, out);
+                }
+            } else if [".md", ".sh", ".yaml", ".yml"]
+                .iter()
+                .any(|e| name.ends_with(e))
+                || name == "Dockerfile"
+                || name == "run"
+            {
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn env_every_variable_in_the_documents_and_scripts_is_registered() {
+        let mut files = Vec::new();
+        documents(&workspace(), &mut files);
+        documents(&workspace().join(".ci"), &mut files);
+        assert!(
+            files.iter().any(|f| f.ends_with("README.md"))
+                && files
+                    .iter()
+                    .any(|f| f.ends_with("tests/scripts/run-local.sh")),
+            "documents not found: {files:?}"
+        );
+        let mut unknown = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            for name in names_in_text(&text) {
+                if !is_known(&name) {
+                    let file = file.strip_prefix(workspace()).unwrap_or(file);
+                    unknown.push(format!("{}: {name}", file.display()));
+                }
+            }
+        }
+        unknown.sort();
+        unknown.dedup();
+        assert!(
+            unknown.is_empty(),
+            "variables named in documents or scripts but in no list of licensectl/base/src/env.rs \
+             (a misspelt or removed setting; a tool's variable goes in TOOLS):\n  {}",
+            unknown.join("\n  ")
+        );
+        assert_eq!(
+            names_in_text("set PRIVITTY_LISTEN_, see gate::PRIVITTY_METHODS and PRIVITTY_"),
+            ["PRIVITTY_LISTEN"]
+        );
     }
 
     #[test]
