@@ -170,8 +170,55 @@ pub(super) async fn start(
     if let Ranged::Part { start, end } = ranged {
         resp = resp.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"));
     }
-    resp.body(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed())
+    let body = LingeringAbort::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    resp.body(StreamBody::new(body).boxed())
         .expect("valid response")
+}
+
+/// How long the bytes sent before a failure get to leave before the transfer is cut.
+pub const ABORT_LINGER: Duration = Duration::from_millis(50);
+
+/// The body's frames, with an abort held back for [`ABORT_LINGER`]. hyper drops what it has
+/// buffered but not yet written when a body fails, and a failure queued right behind the last
+/// verified chunks would otherwise take them along: the client would get no response head at all
+/// instead of the verified bytes and then a cut transfer. While the abort waits, the body is
+/// pending, so hyper writes out its buffer (and is woken as the socket drains).
+struct LingeringAbort<S> {
+    frames: S,
+    held: Option<(StreamAborted, std::pin::Pin<Box<tokio::time::Sleep>>)>,
+}
+
+impl<S> LingeringAbort<S> {
+    fn new(frames: S) -> Self {
+        LingeringAbort { frames, held: None }
+    }
+}
+
+impl<S> tokio_stream::Stream for LingeringAbort<S>
+where
+    S: tokio_stream::Stream<Item = Item> + Unpin,
+{
+    type Item = Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.held.is_none() {
+            match std::pin::Pin::new(&mut this.frames).poll_next(cx) {
+                Poll::Ready(Some(Err(aborted))) => {
+                    this.held = Some((aborted, Box::pin(tokio::time::sleep(ABORT_LINGER))));
+                }
+                other => return other,
+            }
+        }
+        if let Some((_, linger)) = this.held.as_mut() {
+            std::task::ready!(linger.as_mut().poll(cx));
+        }
+        Poll::Ready(this.held.take().map(|(aborted, _)| Err(aborted)))
+    }
 }
 
 /// The answer to a refusal of [`Peer::viewer_source`].
@@ -492,6 +539,64 @@ async fn next_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A response whose body fails right behind its last good frames, over real HTTP/1.1: the
+    /// client gets the head and those frames, then a cut (no clean end), with the abort held
+    /// back. Without it hyper dropped its unwritten buffer with the failure, and the client got
+    /// nothing at all (seen in CI as an empty status line).
+    #[tokio::test]
+    async fn a_failure_right_behind_the_last_frames_still_delivers_them() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const PIECE: usize = 64 * 1024;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(|_req| async {
+                let (tx, rx) = mpsc::channel::<Item>(4);
+                for byte in [b'a', b'b'] {
+                    tx.try_send(Ok(Frame::data(Bytes::from(vec![byte; PIECE]))))
+                        .unwrap();
+                }
+                tx.try_send(Err(StreamAborted("a later chunk failed".into())))
+                    .unwrap();
+                let body = LingeringAbort::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder()
+                        .header(header::CONTENT_LENGTH, 3 * PIECE)
+                        .body(StreamBody::new(body))
+                        .unwrap(),
+                )
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                .await;
+        });
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), client.read_to_end(&mut got))
+            .await
+            .expect("the server ends the connection")
+            .ok();
+        server.await.unwrap();
+        let head_end = got
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no response head in {} bytes", got.len()));
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{:?}", &got[..head_end]);
+        let body = &got[head_end + 4..];
+        assert_eq!(
+            body.len(),
+            2 * PIECE,
+            "the frames before the failure, then the cut"
+        );
+        assert!(body[..PIECE].iter().all(|b| *b == b'a'));
+        assert!(body[PIECE..].iter().all(|b| *b == b'b'));
+    }
 
     #[test]
     fn content_types_from_magic_bytes() {
