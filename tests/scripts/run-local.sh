@@ -16,6 +16,12 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
+# Run from inside `cargo test` (the demo test), the environment carries cargo's per-package
+# variables; ring's build script watches CARGO_MANIFEST_DIR, so this build and the next plain one
+# would each rebuild it and everything above it.
+for var in $(compgen -e | grep -E '^CARGO_(MANIFEST_|PKG_|CRATE_NAME|BIN_|TARGET_TMPDIR|PRIMARY_PACKAGE)' || true); do
+  unset "$var"
+done
 cargo build --locked --workspace --bins >&2
 engine=$(tests/scripts/fetch-engine.sh)
 export PATH="$top/target/debug:$(dirname "$engine"):$PATH"
