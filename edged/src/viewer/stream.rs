@@ -170,7 +170,7 @@ pub(super) async fn start(
     if let Ranged::Part { start, end } = ranged {
         resp = resp.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"));
     }
-    let body = LingeringAbort::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let body = LingeringAbort::new(tokio_stream::wrappers::ReceiverStream::new(rx), end - start);
     resp.body(StreamBody::new(body).boxed())
         .expect("valid response")
 }
@@ -182,15 +182,24 @@ pub const ABORT_LINGER: Duration = Duration::from_millis(50);
 /// buffered but not yet written when a body fails, and a failure queued right behind the last
 /// verified chunks would otherwise take them along: the client would get no response head at all
 /// instead of the verified bytes and then a cut transfer. While the abort waits, the body is
-/// pending, so hyper writes out its buffer (and is woken as the socket drains).
+/// pending, so hyper writes out its buffer (and is woken as the socket drains). An end short of
+/// `length` (the pump could not queue its error behind a full queue) is an abort too.
 struct LingeringAbort<S> {
     frames: S,
+    /// Bytes the response promised (its `Content-Length`) and bytes passed on so far.
+    length: u64,
+    passed: u64,
     held: Option<(StreamAborted, std::pin::Pin<Box<tokio::time::Sleep>>)>,
 }
 
 impl<S> LingeringAbort<S> {
-    fn new(frames: S) -> Self {
-        LingeringAbort { frames, held: None }
+    fn new(frames: S, length: u64) -> Self {
+        LingeringAbort {
+            frames,
+            length,
+            passed: 0,
+            held: None,
+        }
     }
 }
 
@@ -207,12 +216,21 @@ where
         use std::task::Poll;
         let this = &mut *self;
         if this.held.is_none() {
-            match std::pin::Pin::new(&mut this.frames).poll_next(cx) {
-                Poll::Ready(Some(Err(aborted))) => {
-                    this.held = Some((aborted, Box::pin(tokio::time::sleep(ABORT_LINGER))));
+            let aborted = match std::pin::Pin::new(&mut this.frames).poll_next(cx) {
+                Poll::Ready(Some(Err(aborted))) => aborted,
+                Poll::Ready(None) if this.passed < this.length => StreamAborted(format!(
+                    "the stream ended after {} of its {} bytes",
+                    this.passed, this.length
+                )),
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        this.passed += data.len() as u64;
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
                 }
                 other => return other,
-            }
+            };
+            this.held = Some((aborted, Box::pin(tokio::time::sleep(ABORT_LINGER))));
         }
         if let Some((_, linger)) = this.held.as_mut() {
             std::task::ready!(linger.as_mut().poll(cx));
@@ -543,24 +561,35 @@ mod tests {
     /// A response whose body fails right behind its last good frames, over real HTTP/1.1: the
     /// client gets the head and those frames, then a cut (no clean end), with the abort held
     /// back. Without it hyper dropped its unwritten buffer with the failure, and the client got
-    /// nothing at all (seen in CI as an empty status line).
+    /// nothing at all (seen in CI as an empty status line). Both endings: the error queued, and
+    /// the queue closed without it (the pump's error did not fit a full queue).
     #[tokio::test]
     async fn a_failure_right_behind_the_last_frames_still_delivers_them() {
+        for queued_error in [true, false] {
+            failure_right_behind_the_last_frames(queued_error).await;
+        }
+    }
+
+    async fn failure_right_behind_the_last_frames(queued_error: bool) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         const PIECE: usize = 64 * 1024;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (socket, _) = listener.accept().await.unwrap();
-            let service = hyper::service::service_fn(|_req| async {
+            let service = hyper::service::service_fn(move |_req| async move {
                 let (tx, rx) = mpsc::channel::<Item>(4);
                 for byte in [b'a', b'b'] {
                     tx.try_send(Ok(Frame::data(Bytes::from(vec![byte; PIECE]))))
                         .unwrap();
                 }
-                tx.try_send(Err(StreamAborted("a later chunk failed".into())))
-                    .unwrap();
-                let body = LingeringAbort::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+                if queued_error {
+                    tx.try_send(Err(StreamAborted("a later chunk failed".into())))
+                        .unwrap();
+                }
+                drop(tx);
+                let frames = tokio_stream::wrappers::ReceiverStream::new(rx);
+                let body = LingeringAbort::new(frames, 3 * PIECE as u64);
                 Ok::<_, std::convert::Infallible>(
                     Response::builder()
                         .header(header::CONTENT_LENGTH, 3 * PIECE)
@@ -586,7 +615,12 @@ mod tests {
         let head_end = got
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
-            .unwrap_or_else(|| panic!("no response head in {} bytes", got.len()));
+            .unwrap_or_else(|| {
+                panic!(
+                    "no response head in {} bytes (error queued: {queued_error})",
+                    got.len()
+                )
+            });
         assert!(got.starts_with(b"HTTP/1.1 200"), "{:?}", &got[..head_end]);
         let body = &got[head_end + 4..];
         assert_eq!(
