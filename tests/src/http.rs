@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpStream};
 
 use serde_json::Value;
 
-use crate::managed_harness::DEADLINE;
+use crate::support::DEADLINE;
 
 /// How one request failed.
 #[derive(Debug)]

@@ -24,7 +24,7 @@ use crate::license_server::LicenseServer;
 use crate::support::{self, DumpDirOnFailure};
 
 /// How long any single awaited condition may take before the test fails.
-pub const DEADLINE: Duration = Duration::from_secs(60);
+pub use crate::support::DEADLINE;
 
 /// JSON-RPC code of a gated call without a usable license.
 pub const LICENSE_REQUIRED: i64 = -32001;

@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// How long any single awaited condition may take before the test fails (the harnesses and the
+/// HTTP client use it; here, at the bottom, so that none of them depends on another for it).
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
 /// The directory holding the workspace's built binaries (`target/debug` or `target/release`).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");

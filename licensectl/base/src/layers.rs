@@ -1,8 +1,8 @@
 //! The layer check: no import cycle between the modules of a crate (style rule 15).
 //!
 //! Owns: a small reader of Rust sources that builds a crate's module graph and fails naming every
-//! cycle. It runs on this crate, the license library, edged and the supervisor (their sources are
-//! in the same workspace). Must not: be more than a test; it reads files, nothing else.
+//! cycle. It runs on every crate of the workspace: this one, the license library, edged, the
+//! supervisor, its multi-call executable and the test support (their sources are all here). Must not: be more than a test; it reads files, nothing else.
 //!
 //! What counts as a use of module `b` by module `a`: a path in `a` that starts with `crate::`,
 //! `super::` or `self::` and reaches `b` or an item in it, in a `use` declaration or anywhere in the
@@ -822,6 +822,16 @@ fn supervisor_has_no_new_import_cycle() {
         &workspace_file("supervisor/src/lib.rs"),
         SUPERVISOR_KNOWN_CYCLES,
     );
+}
+
+#[test]
+fn test_support_has_no_import_cycle() {
+    assert_no_new_cycle(&workspace_file("tests/src/lib.rs"), &[]);
+}
+
+#[test]
+fn multicall_has_no_import_cycle() {
+    assert_no_new_cycle(&workspace_file("supervisor/multicall/src/main.rs"), &[]);
 }
 
 /// Cycles edged has today, to be broken up by its own layering; listed so that any other cycle
