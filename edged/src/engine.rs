@@ -773,6 +773,21 @@ while IFS= read -r line; do
 done
 "#;
 
+    /// An engine that is the shell script `text`, with `dir` as its data directory.
+    fn script_engine(dir: &std::path::Path, text: &str) -> EngineConfig {
+        use std::os::unix::fs::PermissionsExt;
+        let program = dir.join("engine.sh");
+        std::fs::write(&program, text).unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        EngineConfig {
+            program,
+            data_dir: dir.to_path_buf(),
+            profile: "test".into(),
+            max_answer: 1024 * 1024,
+            realtime_off: true,
+        }
+    }
+
     /// Never answers; on stdin's end it leaves a mark and exits, as the real engine does.
     const NEVER_ANSWERS: &str = r#"#!/bin/sh
 : > "$DC_ACCOUNTS_PATH.started"
@@ -782,18 +797,8 @@ cat > /dev/null
 
     #[tokio::test]
     async fn a_stop_during_the_first_engines_set_up_closes_its_stdin_instead_of_killing_it() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let program = dir.path().join("engine.sh");
-        std::fs::write(&program, NEVER_ANSWERS).unwrap();
-        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let config = EngineConfig {
-            program,
-            data_dir: dir.path().to_path_buf(),
-            profile: "test".into(),
-            max_answer: 1024 * 1024,
-            realtime_off: true,
-        };
+        let config = script_engine(dir.path(), NEVER_ANSWERS);
         let (stop_tx, stop) = watch::channel(false);
         let start = tokio::spawn(Engine::start(
             config,
@@ -819,18 +824,8 @@ cat > /dev/null
 
     #[tokio::test]
     async fn a_stop_during_a_restarted_engines_set_up_is_not_ignored() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let program = dir.path().join("engine.sh");
-        std::fs::write(&program, ANSWERS_ONCE).unwrap();
-        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let config = EngineConfig {
-            program,
-            data_dir: dir.path().to_path_buf(),
-            profile: "test".into(),
-            max_answer: 1024 * 1024,
-            realtime_off: true,
-        };
+        let config = script_engine(dir.path(), ANSWERS_ONCE);
         let (stop_tx, stop) = watch::channel(false);
         let (engine, keeper) = Engine::start(config, Hub::new(4), stop, Duration::from_millis(200))
             .await
