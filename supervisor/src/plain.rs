@@ -106,6 +106,7 @@ pub fn run(config: &Config, pid1: &mut Pid1) -> i32 {
                 child,
                 config.stop_timeout,
                 stopping,
+                |_| {},
             );
             return exit::FAILURE;
         };
@@ -120,7 +121,7 @@ pub fn run(config: &Config, pid1: &mut Pid1) -> i32 {
             action @ (Action::Forward(_) | Action::ForwardRealtime(_)) => forward(child, action),
             Action::Stop(sig) => {
                 tracing::info!(signal = %sig, timeout = ?config.stop_timeout, "stopping");
-                let status = pid1.stop(&[child], sig, child, config.stop_timeout, stopping);
+                let status = pid1.stop(&[child], sig, child, config.stop_timeout, stopping, |_| {});
                 return finish(status, remap);
             }
             Action::Finish(status) => {
@@ -132,6 +133,7 @@ pub fn run(config: &Config, pid1: &mut Pid1) -> i32 {
                     child,
                     config.stop_timeout,
                     stopping,
+                    |_| {},
                 );
                 return finish(Some(status), remap);
             }

@@ -1,8 +1,8 @@
-//! Managed mode's driver: the one thread that runs it. Owns the listening socket, the
-//! per-generation notify sockets, the license watch, the license commands' pipes (through
-//! [`Jobs`]) and the timers; turns what happens into [`Input`]s for the [`Machine`] and executes
-//! the [`Action`]s it answers with, on one thread: [`Pid1::wait`] polls every fd beside the
-//! signals.
+//! Managed mode's driver: the one thread that runs it. Owns the listening socket, the hand-over
+//! and engine pairs, the per-generation notify sockets, the license watch, the license commands'
+//! pipes (through [`Jobs`]) and the timers; turns what happens into [`Input`]s for the
+//! [`Machine`] and executes the [`Action`]s it answers with, on one thread: [`Pid1::wait`] polls
+//! every fd beside the signals.
 //!
 //! Must not make lifecycle decisions (what to start, stop, signal, retry or when to give up: each
 //! is the machine's, pure and unit-tested without processes): every signal it sends and every
@@ -70,6 +70,13 @@ pub fn run(config: &Config, pid1: &mut Pid1) -> i32 {
             return exit::FAILURE;
         }
     };
+    let engines = match listener::engine_pair() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create the engine hand-over socket pair");
+            return exit::FAILURE;
+        }
+    };
     let runtime_dir = match readiness::runtime_dir(dir.path()) {
         Ok(d) => d,
         Err(e) => {
@@ -103,6 +110,7 @@ pub fn run(config: &Config, pid1: &mut Pid1) -> i32 {
         keys,
         listener,
         handover,
+        engines,
         machine: Machine::new(Settings {
             ready_timeout: m.ready_timeout,
             stop_timeout: config.stop_timeout,
@@ -137,6 +145,8 @@ struct Driver<'a> {
     listener: TcpListener,
     /// Inherited by every generation next to the listener (see `listener::Handover`).
     handover: listener::Handover,
+    /// Inherited by every generation next to the listener (see `listener::EnginePair`).
+    engines: listener::EnginePair,
     machine: Machine,
     watch: watch::LicenseWatch,
     jobs: Jobs,
@@ -286,6 +296,17 @@ impl Driver<'_> {
                     );
                 }
             }
+            Action::OfferEngine { generation } => {
+                // Without the token the generation stops its engine, as it would at a container
+                // stop: slower for the next one, never wrong.
+                if let Err(e) = listener::offer_engine(&self.engines, generation) {
+                    tracing::warn!(
+                        generation,
+                        error = %e,
+                        "cannot offer the messaging engine to the next generation; it stops its own"
+                    );
+                }
+            }
             Action::Shutdown { main, code } => return Some(self.shutdown(pid1, main, code)),
         }
         None
@@ -337,6 +358,14 @@ impl Driver<'_> {
                 (
                     self.handover.recv.as_raw_fd(),
                     listener::HANDOVER_RECV.to_string(),
+                ),
+                (
+                    self.engines.send.as_raw_fd(),
+                    listener::ENGINE_SEND.to_string(),
+                ),
+                (
+                    self.engines.recv.as_raw_fd(),
+                    listener::ENGINE_RECV.to_string(),
                 ),
             ],
             ..SpawnSpec::default()
@@ -431,18 +460,32 @@ impl Driver<'_> {
             .and_then(|l| l.identity().cloned())
     }
 
+    fn close_untaken_engines(&self) {
+        close_untaken_engines(&self.engines);
+    }
+
     /// The stop signals went out with the actions before this one: waits for the tree, kills
     /// what is left after the stop timeout, and says with which code to exit.
     fn shutdown(&mut self, pid1: &mut Pid1, main: Option<Pid>, code: Option<i32>) -> i32 {
         let started = Instant::now();
+        // An engine handed over that no generation took: its stdin stays open while the pair's
+        // buffer holds it, so it would only end at the stop timeout's SIGKILL. Closed now, and
+        // again whenever a process exits during the wait (a generation a swap had told to stop
+        // hands its engine over just before it exits, maybe to a next one that is gone), it sees
+        // EOF and exits with the rest. A next generation that is still there takes it over and
+        // stops it itself, or finds it closed: either way it ends with its stdin.
+        self.close_untaken_engines();
+        let engines = &self.engines;
         let status = pid1.stop(
             &[],
             Signal::SIGTERM,
             main.unwrap_or(Pid::from_raw(0)),
             self.config.stop_timeout,
             pid1::ignore_while_stopping,
+            |_| close_untaken_engines(engines),
         );
         self.readiness.clear();
+        self.close_untaken_engines();
         let code = code.unwrap_or_else(|| status.map_or(0, pid1::exit_code));
         tracing::info!(
             code,
@@ -460,5 +503,18 @@ fn signal_process(pid: Pid, signal: Signal) {
     match nix::sys::signal::kill(pid, signal) {
         Ok(()) | Err(Errno::ESRCH) => {}
         Err(e) => tracing::warn!(pid = pid.as_raw(), signal = %signal, error = %e, "cannot signal"),
+    }
+}
+
+/// Closes the engines waiting in the engine pair, and the swap tokens nobody read. Only at exit:
+/// until then a later generation may still take an engine over.
+fn close_untaken_engines(pair: &listener::EnginePair) {
+    let engines = listener::close_engines(pair);
+    if engines > 0 {
+        tracing::warn!(
+            engines,
+            "closed a messaging engine handed over to a generation that did not take it; it \
+             stops on its own (its stdin is closed)"
+        );
     }
 }

@@ -1,19 +1,19 @@
 //! The managed-mode lifecycle as a pure state machine: inputs in (start-up facts, signal, child
 //! exited, spawned, ready, license checked, license command finished, timer), actions out (spawn a
-//! generation or a license command, signal a process or a group, timers, license check, release
-//! the start-up pages, shutdown).
+//! generation or a license command, signal a process or a group, offer the engine to the next
+//! generation, timers, license check, release the start-up pages, shutdown).
 //!
 //! Owns every decision about generations and license work: when to start a generation, when to
 //! stop the previous one and what stopping it means (SIGTERM then SIGCONT to edged alone, SIGKILL
-//! to its group after the stop timeout), what an unexpected exit costs, when a crash loop ends the
-//! container, what a stop of the container signals and what it exits with; whether start-up
-//! activation runs, how long it may hold the first generation back (a timer), when it is retried
-//! (honouring the server's `Retry-After`), when it gives up or is superseded by a license
-//! installed meanwhile; when the periodic sync runs and what its outcome leads to; when start-up
-//! is over (the memory it took can go). Must not perform I/O, read the clock (every input carries
-//! `now`) or hold process handles: the driver (`driver.rs`) executes the actions and reports their
-//! results back as inputs. Logging is the only effect it has; its randomness (the sync jitter)
-//! comes from a seed.
+//! to its group after the stop timeout), when a stopping generation may hand its engine over (at
+//! a swap only), what an unexpected exit costs, when a crash loop ends the container, what a stop
+//! of the container signals and what it exits with; whether start-up activation runs, how long it
+//! may hold the first generation back (a timer), when it is retried (honouring the server's
+//! `Retry-After`), when it gives up or is superseded by a license installed meanwhile; when the
+//! periodic sync runs and what its outcome leads to; when start-up is over (the memory it took can
+//! go). Must not perform I/O, read the clock (every input carries `now`) or hold process handles:
+//! the driver (`driver.rs`) executes the actions and reports their results back as inputs.
+//! Logging is the only effect it has; its randomness (the sync jitter) comes from a seed.
 //!
 //! License work runs as child processes (`privitty-edge license activate|sync|device-id`, see
 //! [`Job`]), so PID 1 runs no HTTP or TLS code; their documented exit codes say what happened
@@ -199,6 +199,13 @@ pub enum Action {
     CheckLicense { forced: bool },
     /// Run the license command `job`; answer with `Input::JobSpawned`, then `Input::JobFinished`.
     SpawnJob { job: Job },
+    /// Write the swap token for `generation` to the engine pair. Comes just before that
+    /// generation's stop signals, and only when a swap stops it (the next generation was just
+    /// spawned): a generation told to stop with its token may hand its running engine over instead
+    /// of stopping it. One stopped without a token (a stop of the container, a missed ready
+    /// deadline) stops its engine: nothing would take it over. A token that cannot be written
+    /// costs the next generation an engine start, nothing more.
+    OfferEngine { generation: Gen },
     /// Close the connections waiting in the hand-over pair: the generation that was to take them
     /// over from its predecessor ended before serving, and no generation serves now. Closed,
     /// they end cleanly for their clients instead of waiting for a restart that may never serve.
@@ -600,10 +607,17 @@ impl Machine {
         out.push(Action::Spawn { generation });
     }
 
-    fn stop_generation(&mut self, now: Instant, idx: usize, out: &mut Vec<Action>) {
+    /// `swap`: the next generation was just spawned to replace this one, which may then hand its
+    /// engine over (the token goes out before the signals, so it is there when edged drains).
+    fn stop_generation(&mut self, now: Instant, idx: usize, swap: bool, out: &mut Vec<Action>) {
         let g = &mut self.gens[idx];
         g.phase = GenPhase::Stopping;
         if let Some(pid) = g.pid {
+            if swap {
+                out.push(Action::OfferEngine {
+                    generation: g.generation,
+                });
+            }
             ask_to_stop(pid, out);
             out.push(Action::SetTimer {
                 at: now + self.settings.stop_timeout,
@@ -641,7 +655,7 @@ impl Machine {
                     next = generation,
                     "stopping the previous generation"
                 );
-                self.stop_generation(now, i, out);
+                self.stop_generation(now, i, true, out);
             }
         }
     }
@@ -842,7 +856,9 @@ impl Machine {
                     timeout = %humantime::format_duration(self.settings.ready_timeout),
                     "generation did not report ready in time; replacing it"
                 );
-                self.stop_generation(now, idx, out);
+                // No token: its replacement is not running yet, and an engine that did not make
+                // its generation ready in time is no engine to keep.
+                self.stop_generation(now, idx, false, out);
                 self.crashes_total += 1;
                 if self.crashes.record(now) {
                     tracing::error!(
@@ -1142,6 +1158,10 @@ mod tests {
             },
         );
         assert!(acts.contains(&term(100)), "{acts:?}");
+        assert!(
+            acts.contains(&Action::OfferEngine { generation: 1 }),
+            "{acts:?}"
+        );
         assert!(acts.contains(&Action::SetTimer {
             at: t0 + Duration::from_secs(8),
             timer: Timer::KillDeadline(1)
@@ -2013,6 +2033,8 @@ mod tests {
                     at: t0 + Duration::from_secs(30),
                     timer: Timer::ReadyDeadline(2)
                 },
+                // The swap token first: it is waiting when the old generation starts to drain.
+                Action::OfferEngine { generation: 1 },
                 term(100),
                 cont(100),
                 Action::SetTimer {
@@ -2021,6 +2043,50 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn only_a_swap_offers_the_engine_to_the_next_generation() {
+        let offers = |acts: &[Action]| {
+            acts.iter()
+                .filter(|a| matches!(a, Action::OfferEngine { .. }))
+                .count()
+        };
+        // A stop of the container: nothing would take the engine over, while serving or while a
+        // swap is under way (generation 1 had its token at the swap, not again now).
+        let (mut m, t0) = serving();
+        let acts = m.step(t0, Input::Signal(Signal::SIGTERM));
+        assert_eq!(offers(&acts), 0, "{acts:?}");
+        let (mut m, t0) = swapping();
+        let acts = m.step(t0, Input::Signal(Signal::SIGTERM));
+        assert_eq!(offers(&acts), 0, "{acts:?}");
+
+        // A missed ready deadline: the overdue generation gets no token, nor does the one that
+        // replaces it stop anything when it starts.
+        let t0 = Instant::now();
+        let mut m = Machine::new(settings());
+        m.step(t0, boot());
+        m.step(
+            t0,
+            Input::Spawned {
+                generation: 1,
+                pid: pid(100),
+                license: None,
+            },
+        );
+        let t1 = t0 + Duration::from_secs(30);
+        let acts = m.step(t1, Input::Timer(Timer::ReadyDeadline(1)));
+        assert!(acts.contains(&term(100)), "{acts:?}");
+        assert_eq!(offers(&acts), 0, "{acts:?}");
+        let acts = m.step(
+            t1,
+            Input::Spawned {
+                generation: 2,
+                pid: pid(200),
+                license: None,
+            },
+        );
+        assert_eq!(offers(&acts), 0, "{acts:?}");
     }
 
     #[test]

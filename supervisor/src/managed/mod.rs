@@ -12,17 +12,20 @@
 //!   reports.
 //! - [`watch`]: when the license files may have changed (inotify on the directory, plus a poll).
 //! - [`readiness`]: the per-generation notify sockets (`READY=1`).
-//! - [`listener`]: the listening socket bound once and handed to each generation.
+//! - [`listener`]: the listening socket bound once and handed to each generation, with the
+//!   connection and engine hand-over pairs.
 //! - [`sync`]: when the periodic sync is due (interval, jitter, the last sync on disk).
 //! - [`backoff`]: restart pacing and the crash budget.
 //!
 //! ```text
 //!  start ──► activate (if URL and no privitty.lic: `privitty-edge license activate -` as a child;
 //!            ≤ ACTIVATION_TIMEOUT, then in the background)
-//!        ──► gen 1: spawn(LISTEN_FDS=3, NOTIFY_SOCKET) ──READY=1──► serving
-//!  license changed / SIGHUP / sync ──► gen N+1 spawned (loads license, waits for the lock)
-//!        ──► SIGTERM+SIGCONT gen N (stops accepting, drains, stops its engine, exits, frees the lock)
-//!        ──► gen N+1 takes the lock, starts its engine, READY=1 ──► serving
+//!        ──► gen 1: spawn(LISTEN_FDS=5: http, hand-over pair, engine pair; NOTIFY_SOCKET)
+//!            ──READY=1──► serving
+//!  license changed / SIGHUP / sync ──► gen N+1 spawned (loads license, standby, waits for the lock)
+//!        ──► swap token, SIGTERM+SIGCONT gen N (serves until the standby, then stops accepting,
+//!            hands its connections and its engine over, frees the lock, exits)
+//!        ──► gen N+1 takes the lock and the engine, READY=1 ──► serving
 //!  unexpected exit ──► restart after backoff; CRASH_LIMIT exits in CRASH_WINDOW ──► exit 70
 //!  SIGTERM/INT/QUIT ──► SIGTERM+SIGCONT every generation, SIGKILL after STOP_TIMEOUT, exit with its code
 //! ```

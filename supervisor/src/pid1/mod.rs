@@ -237,7 +237,9 @@ impl Pid1 {
     /// process group, wait (consuming events) until every child of ours has exited or `timeout`
     /// passed, then SIGKILL what is left (all our descendants), and return as soon as nothing is
     /// left. Signals that arrive meanwhile go to `on_signal` (the lifecycle decides whether they
-    /// are passed on). Returns the status of `main` if it was seen.
+    /// are passed on); every exit seen meanwhile to `on_exit` (managed mode then closes an
+    /// engine handed over by the generation that exited, which nothing else would end). Returns
+    /// the status of `main` if it was seen.
     pub fn stop(
         &mut self,
         groups: &[Pid],
@@ -245,6 +247,7 @@ impl Pid1 {
         main: Pid,
         timeout: Duration,
         mut on_signal: impl FnMut(&Event),
+        mut on_exit: impl FnMut(Pid),
     ) -> Option<WaitStatus> {
         let mut main_status = None;
         for group in groups {
@@ -252,7 +255,13 @@ impl Pid1 {
             signal_group(*group, Signal::SIGCONT);
         }
         let deadline = Instant::now() + timeout;
-        if self.wait_for_no_children(main, &mut main_status, deadline, &mut on_signal) {
+        if self.wait_for_no_children(
+            main,
+            &mut main_status,
+            deadline,
+            &mut on_signal,
+            &mut on_exit,
+        ) {
             tracing::debug!(signal = %signal, "every process exited after the stop signal");
             return main_status;
         }
@@ -274,7 +283,13 @@ impl Pid1 {
         // SIGKILL cannot be refused, but a process in uninterruptible sleep dies only when its
         // I/O ends; bound that wait too rather than hang the container's stop.
         let deadline = Instant::now() + timeout.max(Duration::from_secs(1));
-        if !self.wait_for_no_children(main, &mut main_status, deadline, &mut on_signal) {
+        if !self.wait_for_no_children(
+            main,
+            &mut main_status,
+            deadline,
+            &mut on_signal,
+            &mut on_exit,
+        ) {
             tracing::error!("processes survived SIGKILL; exiting anyway");
         }
         main_status
@@ -287,18 +302,19 @@ impl Pid1 {
         main_status: &mut Option<WaitStatus>,
         deadline: Instant,
         on_signal: &mut impl FnMut(&Event),
+        on_exit: &mut impl FnMut(Pid),
     ) -> bool {
         // Signals a signalfd already holds are not lost: they are taken here too.
         self.drain_signalfd();
         loop {
             while let Some(ev) = self.pending.pop_front() {
-                record(ev, main, main_status, on_signal);
+                record(ev, main, main_status, on_signal, on_exit);
             }
             if !has_children() {
                 return true;
             }
             match self.next(Some(deadline)) {
-                Some(ev) => record(ev, main, main_status, on_signal),
+                Some(ev) => record(ev, main, main_status, on_signal, on_exit),
                 None => return !has_children(),
             }
         }
@@ -311,10 +327,17 @@ fn record(
     main: Pid,
     main_status: &mut Option<WaitStatus>,
     on_signal: &mut impl FnMut(&Event),
+    on_exit: &mut impl FnMut(Pid),
 ) {
     match ev {
-        Event::Exited { pid, status } if pid == main => *main_status = Some(status),
-        Event::Exited { pid, status } => tracing::debug!(%pid, ?status, "reaped while stopping"),
+        Event::Exited { pid, status } => {
+            if pid == main {
+                *main_status = Some(status);
+            } else {
+                tracing::debug!(%pid, ?status, "reaped while stopping");
+            }
+            on_exit(pid);
+        }
         Event::Signal(_) | Event::Realtime(_) => on_signal(&ev),
     }
 }
