@@ -7,6 +7,7 @@
 //! when the engine dies every pending call fails at once.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -15,11 +16,13 @@ use std::time::{Duration, Instant};
 
 use privitty_base::env;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::unix::pipe;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::events::Hub;
+use crate::handover::Prefixed;
 use crate::rpc::RpcError;
 
 /// Where the engine keeps its accounts, inside the data directory (it manages the directory itself).
@@ -123,13 +126,25 @@ type Reply = oneshot::Sender<Result<Value, EngineError>>;
 struct Waiting {
     reply: Reply,
     budget: Option<Arc<Budget>>,
+    /// A `get_next_event` long-poll: the one kind of call an engine may be handed over with.
+    poll: bool,
+}
+
+/// What the stdin writer task is told.
+#[derive(Debug)]
+enum Out {
+    Line(String),
+    /// Close stdin: the engine exits on its end.
+    Close,
+    /// Write out what is queued, then give stdin back without closing it.
+    Release(oneshot::Sender<pipe::Sender>),
 }
 
 /// One running engine process: its stdin queue and the calls waiting for its answers.
 #[derive(Debug)]
 struct EngineRun {
     number: u64,
-    lines: mpsc::UnboundedSender<String>,
+    lines: mpsc::UnboundedSender<Out>,
     /// `None` once the process is gone: later calls fail at once instead of waiting.
     pending: Mutex<Option<HashMap<u64, Waiting>>>,
 }
@@ -140,6 +155,15 @@ impl EngineRun {
         for (_, waiting) in drained.into_iter().flatten() {
             let _ = waiting.reply.send(Err(EngineError::Died));
         }
+    }
+
+    /// Calls still waiting that are not the event long-poll.
+    fn calls_waiting(&self) -> usize {
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .as_ref()
+            .map_or(0, |m| m.values().filter(|w| !w.poll).count())
     }
 }
 
@@ -158,11 +182,32 @@ impl Drop for PendingEntry<'_> {
     }
 }
 
+/// A running engine taken out of this process, for the next generation: its three pipes, what
+/// was read from its stdout but not handled, and where the call ids and the event long-poll stand.
+#[derive(Debug)]
+pub struct Released {
+    pub pid: u32,
+    /// The process's start time (`/proc/<pid>/stat` field 22): a later signal goes to this
+    /// process only, never to another one that got its pid after it exited.
+    pub start_time: u64,
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    /// Bytes of stdout already read: the start of an answer that the next owner reads first.
+    pub read_ahead: Vec<u8>,
+    /// The next call id to use: the engine may still answer ids below it.
+    pub next_id: u64,
+    /// The `get_next_event` call the engine has not answered yet: its answer is an event.
+    pub poll_id: Option<u64>,
+}
+
 /// Handle to the engine; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Engine {
     inner: Arc<Inner>,
 }
+
+type ReleaseRequest = oneshot::Sender<Option<Released>>;
 
 #[derive(Debug)]
 struct Inner {
@@ -175,9 +220,34 @@ struct Inner {
     restarts: AtomicU64,
     /// Longest line read from the engine; a longer answer is dropped unread (`TooLarge`).
     max_line: usize,
+    /// Asks the keeper to take the engine out for the next generation ([`Engine::release`]).
+    release: mpsc::UnboundedSender<ReleaseRequest>,
+    /// An adopted engine's unanswered `get_next_event`: the event pump waits for it first.
+    adopted_poll: Mutex<Option<oneshot::Receiver<Result<Value, EngineError>>>>,
 }
 
 impl Engine {
+    fn bare(
+        config: EngineConfig,
+        next_id: u64,
+    ) -> (Engine, mpsc::UnboundedReceiver<ReleaseRequest>) {
+        let (release, requests) = mpsc::unbounded_channel();
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                max_line: config.max_answer,
+                config,
+                next_id: AtomicU64::new(next_id),
+                current: Mutex::new(None),
+                run: watch::channel(0).0,
+                pid: Mutex::new(None),
+                restarts: AtomicU64::new(0),
+                release,
+                adopted_poll: Mutex::new(None),
+            }),
+        };
+        (engine, requests)
+    }
+
     /// Starts the engine, sets up account 1, and keeps the engine running (restarting it with backoff)
     /// until `stop` turns true. Returns once the first engine answered and account 1 is set up; the
     /// returned task ends after the engine stopped. A stop during the set-up stops that engine the
@@ -188,17 +258,8 @@ impl Engine {
         mut stop: watch::Receiver<bool>,
         stop_timeout: Duration,
     ) -> Result<Option<(Engine, tokio::task::JoinHandle<()>)>, EngineError> {
-        let engine = Engine {
-            inner: Arc::new(Inner {
-                max_line: config.max_answer,
-                config,
-                next_id: AtomicU64::new(1),
-                current: Mutex::new(None),
-                run: watch::channel(0).0,
-                pid: Mutex::new(None),
-                restarts: AtomicU64::new(0),
-            }),
-        };
+        let (engine, requests) = Engine::bare(config, 1);
+        end_leftover_engines(&engine.accounts_path(), LEFTOVER_GRACE).await;
         let first = engine.spawn_run(1)?;
         let set_up = tokio::select! {
             r = tokio::time::timeout(START_TIMEOUT, engine.set_up_account()) => r,
@@ -226,8 +287,82 @@ impl Engine {
                 other => other,
             });
         }
-        let keeper = tokio::spawn(engine.clone().keep_running(first, hub, stop, stop_timeout));
+        let keeper =
+            tokio::spawn(
+                engine
+                    .clone()
+                    .keep_running(first, hub, stop, stop_timeout, requests),
+            );
         Ok(Some((engine, keeper)))
+    }
+
+    /// Takes over an engine the previous generation released: no start, no set-up (it serves
+    /// account 1 already). Then keeps it running like [`Engine::start`] does (a restart after it
+    /// dies is an engine of our own).
+    pub fn adopt(
+        config: EngineConfig,
+        released: Released,
+        hub: Hub,
+        stop: watch::Receiver<bool>,
+        stop_timeout: Duration,
+    ) -> Result<(Engine, tokio::task::JoinHandle<()>), EngineError> {
+        let (engine, requests) = Engine::bare(config, released.next_id.max(1));
+        let pipes = (|| {
+            Ok::<_, std::io::Error>((
+                pipe::Sender::from_owned_fd(released.stdin)?,
+                pipe::Receiver::from_owned_fd(released.stdout)?,
+                pipe::Receiver::from_owned_fd(released.stderr)?,
+            ))
+        })()
+        .map_err(|source| EngineError::Spawn {
+            program: engine.inner.config.program.clone(),
+            source,
+        })?;
+        let mut pending = HashMap::new();
+        if let Some(id) = released.poll_id {
+            let (tx, rx) = oneshot::channel();
+            pending.insert(
+                id,
+                Waiting {
+                    reply: tx,
+                    budget: None,
+                    poll: true,
+                },
+            );
+            *engine.inner.adopted_poll.lock().expect("adopted poll lock") = Some(rx);
+        }
+        let running = engine.run_with(
+            1,
+            Process::Adopted {
+                pid: released.pid,
+                start_time: released.start_time,
+            },
+            pipes,
+            released.read_ahead,
+            pending,
+        );
+        tracing::info!(
+            pid = released.pid,
+            read_ahead = running.read_ahead_len,
+            "took over the previous generation's engine"
+        );
+        let keeper =
+            tokio::spawn(
+                engine
+                    .clone()
+                    .keep_running(running, hub, stop, stop_timeout, requests),
+            );
+        Ok((engine, keeper))
+    }
+
+    /// Takes the running engine out of this process for the next generation: no new call starts,
+    /// the calls under way are answered (up to `wait`), the pipes are given back at a line
+    /// boundary. `None` when it cannot be done cleanly; the engine is then stopped as usual.
+    /// The keeper task ends either way.
+    pub async fn release(&self) -> Option<Released> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.release.send(tx).ok()?;
+        rx.await.ok().flatten()
     }
 
     /// Calls an engine method with positional params.
@@ -270,14 +405,21 @@ impl Engine {
         {
             let mut pending = run.pending.lock().expect("pending lock");
             match pending.as_mut() {
-                Some(map) => map.insert(id, Waiting { reply: tx, budget }),
+                Some(map) => map.insert(
+                    id,
+                    Waiting {
+                        reply: tx,
+                        budget,
+                        poll: method == POLL_METHOD,
+                    },
+                ),
                 None => return Err(EngineError::Died),
             };
         }
         // A caller that goes away (client disconnected, batch dropped) must not leave its entry
         // behind: a long-poll the engine never answers would keep it until the engine dies.
         let _entry = PendingEntry { run: &run, id };
-        if run.lines.send(line).is_err() {
+        if run.lines.send(Out::Line(line)).is_err() {
             return Err(EngineError::Died);
         }
         rx.await.unwrap_or(Err(EngineError::Died))
@@ -338,49 +480,100 @@ impl Engine {
         Ok(())
     }
 
+    /// The engine's `DC_ACCOUNTS_PATH`.
+    fn accounts_path(&self) -> PathBuf {
+        self.inner.config.data_dir.join(ENGINE_ACCOUNTS_SUBDIR)
+    }
+
     fn spawn_run(&self, number: u64) -> Result<Running, EngineError> {
         let cfg = &self.inner.config;
         let mut cmd = Command::new(&cfg.program);
-        cmd.env(
-            env::ENGINE_ACCOUNTS_PATH,
-            cfg.data_dir.join(ENGINE_ACCOUNTS_SUBDIR),
-        )
-        // Ours, not the engine's: it must not answer the service manager or see our socket.
-        .env_remove(env::NOTIFY_SOCKET)
-        .env_remove(env::LISTEN_FDS)
-        .env_remove(env::LISTEN_PID)
-        .env_remove(env::LISTEN_FDNAMES)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|source| EngineError::Spawn {
+        cmd.env(env::ENGINE_ACCOUNTS_PATH, self.accounts_path())
+            // Ours, not the engine's: it must not answer the service manager or see our socket.
+            .env_remove(env::NOTIFY_SOCKET)
+            .env_remove(env::LISTEN_FDS)
+            .env_remove(env::LISTEN_PID)
+            .env_remove(env::LISTEN_FDNAMES)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: it may outlive this generation (handed to the next one), so
+            // privitty-init's SIGKILL to what is left of an exited generation's group must miss it.
+            // It stops when its stdin closes, which happens when edged exits however it exits.
+            .process_group(0)
+            .kill_on_drop(false);
+        let spawn_error = |source| EngineError::Spawn {
             program: cfg.program.clone(),
             source,
-        })?;
+        };
+        let mut child = cmd.spawn().map_err(spawn_error)?;
+        let pipes = (|| {
+            let stdin = child.stdin.take().expect("piped stdin").into_owned_fd()?;
+            let stdout = child.stdout.take().expect("piped stdout").into_owned_fd()?;
+            let stderr = child.stderr.take().expect("piped stderr").into_owned_fd()?;
+            Ok::<_, std::io::Error>((
+                pipe::Sender::from_owned_fd(stdin)?,
+                pipe::Receiver::from_owned_fd(stdout)?,
+                pipe::Receiver::from_owned_fd(stderr)?,
+            ))
+        })();
+        let pipes = match pipes {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = child.start_kill();
+                return Err(spawn_error(e));
+            }
+        };
         let pid = child.id();
-        let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
+        let running = self.run_with(
+            number,
+            Process::Child(child),
+            pipes,
+            Vec::new(),
+            HashMap::new(),
+        );
+        tracing::info!(engine_run = number, pid, program = %cfg.program.display(), "engine started");
+        Ok(running)
+    }
+
+    /// Wires a process's pipes to the call table and makes it the current engine.
+    fn run_with(
+        &self,
+        number: u64,
+        process: Process,
+        (stdin, stdout, stderr): (pipe::Sender, pipe::Receiver, pipe::Receiver),
+        read_ahead: Vec<u8>,
+        pending: HashMap<u64, Waiting>,
+    ) -> Running {
+        let pid = process.pid();
         let (lines_tx, lines_rx) = mpsc::unbounded_channel();
         let run = Arc::new(EngineRun {
             number,
             lines: lines_tx,
-            pending: Mutex::new(Some(HashMap::new())),
+            pending: Mutex::new(Some(pending)),
         });
+        let (release_tx, release) = watch::channel(false);
+        let read_ahead_len = read_ahead.len();
         tokio::spawn(write_lines(stdin, lines_rx));
-        let reader = tokio::spawn(read_answers(stdout, run.clone(), self.inner.max_line));
-        tokio::spawn(log_stderr(stderr, pid));
+        let reader = tokio::spawn(read_answers(
+            Prefixed::new(read_ahead, stdout),
+            run.clone(),
+            self.inner.max_line,
+            release.clone(),
+        ));
+        let stderr = tokio::spawn(log_stderr(stderr, pid, release));
         *self.inner.pid.lock().expect("pid lock") = pid;
         *self.inner.current.lock().expect("current lock") = Some(run.clone());
         self.inner.run.send_replace(number);
-        tracing::info!(engine_run = number, pid, program = %cfg.program.display(), "engine started");
-        Ok(Running {
+        Running {
             run,
-            child,
-            reader,
+            process,
+            reader: Some(reader),
+            stderr: Some(stderr),
+            release: release_tx,
             started: Instant::now(),
-        })
+            read_ahead_len,
+        }
     }
 
     async fn keep_running(
@@ -389,6 +582,7 @@ impl Engine {
         hub: Hub,
         mut stop: watch::Receiver<bool>,
         stop_timeout: Duration,
+        mut releases: mpsc::UnboundedReceiver<ReleaseRequest>,
     ) {
         let pump = tokio::spawn(pump_events(self.clone(), hub, stop.clone()));
         let mut running = first;
@@ -396,22 +590,35 @@ impl Engine {
         // starts from the short delay again (the same pacing as privitty-init's generations).
         let mut pacing = privitty_base::pacing::Backoff::default();
         loop {
-            let exited = tokio::select! {
-                status = running.child.wait() => Some(status),
-                _ = crate::stopped(&mut stop) => None,
+            enum Next {
+                Exited(String),
+                Stop,
+                Release(ReleaseRequest),
+            }
+            let next = tokio::select! {
+                status = running.exited() => Next::Exited(status),
+                _ = crate::stopped(&mut stop) => Next::Stop,
+                Some(request) = releases.recv() => Next::Release(request),
             };
-            let Some(status) = exited else {
-                self.detach(&running.run);
-                running.stop(stop_timeout).await;
-                break;
+            let status = match next {
+                Next::Exited(status) => status,
+                Next::Stop => {
+                    self.detach(&running.run);
+                    running.stop(stop_timeout).await;
+                    break;
+                }
+                Next::Release(request) => {
+                    self.detach(&running.run);
+                    let released = running.release(stop_timeout, &self.inner.next_id).await;
+                    pump.abort();
+                    let _ = request.send(released);
+                    return;
+                }
             };
             self.detach(&running.run);
             // Answers already read still count; only then fail the rest.
-            let _ = (&mut running.reader).await;
+            running.reader_done().await;
             running.run.fail_all();
-            let status = status
-                .map(|s| s.to_string())
-                .unwrap_or_else(|e| e.to_string());
             tracing::warn!(engine_run = running.run.number, %status, "engine exited; restarting");
             pacing.note_uptime(running.started.elapsed());
             // Restart after the backoff unless asked to stop; give up never: the service depends on it.
@@ -422,6 +629,7 @@ impl Engine {
                     _ = crate::stopped(&mut stop) => { let _ = pump.await; return; }
                 }
                 let number = *self.inner.run.borrow() + 1;
+                end_leftover_engines(&self.accounts_path(), LEFTOVER_GRACE).await;
                 match self.spawn_run(number) {
                     Ok(r) => {
                         running = r;
@@ -461,62 +669,327 @@ impl Engine {
     }
 }
 
+/// The method of the event long-poll.
+const POLL_METHOD: &str = "get_next_event";
+/// How often an engine that is not our child is looked at while waiting for it to exit.
+const EXIT_POLL: Duration = Duration::from_millis(5);
+
+/// The engine process: our child, or one a previous generation handed over (its parent is now
+/// privitty-init, which reaps it; we see its end as its stdout closing, then its pid going away).
+#[derive(Debug)]
+enum Process {
+    Child(Child),
+    Adopted { pid: u32, start_time: u64 },
+}
+
+impl Process {
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Process::Child(c) => c.id(),
+            Process::Adopted { pid, .. } => Some(*pid),
+        }
+    }
+}
+
+/// The engine's stdout given back by its reader at a release, with the bytes it had read of an
+/// unfinished line.
+type StdoutBack = (pipe::Receiver, Vec<u8>);
+
 struct Running {
     run: Arc<EngineRun>,
-    child: Child,
-    reader: tokio::task::JoinHandle<()>,
+    process: Process,
+    reader: Option<tokio::task::JoinHandle<Option<StdoutBack>>>,
+    stderr: Option<tokio::task::JoinHandle<Option<pipe::Receiver>>>,
+    /// Tells the reader and the stderr task to stop at a line boundary and give their pipe back.
+    release: watch::Sender<bool>,
     started: Instant,
+    read_ahead_len: usize,
 }
 
 impl Running {
+    /// Resolves when the process is gone, with how it ended.
+    async fn exited(&mut self) -> String {
+        match &mut self.process {
+            Process::Child(child) => child
+                .wait()
+                .await
+                .map_or_else(|e| e.to_string(), |s| s.to_string()),
+            Process::Adopted { pid, start_time } => {
+                let (pid, start_time) = (*pid, *start_time);
+                if let Some(reader) = self.reader.as_mut() {
+                    let _ = reader.await;
+                    self.reader = None;
+                }
+                // Its stdout closed; it exits right after (a process that closes stdout and
+                // lives on is killed: it is of no use and must not run beside a new engine).
+                if tokio::time::timeout(Duration::from_secs(2), gone(pid, start_time))
+                    .await
+                    .is_err()
+                {
+                    kill_if_same(pid, start_time);
+                    gone(pid, start_time).await;
+                }
+                "exited (handed over: not our child, status unknown)".to_string()
+            }
+        }
+    }
+
+    async fn reader_done(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.await;
+        }
+    }
+
     /// Closes stdin (the engine exits on EOF), waits up to `timeout`, then kills.
     async fn stop(mut self, timeout: Duration) {
         let number = self.run.number;
-        // An empty line tells the writer task to close stdin.
-        let _ = self.run.lines.send(String::new());
-        match tokio::time::timeout(timeout, self.child.wait()).await {
-            Ok(status) => {
-                let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
-                tracing::info!(engine_run = number, %status, "engine stopped")
-            }
+        let _ = self.run.lines.send(Out::Close);
+        match tokio::time::timeout(timeout, self.exited()).await {
+            Ok(status) => tracing::info!(engine_run = number, %status, "engine stopped"),
             Err(_) => {
                 tracing::warn!(
                     engine_run = number,
                     ?timeout,
                     "engine did not exit after stdin closed; killing it"
                 );
-                let _ = self.child.kill().await;
+                match &mut self.process {
+                    Process::Child(child) => {
+                        let _ = child.kill().await;
+                    }
+                    Process::Adopted { pid, start_time } => {
+                        kill_if_same(*pid, *start_time);
+                        gone(*pid, *start_time).await;
+                    }
+                }
             }
         }
-        let _ = (&mut self.reader).await;
+        self.reader_done().await;
         self.run.fail_all();
+    }
+
+    /// Takes the process out: waits (up to `timeout`) until only the event long-poll is
+    /// unanswered, takes stdin back from the writer and stdout/stderr from their readers at a
+    /// line boundary. On any failure the engine is stopped instead and `None` returned.
+    async fn release(mut self, timeout: Duration, next_id: &AtomicU64) -> Option<Released> {
+        let deadline = Instant::now() + timeout;
+        while self.run.calls_waiting() > 0 {
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    calls = self.run.calls_waiting(),
+                    "engine calls still unanswered; stopping the engine instead of handing it over"
+                );
+                self.stop(timeout).await;
+                return None;
+            }
+            tokio::time::sleep(EXIT_POLL).await;
+        }
+        let (tx, rx) = oneshot::channel();
+        let _ = self.run.lines.send(Out::Release(tx));
+        let stdin = rx.await.ok();
+        let _ = self.release.send(true);
+        let stdout = match self.reader.take() {
+            Some(r) => r.await.ok().flatten(),
+            None => None,
+        };
+        let stderr = match self.stderr.take() {
+            Some(r) => r.await.ok().flatten(),
+            None => None,
+        };
+        // What is still waiting now is the long-poll (its answer is the next owner's) or a call
+        // that raced the detach (it fails as if the engine had died).
+        let waiting = self.run.pending.lock().expect("pending lock").take();
+        let mut poll_id = None;
+        for (id, w) in waiting.into_iter().flatten() {
+            if w.poll {
+                poll_id = Some(id);
+            }
+            let _ = w.reply.send(Err(EngineError::Died));
+        }
+        let pid = self.process.pid();
+        let start_time = pid.and_then(start_time_of);
+        let pipes = (|| {
+            Some((
+                stdin?.into_nonblocking_fd().ok()?,
+                stdout?,
+                stderr?.into_nonblocking_fd().ok()?,
+            ))
+        })();
+        let (Some((stdin, (stdout, read_ahead), stderr)), Some(pid), Some(start_time)) =
+            (pipes, pid, start_time)
+        else {
+            tracing::warn!("cannot take the engine's pipes out cleanly; stopping it instead");
+            // Whatever pipe came back was closed with the pattern above; a closed stdin ends the
+            // engine.
+            self.stop(timeout).await;
+            return None;
+        };
+        let Ok(stdout) = stdout.into_nonblocking_fd() else {
+            self.stop(timeout).await;
+            return None;
+        };
+        // Not killed, not waited for: it is the next generation's now (the dropped `Child` has
+        // no kill-on-drop).
+        tracing::info!(
+            pid,
+            read_ahead = read_ahead.len(),
+            poll_id,
+            "engine released for the next generation"
+        );
+        Some(Released {
+            pid,
+            start_time,
+            stdin,
+            stdout,
+            stderr,
+            read_ahead,
+            next_id: next_id.load(Ordering::Relaxed),
+            poll_id,
+        })
     }
 }
 
-async fn write_lines(
-    stdin: tokio::process::ChildStdin,
-    mut lines: mpsc::UnboundedReceiver<String>,
-) {
+/// Stops an engine that was released but could not be passed on: closes its stdin and waits
+/// (up to `timeout`) for it to go, then kills it.
+pub async fn stop_released(released: Released, timeout: Duration) {
+    let Released {
+        pid,
+        start_time,
+        stdin,
+        ..
+    } = released;
+    drop(stdin);
+    if tokio::time::timeout(timeout, gone(pid, start_time))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            pid,
+            "released engine did not exit after stdin closed; killing it"
+        );
+        kill_if_same(pid, start_time);
+    }
+}
+
+/// How long an engine left over from a generation that is gone gets to exit on its own (its
+/// stdin closed with that generation) before it is killed.
+const LEFTOVER_GRACE: Duration = Duration::from_secs(3);
+
+/// Ends engines still running on `accounts` (the engine's `DC_ACCOUNTS_PATH`) before a fresh one
+/// starts there. Handed-over engines live in their own process group, so one whose generation
+/// crashed is not killed with it: it exits when it sees its stdin close, and this waits for
+/// that (up to `grace`), then kills it. Without it the new engine would find the accounts
+/// locked. Called with the data-directory lock held, so any such engine is a leftover.
+async fn end_leftover_engines(accounts: &std::path::Path, grace: Duration) {
+    let found = leftover_engines(accounts);
+    if found.is_empty() {
+        return;
+    }
+    let pids: Vec<u32> = found.iter().map(|(p, _)| *p).collect();
+    tracing::warn!(
+        ?pids,
+        "an engine of a previous generation is still running; waiting for it to exit"
+    );
+    let all_gone = async {
+        for &(pid, start) in &found {
+            gone(pid, start).await;
+        }
+    };
+    if tokio::time::timeout(grace, all_gone).await.is_err() {
+        tracing::warn!(
+            ?pids,
+            ?grace,
+            "the previous engine did not exit; killing it"
+        );
+        for &(pid, start) in &found {
+            kill_if_same(pid, start);
+        }
+        for &(pid, start) in &found {
+            let _ = tokio::time::timeout(Duration::from_secs(2), gone(pid, start)).await;
+        }
+    }
+}
+
+/// Live processes (other than this one) whose environment has `DC_ACCOUNTS_PATH=<accounts>`:
+/// engines on this data directory. Processes we may not read are not ours.
+fn leftover_engines(accounts: &std::path::Path) -> Vec<(u32, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut want = format!("{}=", env::ENGINE_ACCOUNTS_PATH).into_bytes();
+    want.extend_from_slice(accounts.as_os_str().as_bytes());
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == want.as_slice()))
+        })
+        .filter_map(|pid| Some((pid, start_time_of(pid)?)))
+        .collect()
+}
+
+/// Field 22 of `/proc/<pid>/stat` (start time in clock ticks since boot), for a process that is
+/// alive (not a zombie).
+fn start_time_of(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces: split after it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    // `rest` starts at field 3; field 22 is the 20th from here.
+    fields.nth(18)?.parse().ok()
+}
+
+/// Resolves once `pid` is no longer the live process that started at `start_time`.
+async fn gone(pid: u32, start_time: u64) {
+    while start_time_of(pid) == Some(start_time) {
+        tokio::time::sleep(EXIT_POLL).await;
+    }
+}
+
+/// SIGKILL to `pid` if it still is the process that started at `start_time`.
+fn kill_if_same(pid: u32, start_time: u64) {
+    if start_time_of(pid) == Some(start_time) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+async fn write_lines(stdin: pipe::Sender, mut lines: mpsc::UnboundedReceiver<Out>) {
     let mut out = BufWriter::new(stdin);
     while let Some(first) = lines.recv().await {
-        if first.is_empty() {
-            break;
-        }
-        let mut batch = Some(first);
+        let mut next = Some(first);
         // Write everything queued, then flush once: many concurrent calls cost one syscall.
-        while let Some(line) = batch.take() {
-            if out.write_all(line.as_bytes()).await.is_err() || out.write_all(b"\n").await.is_err()
-            {
-                return;
-            }
-            match lines.try_recv() {
-                Ok(next) if !next.is_empty() => batch = Some(next),
-                Ok(_) => {
+        while let Some(item) = next.take() {
+            match item {
+                Out::Line(line) => {
+                    if out.write_all(line.as_bytes()).await.is_err()
+                        || out.write_all(b"\n").await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Out::Close => {
                     let _ = out.flush().await;
+                    let _ = out.shutdown().await;
                     return;
                 }
-                Err(_) => {}
+                Out::Release(back) => {
+                    if out.flush().await.is_ok() {
+                        let _ = back.send(out.into_inner());
+                    }
+                    return;
+                }
             }
+            next = lines.try_recv().ok();
         }
         if out.flush().await.is_err() {
             return;
@@ -525,53 +998,80 @@ async fn write_lines(
     let _ = out.shutdown().await;
 }
 
-async fn read_answers(stdout: tokio::process::ChildStdout, run: Arc<EngineRun>, max_line: usize) {
+async fn read_answers(
+    stdout: Prefixed<pipe::Receiver>,
+    run: Arc<EngineRun>,
+    max_line: usize,
+    mut release: watch::Receiver<bool>,
+) -> Option<StdoutBack> {
     let mut reader = BufReader::new(stdout);
-    let mut buf = Vec::new();
+    let mut line = LineState::default();
     loop {
-        let line = match read_line_capped(&mut reader, max_line, &mut buf).await {
-            Ok(Some(l)) => l,
-            Ok(None) | Err(_) => break,
+        // Stopping between lines or in the middle of one loses nothing: the partial line stays
+        // in `line`, the rest in the reader's buffer, and both go with the pipe.
+        let read = tokio::select! {
+            biased;
+            _ = crate::stopped(&mut release) => None,
+            r = read_line_capped(&mut reader, max_line, &mut line) => Some(r),
         };
-        let (id, outcome) = match line {
-            Line::Complete(bytes) => {
-                let msg: Value = match serde_json::from_slice(bytes) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "engine wrote a line that is not JSON; ignoring it");
-                        continue;
-                    }
-                };
-                let Some(id) = msg.get("id").and_then(Value::as_u64) else {
-                    tracing::debug!("engine message without a call id; ignoring it");
-                    continue;
-                };
-                (id, Ok((msg, bytes.len())))
+        let Some(read) = read else {
+            if line.over {
+                tracing::warn!("released in the middle of an over-long engine answer");
+                return None;
             }
-            Line::TooLong { head, size } => {
-                let Some(id) = id_in_head(&head) else {
-                    tracing::warn!(
-                        size,
-                        "engine wrote an over-long line without a readable id; dropped it"
-                    );
-                    continue;
-                };
+            let mut rest = std::mem::take(&mut line.buf);
+            rest.extend_from_slice(reader.buffer());
+            let (pipe, unread) = reader.into_inner().into_parts();
+            rest.extend_from_slice(&unread);
+            return Some((pipe, rest));
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) | Err(_) => break,
+        }
+        let (id, outcome) = if line.over {
+            let Some(id) = id_in_head(&line.head) else {
                 tracing::warn!(
-                    id,
-                    size,
-                    limit = max_line,
-                    "engine answer over the response limit; dropped it"
+                    size = line.size,
+                    "engine wrote an over-long line without a readable id; dropped it"
                 );
-                (id, Err(size))
-            }
+                line.clear();
+                continue;
+            };
+            tracing::warn!(
+                id,
+                size = line.size,
+                limit = max_line,
+                "engine answer over the response limit; dropped it"
+            );
+            (id, Err(line.size))
+        } else {
+            let msg: Value = match serde_json::from_slice(&line.buf) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "engine wrote a line that is not JSON; ignoring it");
+                    line.clear();
+                    continue;
+                }
+            };
+            let Some(id) = msg.get("id").and_then(Value::as_u64) else {
+                tracing::debug!("engine message without a call id; ignoring it");
+                line.clear();
+                continue;
+            };
+            (id, Ok((msg, line.buf.len())))
         };
+        line.clear();
         let waiting = run
             .pending
             .lock()
             .expect("pending lock")
             .as_mut()
             .and_then(|m| m.remove(&id));
-        let Some(waiting) = waiting else { continue };
+        let Some(waiting) = waiting else {
+            tracing::debug!(id, "engine answer to a call nobody waits for; dropped it");
+            continue;
+        };
         let outcome = match outcome {
             Err(size) => Err(EngineError::TooLarge {
                 size,
@@ -596,58 +1096,66 @@ async fn read_answers(stdout: tokio::process::ChildStdout, run: Arc<EngineRun>, 
     }
     // No answer can come any more: fail what is still waiting now, not when the exit is noticed.
     run.fail_all();
+    None
 }
 
-/// One line from the engine: whole, or only its first bytes when it is longer than the cap.
-enum Line<'a> {
-    Complete(&'a [u8]),
-    TooLong { head: Vec<u8>, size: usize },
+/// The line being read from the engine, kept outside the read so that stopping in the middle
+/// of one loses nothing.
+#[derive(Default)]
+struct LineState {
+    /// The line so far (empty once it went over the cap).
+    buf: Vec<u8>,
+    /// Its first bytes, enough to find the call an over-long answer is for.
+    head: Vec<u8>,
+    size: usize,
+    over: bool,
+}
+
+impl LineState {
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.head.clear();
+        self.size = 0;
+        self.over = false;
+    }
 }
 
 /// Bytes kept of an over-long line: enough for `{"jsonrpc":"2.0","id":<u64>,`.
 const HEAD_BYTES: usize = 64;
 
-/// Reads one line into `buf` unless it is longer than `cap`: then the rest is skipped as it
-/// arrives (memory stays at `cap`) and only its head is kept, to find the call it answers.
-async fn read_line_capped<'a>(
-    reader: &mut BufReader<tokio::process::ChildStdout>,
+/// Reads on into `line` until it ends (`true`) or the stream does (`false`; a partial last line
+/// is not an answer). A line longer than `cap` is skipped as it arrives (memory stays at `cap`)
+/// and only its head kept. Cancel-safe: what was read stays in `line` and `reader`.
+async fn read_line_capped<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
     cap: usize,
-    buf: &'a mut Vec<u8>,
-) -> std::io::Result<Option<Line<'a>>> {
-    buf.clear();
-    let mut head: Vec<u8> = Vec::new();
-    let mut size = 0usize;
-    let mut over = false;
+    line: &mut LineState,
+) -> std::io::Result<bool> {
     loop {
         let available = reader.fill_buf().await?;
         if available.is_empty() {
-            // EOF: a partial last line is not an answer.
-            return Ok(None);
+            return Ok(false);
         }
         let newline = available.iter().position(|&b| b == b'\n');
         let chunk = &available[..newline.unwrap_or(available.len())];
-        size += chunk.len();
-        if head.len() < HEAD_BYTES {
-            let n = (HEAD_BYTES - head.len()).min(chunk.len());
-            head.extend_from_slice(&chunk[..n]);
+        line.size += chunk.len();
+        if line.head.len() < HEAD_BYTES {
+            let n = (HEAD_BYTES - line.head.len()).min(chunk.len());
+            line.head.extend_from_slice(&chunk[..n]);
         }
-        if !over {
-            if buf.len() + chunk.len() > cap {
-                over = true;
-                buf.clear();
-                buf.shrink_to(64 * 1024);
+        if !line.over {
+            if line.buf.len() + chunk.len() > cap {
+                line.over = true;
+                line.buf.clear();
+                line.buf.shrink_to(64 * 1024);
             } else {
-                buf.extend_from_slice(chunk);
+                line.buf.extend_from_slice(chunk);
             }
         }
         let consumed = newline.map_or(available.len(), |i| i + 1);
         reader.consume(consumed);
         if newline.is_some() {
-            return Ok(Some(if over {
-                Line::TooLong { head, size }
-            } else {
-                Line::Complete(buf)
-            }));
+            return Ok(true);
         }
     }
 }
@@ -686,24 +1194,70 @@ fn engine_error(err: Value) -> RpcError {
     }
 }
 
-async fn log_stderr(stderr: tokio::process::ChildStderr, pid: Option<u32>) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+/// Logs the engine's stderr line by line until it closes, or until released (then the pipe goes
+/// back, after logging what was read of an unfinished line).
+async fn log_stderr(
+    stderr: pipe::Receiver,
+    pid: Option<u32>,
+    mut release: watch::Receiver<bool>,
+) -> Option<pipe::Receiver> {
+    let log = |line: &[u8]| {
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim_end_matches('\n');
         if line.contains("ERROR") || line.contains("WARN") {
             tracing::warn!(engine_pid = pid, "engine: {line}");
         } else {
             tracing::debug!(engine_pid = pid, "engine: {line}");
         }
+    };
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        // `read_until` keeps what it read in `line` when it is cancelled.
+        let read = tokio::select! {
+            biased;
+            _ = crate::stopped(&mut release) => None,
+            r = reader.read_until(b'\n', &mut line) => Some(r),
+        };
+        match read {
+            None => {
+                line.extend_from_slice(reader.buffer());
+                if !line.is_empty() {
+                    log(&line);
+                }
+                return Some(reader.into_inner());
+            }
+            Some(Ok(0)) | Some(Err(_)) => return None,
+            Some(Ok(_)) => {
+                log(&line);
+                line.clear();
+            }
+        }
     }
 }
 
 /// Pulls events with `get_next_event` and publishes them, across engine restarts, until stop.
+/// An adopted engine's unanswered long-poll comes first: its answer is the next event.
 async fn pump_events(engine: Engine, hub: Hub, mut stop: watch::Receiver<bool>) {
     let mut runs = engine.inner.run.subscribe();
+    let adopted = engine
+        .inner
+        .adopted_poll
+        .lock()
+        .expect("adopted poll lock")
+        .take();
+    if let Some(answer) = adopted {
+        tokio::select! {
+            r = answer => if let Ok(Ok(event)) = r && !event.is_null() {
+                hub.publish_engine(&event);
+            },
+            _ = crate::stopped(&mut stop) => return,
+        }
+    }
     loop {
         let asked_of = *runs.borrow_and_update();
         let next = tokio::select! {
-            r = engine.call("get_next_event", &[]) => r,
+            r = engine.call(POLL_METHOD, &[]) => r,
             _ = crate::stopped(&mut stop) => return,
         };
         match next {
@@ -728,23 +1282,14 @@ mod tests {
     use super::*;
 
     fn bare(program: &str) -> Engine {
-        Engine {
-            inner: Arc::new(Inner {
-                config: EngineConfig {
-                    program: PathBuf::from(program),
-                    data_dir: std::env::temp_dir(),
-                    profile: "test".into(),
-                    max_answer: 1024,
-                    realtime_off: true,
-                },
-                max_line: 1024,
-                next_id: AtomicU64::new(1),
-                current: Mutex::new(None),
-                run: watch::channel(0).0,
-                pid: Mutex::new(None),
-                restarts: AtomicU64::new(0),
-            }),
-        }
+        let config = EngineConfig {
+            program: PathBuf::from(program),
+            data_dir: std::env::temp_dir(),
+            profile: "test".into(),
+            max_answer: 1024,
+            realtime_off: true,
+        };
+        Engine::bare(config, 1).0
     }
 
     fn pending(engine: &Engine) -> usize {
@@ -844,6 +1389,172 @@ cat > /dev/null
             .expect("the keeper ends after a stop, even while the new engine does not answer")
             .unwrap();
         assert!(engine.pid().is_none());
+    }
+
+    /// A stand-in engine process (its pid and start time only) with pipes the test holds.
+    struct Stand {
+        child: KillOnDrop,
+        /// What edged writes to the engine.
+        stdin: std::io::BufReader<std::fs::File>,
+        /// What the engine answers.
+        stdout: std::fs::File,
+        _stderr: std::fs::File,
+    }
+
+    fn stand_in(read_ahead: &[u8], next_id: u64, poll_id: Option<u64>) -> (Stand, Released) {
+        // Nothing inherited: a test that fails must not leave it holding the harness's output.
+        let child = std::process::Command::new("sleep")
+            .arg("1000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let child = KillOnDrop(child);
+        let pid = child.0.id();
+        let start_time = start_time_of(pid).expect("a live child");
+        let (in_r, in_w) = nix::unistd::pipe().unwrap();
+        let (out_r, out_w) = nix::unistd::pipe().unwrap();
+        let (err_r, err_w) = nix::unistd::pipe().unwrap();
+        let released = Released {
+            pid,
+            start_time,
+            stdin: in_w,
+            stdout: out_r,
+            stderr: err_r,
+            read_ahead: read_ahead.to_vec(),
+            next_id,
+            poll_id,
+        };
+        let stand = Stand {
+            child,
+            stdin: std::io::BufReader::new(std::fs::File::from(in_r)),
+            stdout: std::fs::File::from(out_w),
+            _stderr: std::fs::File::from(err_w),
+        };
+        (stand, released)
+    }
+
+    struct KillOnDrop(std::process::Child);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn next_request(stand: &mut Stand) -> Value {
+        use std::io::BufRead;
+        let mut line = String::new();
+        stand.stdin.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_adopted_engine_answers_its_old_poll_and_goes_on_then_is_released_again() {
+        use std::io::Write;
+        // The previous owner left the long-poll id 5 open and had read the start of its answer.
+        let (mut stand, released) = stand_in(br#"{"jsonrpc":"2.0","id":5,"res"#, 6, Some(5));
+        let hub = Hub::new(16);
+        let mut events = hub.subscribe();
+        let (stop_tx, stop) = watch::channel(false);
+        let config = bare("/nonexistent").inner.config.clone();
+        let (engine, keeper) =
+            Engine::adopt(config, released, hub.clone(), stop, Duration::from_secs(5)).unwrap();
+        assert_eq!(engine.pid(), Some(stand.child.0.id()));
+        // The rest of the old poll's answer: an event, published.
+        stand
+            .stdout
+            .write_all(br#"ult":{"contextId":1,"event":{"kind":"Info","msg":"carried over"}}}"#)
+            .unwrap();
+        stand.stdout.write_all(b"\n").unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("the old poll's event arrives")
+            .unwrap();
+        assert!(first.contains("carried over"), "{first}");
+        // The pump asks for the next event with an id of its own, above the old owner's.
+        let poll = tokio::task::spawn_blocking(move || {
+            let r = next_request(&mut stand);
+            (stand, r)
+        });
+        let (mut stand, poll) = poll.await.unwrap();
+        assert_eq!(poll["method"], "get_next_event");
+        assert_eq!(poll["id"], 6);
+        // A call goes through and is answered.
+        let call = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.call("get_system_info", &[]).await }
+        });
+        let (mut stand, request) = tokio::task::spawn_blocking(move || {
+            let r = next_request(&mut stand);
+            (stand, r)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            (request["method"].as_str(), request["id"].as_u64()),
+            (Some("get_system_info"), Some(7))
+        );
+        stand
+            .stdout
+            .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"ok\":1}}\n{\"jsonrpc\":\"2.0\",\"id\":6,")
+            .unwrap();
+        assert_eq!(call.await.unwrap().unwrap(), json!({"ok": 1}));
+        // Released again: the poll still open (6) goes with it, and so does the half of its
+        // answer already read (the answer to 7 and that half came in one read).
+        let again = tokio::time::timeout(Duration::from_secs(10), engine.release())
+            .await
+            .expect("released")
+            .expect("a clean release");
+        assert_eq!(
+            (again.pid, again.next_id, again.poll_id),
+            (stand.child.0.id(), 8, Some(6))
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&again.read_ahead),
+            r#"{"jsonrpc":"2.0","id":6,"#
+        );
+        keeper.await.unwrap();
+        assert!(engine.pid().is_none(), "no engine here any more");
+        drop(stop_tx);
+    }
+
+    #[tokio::test]
+    async fn an_engine_left_over_on_this_data_directory_is_ended_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = dir.path().join("accounts");
+        let other = dir.path().join("accounts-of-another");
+        // Engines that ignore their stdin closing: the grace passes and they are killed.
+        let spawn = |path: &std::path::Path| {
+            KillOnDrop(
+                std::process::Command::new("sleep")
+                    .arg("1000")
+                    .env(env::ENGINE_ACCOUNTS_PATH, path)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        };
+        let mut leftover = spawn(&ours);
+        let mut unrelated = spawn(&other);
+        assert_eq!(
+            leftover_engines(&ours).len(),
+            1,
+            "found by its DC_ACCOUNTS_PATH"
+        );
+        end_leftover_engines(&ours, Duration::from_millis(100)).await;
+        assert!(
+            leftover.0.try_wait().unwrap().is_some(),
+            "the leftover engine was ended"
+        );
+        assert!(
+            unrelated.0.try_wait().unwrap().is_none(),
+            "an engine of another data directory was not touched"
+        );
     }
 
     #[test]

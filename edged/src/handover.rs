@@ -71,7 +71,7 @@ pub(crate) fn adopt(fd: RawFd) -> OwnedFd {
 
 /// Registers an owned descriptor with the runtime for readiness.
 #[allow(unsafe_code)]
-fn watch_readable(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+pub(crate) fn watch_readable(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: an `OwnedFd` stays open and keeps its number for as long as the `AsyncFd` owns it.
     unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)

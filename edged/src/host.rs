@@ -1,7 +1,7 @@
 //! What edged takes from its host: the listening socket (inherited through systemd socket
 //! activation, or bound here), the exclusive lock on the data directory, and the readiness message.
 //!
-//! Owns: `LISTEN_FDS` handling (the listener and the connection hand-over pair), `<accounts>/.edged.lock`, `NOTIFY_SOCKET` messages. Must not:
+//! Owns: `LISTEN_FDS` handling (the listener, the connection and the engine hand-over pairs), `<accounts>/.edged.lock`, `NOTIFY_SOCKET` messages. Must not:
 //! change the process environment itself (the socket-activation crate clears `LISTEN_*` so the
 //! engine does not inherit them) or hold the lock anywhere but for edged's whole life.
 
@@ -49,6 +49,42 @@ pub struct HandoverFds {
 
 static HANDOVER: std::sync::Mutex<Option<HandoverFds>> = std::sync::Mutex::new(None);
 
+static ENGINE_PAIR: std::sync::Mutex<Option<crate::engine_handover::EnginePair>> =
+    std::sync::Mutex::new(None);
+
+/// The engine hand-over pair [`take_listener`] found (`LISTEN_FDNAMES` `engine-send` and
+/// `engine-recv`, see [`crate::engine_handover`]); taken once.
+pub fn take_engine_pair() -> Option<crate::engine_handover::EnginePair> {
+    ENGINE_PAIR.lock().map(|mut h| h.take()).unwrap_or(None)
+}
+
+/// Takes two inherited descriptors by name, owned and close-on-exec at once: the engine, spawned
+/// later, must not inherit them.
+fn take_named_pair(
+    fds: &mut listenfd::ListenFd,
+    first: Option<usize>,
+    second: Option<usize>,
+) -> Result<Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>, HostError> {
+    let (Some(first), Some(second)) = (first, second) else {
+        return Ok(None);
+    };
+    let first = fds.take_raw_fd(first).map_err(HostError::Inherited)?;
+    let second = fds.take_raw_fd(second).map_err(HostError::Inherited)?;
+    let (Some(first), Some(second)) = (first, second) else {
+        return Ok(None);
+    };
+    let first = crate::handover::adopt(first);
+    let second = crate::handover::adopt(second);
+    for fd in [&first, &second] {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .map_err(|e| HostError::Inherited(e.into()))?;
+    }
+    Ok(Some((first, second)))
+}
+
 /// The hand-over descriptors [`take_listener`] found (taken once: the HTTP server adopts them).
 pub fn take_handover() -> Option<HandoverFds> {
     HANDOVER.lock().map(|mut h| h.take()).unwrap_or(None)
@@ -63,36 +99,30 @@ pub fn take_listener(addr: SocketAddr) -> Result<(TcpListener, &'static str), Ho
         .unwrap_or_default();
     let mut fds = listenfd::ListenFd::from_env();
     if fds.len() > 0 {
-        let index = |name: &str| {
-            names
-                .iter()
-                .position(|n| n == name)
-                .filter(|i| *i < fds.len())
-        };
+        let count = fds.len();
+        let index = |name: &str| names.iter().position(|n| n == name).filter(|i| *i < count);
         let http = index("http").unwrap_or(0);
-        if let (Some(send), Some(recv)) = (
+        let handover = take_named_pair(
+            &mut fds,
             index(crate::handover::SEND_NAME),
             index(crate::handover::RECV_NAME),
-        ) {
-            let send = fds.take_raw_fd(send).map_err(HostError::Inherited)?;
-            let recv = fds.take_raw_fd(recv).map_err(HostError::Inherited)?;
-            if let (Some(send), Some(recv)) = (send, recv) {
-                // Owned and close-on-exec at once: the engine, spawned next, must not inherit them.
-                let send = crate::handover::adopt(send);
-                let recv = crate::handover::adopt(recv);
-                for fd in [&send, &recv] {
-                    nix::fcntl::fcntl(
-                        fd,
-                        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-                    )
-                    .map_err(|e| HostError::Inherited(e.into()))?;
-                }
-                *HANDOVER.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(HandoverFds { send, recv });
-            }
-        } else if fds.len() > 1 {
+        )?;
+        let engine = take_named_pair(
+            &mut fds,
+            index(crate::engine_handover::SEND_NAME),
+            index(crate::engine_handover::RECV_NAME),
+        )?;
+        let named = handover.is_some() || engine.is_some();
+        if let Some((send, recv)) = handover {
+            *HANDOVER.lock().unwrap_or_else(|e| e.into_inner()) = Some(HandoverFds { send, recv });
+        }
+        if let Some((send, recv)) = engine {
+            *ENGINE_PAIR.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(crate::engine_handover::EnginePair::new(send, recv));
+        }
+        if !named && count > 1 {
             tracing::warn!(
-                count = fds.len(),
+                count,
                 "several sockets inherited; serving on the first (fd 3)"
             );
         }

@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod config;
 pub mod engine;
+pub mod engine_handover;
 pub mod events;
 pub mod files;
 pub mod gate;
@@ -135,9 +136,32 @@ pub async fn run(
             Arc::new(loaded)
         }
     };
+    // The previous generation, when it stops for a swap, hands its engine over through this pair
+    // before it lets the lock go.
+    let engine_pair = host::take_engine_pair();
+    let engine_deadline = config.stop_timeout * 2 / 5;
+    // All that can be done before the lock is done: a previous generation stopping for this swap
+    // serves until it hears this, then lets the lock go as fast as it can.
+    if let (Some(pair), Some(g)) = (&engine_pair, config.generation) {
+        pair.announce_standby(g.number);
+    }
     let lock = tokio::select! {
         l = host::lock_data_dir(&config.accounts, config.wait_for_lock) => l?,
-        _ = &mut shutdown => return Ok(()),
+        _ = &mut shutdown => {
+            // A stop of the whole tree while this generation waited for a swap: the previous one
+            // may be handing its engine over right now. Take it once it has (the lock is free)
+            // and stop it, so no engine is left without an owner.
+            if let Some(pair) = &engine_pair {
+                let lock = host::lock_data_dir(&config.accounts, true);
+                if let Ok(Ok(_lock)) = tokio::time::timeout(engine_deadline, lock).await
+                    && let Some(released) = pair.receive()
+                {
+                    tracing::info!(pid = released.pid, "stopping the engine handed over during the stop");
+                    engine::stop_released(released, engine_deadline).await;
+                }
+            }
+            return Ok(());
+        }
     };
     let served = listener.local_addr().map_err(RunError::Listener)?;
     let auth_mode = config.api_auth.resolve(served);
@@ -209,16 +233,29 @@ pub async fn run(
         max_answer: config.rpc_max_response,
         realtime_off: !config.policy.realtime_allowed(),
     };
-    let engine_deadline = config.stop_timeout * 2 / 5;
-    // A stop during the engine's start-up stops it like any other stop, never by dropping it
-    // (which would SIGKILL an engine that may be writing its databases).
-    let start = engine::Engine::start(engine_config, hub.clone(), engine_stop, engine_deadline);
-    tokio::pin!(start);
-    let started = tokio::select! {
-        r = &mut start => r?,
-        _ = &mut shutdown => {
-            let _ = engine_stop_tx.send(true);
-            start.await?
+    let handed = engine_pair
+        .as_ref()
+        .and_then(engine_handover::EnginePair::receive);
+    let started = if let Some(released) = handed {
+        // Running and set up already: no start, no set-up, no gap for them.
+        Some(engine::Engine::adopt(
+            engine_config,
+            released,
+            hub.clone(),
+            engine_stop,
+            engine_deadline,
+        )?)
+    } else {
+        // A stop during the engine's start-up stops it like any other stop, never by dropping it
+        // (which would SIGKILL an engine that may be writing its databases).
+        let start = engine::Engine::start(engine_config, hub.clone(), engine_stop, engine_deadline);
+        tokio::pin!(start);
+        tokio::select! {
+            r = &mut start => r?,
+            _ = &mut shutdown => {
+                let _ = engine_stop_tx.send(true);
+                start.await?
+            }
         }
     };
     let Some((engine, keeper)) = started else {
@@ -264,7 +301,7 @@ pub async fn run(
         source: Box::new(source),
     })?;
     let service = Arc::new(service::Service {
-        engine,
+        engine: engine.clone(),
         license: license.clone(),
         hub,
         files: Some(files),
@@ -300,7 +337,8 @@ pub async fn run(
         header_timeout: config.header_timeout,
         body_timeout: config.body_timeout,
         sse_ping_interval: config.sse_ping_interval,
-        stop_timeout: config.stop_timeout * 3 / 5,
+        // A tenth for the standby wait (a swap), half for the drain, 2/5 for the engine.
+        stop_timeout: config.stop_timeout / 2,
         viewer: Arc::new(viewer::Viewer::new(
             fingerprint,
             viewer::ViewerSettings {
@@ -309,24 +347,62 @@ pub async fn run(
             },
         )),
     };
-    http::serve(listener, service, http_config, shutdown).await;
+    // A stop for a swap (privitty-init's token) waits, still serving, until the next generation
+    // is on standby (or a tenth of the stop timeout passed), so that what it hands over (the
+    // connections, the engine) is taken at once rather than after the newcomer's start-up.
+    let swap = std::sync::atomic::AtomicBool::new(false);
+    let standby_limit = config.stop_timeout / 10;
+    let stop = async {
+        shutdown.await;
+        if let (Some(pair), Some(g)) = (&engine_pair, config.generation) {
+            let seen = pair.read_stop_messages(g.number);
+            swap.store(seen.swap, std::sync::atomic::Ordering::Relaxed);
+            if seen.swap && !seen.standby {
+                let waited = std::time::Instant::now();
+                let standby = pair.wait_for_standby(g.number, standby_limit).await;
+                tracing::info!(
+                    standby,
+                    waited_ms = waited.elapsed().as_secs_f64() * 1000.0,
+                    "swap: the next generation is on standby"
+                );
+            }
+        }
+    };
+    http::serve(listener, service, http_config, stop).await;
     host::notify_stopping();
     let _ = peer_stop_tx.send(true);
     let _ = peer_task.await;
     let _ = license_events_stop_tx.send(true);
     let _ = license_events_task.await;
-    let _ = engine_stop_tx.send(true);
-    if tokio::time::timeout(engine_deadline + Duration::from_millis(100), keeper)
-        .await
-        .is_err()
+    // A stop for a swap (privitty-init said so) hands the engine to the next generation; any
+    // other stop, or a hand-over that cannot be done, stops it.
+    if swap.load(std::sync::atomic::Ordering::Relaxed)
+        && let Some(pair) = &engine_pair
     {
-        tracing::warn!("the engine keeper did not finish in time");
+        if let Some(released) = engine.release().await
+            && let Err((released, error)) = pair.send(released)
+        {
+            tracing::warn!(%error, "cannot hand the engine over; stopping it");
+            engine::stop_released(released, engine_deadline).await;
+        }
+        let _ = keeper.await;
+    } else {
+        let _ = engine_stop_tx.send(true);
+        if tokio::time::timeout(engine_deadline + Duration::from_millis(100), keeper)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the engine keeper did not finish in time");
+        }
     }
+    // The engine is stopped or the next generation's: the lock has done its job, and the next
+    // generation, waiting for it, starts serving now rather than after the write-back (which has
+    // its own lock: usage is added, never overwritten).
+    drop(lock);
     let _ = write_back_stop_tx.send(true);
     let _ = write_back.await;
     let _ = auth_stop_tx.send(true);
     let _ = auth_watch.await;
-    drop(lock);
     tracing::info!("stopped");
     Ok(())
 }

@@ -359,7 +359,7 @@ pub static INTERNAL: &[OtherVar] = &[
     },
     OtherVar {
         name: LISTEN_FDNAMES,
-        meaning: "socket activation: the inherited sockets' names (`http`, the hand-over pair)",
+        meaning: "socket activation: the inherited sockets' names (`http`, the connection and engine hand-over pairs)",
     },
     OtherVar {
         name: NOTIFY_SOCKET,

@@ -3,7 +3,8 @@
 //! POSTs, three pipelined requests at once, a request written in two halves around a swap —
 //! across many SIGHUP swaps. Every request must be answered, in order, on the connection it was
 //! sent on. Then the same while every later generation fails to start: the old generation keeps
-//! serving, nothing hangs.
+//! serving, nothing hangs. And the engine: a swap hands the running engine to the next generation
+//! (no engine stop, no engine start), events go on, and the last stop still stops it.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use privitty_tests::managed_harness::{Stack, StackSpec, TestDirs};
+use privitty_tests::managed_harness::{Stack, StackSpec, TestDirs, rpc};
 use privitty_tests::support;
 
 const SWAPS: u64 = 50;
@@ -258,16 +259,17 @@ fn keep_alive_clients_that_never_retry_see_no_failure_across_swaps() {
 #[test]
 fn when_the_next_generation_cannot_start_handed_connections_are_closed_not_left_hanging() {
     let dirs = TestDirs::new();
-    // The engine starts once; every later start fails, so the generation a swap starts never
-    // serves (the old one has already handed its connections over and stopped).
-    let marker = dirs.root.path().join("engine-started-once");
-    let wrapper = dirs.root.path().join("engine-once");
+    // privitty-edged starts once; every later generation exits at once, so the generation a swap
+    // starts never serves (the old one has already handed its connections and its engine over and
+    // stopped). A failing engine would no longer do: the next generation takes the running one.
+    let marker = dirs.root.path().join("edged-started-once");
+    let wrapper = dirs.root.path().join("edged-once");
     std::fs::write(
         &wrapper,
         format!(
             "#!/bin/sh\nif [ -e {m} ]; then echo 'refusing a second start' >&2; exit 1; fi\ntouch {m}\nexec {e} \"$@\"\n",
             m = marker.display(),
-            e = support::engine().display()
+            e = support::bin("privitty-edged").display()
         ),
     )
     .unwrap();
@@ -276,7 +278,10 @@ fn when_the_next_generation_cannot_start_handed_connections_are_closed_not_left_
     let stack = Stack::start(
         "init",
         &dirs,
-        StackSpec::default().env("PRIVITTY_ENGINE", wrapper.display().to_string()),
+        StackSpec {
+            command: vec![wrapper.clone().into()],
+            ..StackSpec::default()
+        },
     );
     stack.wait_generation(1);
     let clients = start_clients(stack.addr(), 1);
@@ -305,6 +310,143 @@ fn when_the_next_generation_cannot_start_handed_connections_are_closed_not_left_
         took < Duration::from_secs(25),
         "the clients waited {took:?}"
     );
+}
+
+/// Field 22 of `/proc/<pid>/stat` (start time) of a live, non-zombie process.
+fn start_time(pid: u64) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
+/// Reads an SSE stream on `addr` until an event of `kind` arrives (or `deadline` passes).
+fn sse_until(addr: SocketAddr, kind: &str, trigger: impl FnOnce()) -> Result<(), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(support::DEADLINE)).unwrap();
+    write!(s, "GET /events HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).map_err(|e| e.to_string())?;
+    if !line.contains(" 200 ") {
+        return Err(format!("/events answered {line:?}"));
+    }
+    trigger();
+    let until = Instant::now() + support::DEADLINE;
+    let mut seen = String::new();
+    while Instant::now() < until {
+        line.clear();
+        if r.read_line(&mut line)
+            .map_err(|e| format!("{e}; saw {seen}"))?
+            == 0
+        {
+            return Err(format!("the stream ended; saw {seen}"));
+        }
+        if line.starts_with("data: ") && line.contains(&format!("\"type\":\"{kind}\"")) {
+            return Ok(());
+        }
+        seen.push_str(&line);
+    }
+    Err(format!("no {kind} event; saw {seen}"))
+}
+
+#[test]
+fn a_swap_hands_the_running_engine_to_the_next_generation() {
+    let dirs = TestDirs::new();
+    let stack = Stack::start("init", &dirs, StackSpec::default());
+    stack.wait_generation(1);
+    let started = stack.lines("engine started");
+    assert_eq!(started.len(), 1, "{started:?}");
+    let pid = started[0]["pid"].as_u64().expect("engine pid");
+    let born = start_time(pid).expect("the engine runs");
+    let contact = rpc(
+        stack.addr(),
+        "create_contact",
+        serde_json::json!([1, "carol@example.org", "Carol"]),
+    )
+    .unwrap()["result"]
+        .as_u64()
+        .expect("a contact id");
+    for n in 2..=4 {
+        stack.signal(Signal::SIGHUP);
+        stack.wait_generation(n);
+    }
+    // One engine all along: started once, taken over by each later generation, still the same
+    // process, and it still has what was written through the first generation.
+    assert_eq!(
+        stack.lines("engine started").len(),
+        1,
+        "no engine was started by a swap"
+    );
+    let took = stack.lines("took over the previous generation's engine");
+    assert_eq!(took.len(), 3, "{took:?}");
+    assert!(
+        took.iter().all(|l| l["pid"].as_u64() == Some(pid)),
+        "{took:?}"
+    );
+    assert_eq!(start_time(pid), Some(born), "the same engine process");
+    assert!(
+        stack.lines("engine stopped").is_empty(),
+        "no engine stop during swaps"
+    );
+    let carol = rpc(stack.addr(), "get_contact", serde_json::json!([1, contact])).unwrap();
+    assert_eq!(carol["result"]["address"], "carol@example.org", "{carol}");
+    // Events flow through the generation that took the engine over.
+    let addr = stack.addr();
+    sse_until(addr, "MsgsChanged", || {
+        let chat = rpc(
+            addr,
+            "create_chat_by_contact_id",
+            serde_json::json!([1, contact]),
+        )
+        .unwrap()["result"]
+            .clone();
+        rpc(
+            addr,
+            "send_msg",
+            serde_json::json!([1, chat, {"text": "after three swaps"}]),
+        )
+        .unwrap();
+    })
+    .unwrap();
+    // The engine taken over dies: the generation that holds it (not its parent) sees it and
+    // starts one of its own.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    stack.wait_log("engine exited; restarting", 1);
+    let restarted = stack.wait_log("engine started", 2);
+    let second = restarted["pid"].as_u64().expect("engine pid");
+    let second_born = start_time(second).expect("the new engine runs");
+    support::eventually(support::DEADLINE, "calls answered again", || {
+        rpc(stack.addr(), "get_contact", serde_json::json!([1, contact])).ok()?["result"]["address"]
+            .as_str()
+            .map(|_| ())
+    });
+    // The generation crashes: its engine (in its own process group, so not killed with it)
+    // exits on its stdin's end, and the next generation starts a fresh one only once it is gone.
+    nix::sys::signal::kill(stack.edged_pid(4), Signal::SIGKILL).unwrap();
+    stack.wait_generation(5);
+    assert_ne!(
+        start_time(second),
+        Some(second_born),
+        "the crashed generation's engine is gone"
+    );
+    assert_eq!(stack.lines("engine started").len(), 3);
+    let carol = rpc(stack.addr(), "get_contact", serde_json::json!([1, contact])).unwrap();
+    assert_eq!(carol["result"]["address"], "carol@example.org", "{carol}");
+    // The last stop stops the engine: nothing is left running.
+    let third = stack.lines("engine started")[2]["pid"].as_u64().unwrap();
+    let third_born = start_time(third).expect("the third engine runs");
+    let mut stack = stack;
+    stack.signal(Signal::SIGTERM);
+    assert_eq!(stack.init.wait_exit(), 0);
+    support::eventually(support::DEADLINE, "the engine gone", || {
+        (start_time(third) != Some(third_born)).then_some(())
+    });
+    assert_eq!(start_time(pid), None, "the first engine is gone too");
 }
 
 /// Runs `privitty-load` against `url` and returns its result line.

@@ -716,6 +716,21 @@ fn swap_benchmark() {
         })
         .collect();
     gap_ms.sort_by(f64::total_cmp);
+    // The part of it without service: the old generation stops accepting (after the next one said
+    // it is on standby) → the new one is ready.
+    let closing = stack.lines("stopping: no new connections");
+    let mut dark_ms: Vec<f64> = stack
+        .lines(msg::READY)
+        .iter()
+        .filter_map(|ready| {
+            let n = ready["generation"].as_u64()?;
+            let stop = closing
+                .iter()
+                .find(|s| s["span"]["generation"].as_u64() == Some(n - 1))?;
+            Some(wall_ms(log_time(stop), log_time(ready)))
+        })
+        .collect();
+    dark_ms.sort_by(f64::total_cmp);
 
     let (s50, s99, smax) = percentiles(&mut steady);
     let (d50, d99, dmax) = percentiles(&mut during);
@@ -742,6 +757,12 @@ fn swap_benchmark() {
         med(&gap_ms),
         max(&gap_ms),
         gap_ms.len()
+    );
+    println!(
+        "swap-bench: no one accepting (old stops accepting -> new ready): median {:.1} ms, max {:.1} ms ({} swaps)",
+        med(&dark_ms),
+        max(&dark_ms),
+        dark_ms.len()
     );
     println!(
         "swap-bench: latency steady state: p50 {s50:.2} ms  p99 {s99:.2} ms  max {smax:.2} ms  ({} requests)",

@@ -433,11 +433,17 @@ fn time_passing_changes_the_status_on_events_and_in_the_log_with_no_file_changin
 }
 
 /// The pid of the engine under edged `pid`.
-fn engine_of(edged: Pid) -> Option<Pid> {
-    children_of(edged).into_iter().map(|(p, _)| p).find(|p| {
-        std::fs::read_to_string(format!("/proc/{p}/comm"))
-            .is_ok_and(|c| c.trim().starts_with("deltachat"))
-    })
+/// The engine serving generation `edged`: its child, or, once a swap handed it over, a child of
+/// privitty-init (which adopted it when the generation that started it exited).
+fn engine_of(init: Pid, edged: Pid) -> Option<Pid> {
+    children_of(edged)
+        .into_iter()
+        .chain(children_of(init))
+        .map(|(p, _)| p)
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim().starts_with("deltachat"))
+        })
 }
 
 fn license_cli(accounts: &Path, server: &LicenseServer, args: &[&str]) -> std::process::Output {
@@ -741,7 +747,9 @@ fn prometheus_follows_the_license_and_the_alerts_of_a_running_stack() {
 
     // 5. The engine dies once; then two generations crash: the counters and the crash-loop alert.
     let edged = stack.edged_pid(4);
-    let engine = eventually(DEADLINE, "the engine of generation 4", || engine_of(edged));
+    let engine = eventually(DEADLINE, "the engine of generation 4", || {
+        engine_of(stack.init.pid, edged)
+    });
     nix::sys::signal::kill(engine, Signal::SIGKILL).expect("kill the engine");
     let (_, seen) = edged_shows(addr, "an engine restart", |s| {
         value_of(s, "privitty_engine_restarts_total", &[]) == Some(1.0)
