@@ -909,20 +909,27 @@ async fn end_leftover_engines(accounts: &std::path::Path, grace: Duration) {
     }
 }
 
-/// Live processes (other than this one) whose environment has `DC_ACCOUNTS_PATH=<accounts>`:
-/// engines on this data directory. Processes we may not read are not ours.
+/// Live processes whose environment has `DC_ACCOUNTS_PATH=<accounts>`: engines on this data
+/// directory. Never this process, its ancestors (privitty-init) or another run of this executable
+/// (another generation), which have it too when an operator set it for the whole container.
+/// Processes we may not read are not ours.
 fn leftover_engines(accounts: &std::path::Path) -> Vec<(u32, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let mut want = format!("{}=", env::ENGINE_ACCOUNTS_PATH).into_bytes();
     want.extend_from_slice(accounts.as_os_str().as_bytes());
-    let me = std::process::id();
+    let mut spared = vec![std::process::id()];
+    while let Some(parent) = spared.last().and_then(|&p| parent_of(p)).filter(|&p| p > 0) {
+        spared.push(parent);
+    }
+    let me = std::fs::read_link("/proc/self/exe").ok();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != me)
+        .filter(|pid| !spared.contains(pid))
+        .filter(|pid| me.is_none() || std::fs::read_link(format!("/proc/{pid}/exe")).ok() != me)
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/environ"))
                 .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == want.as_slice()))
@@ -944,6 +951,17 @@ fn start_time_of(pid: u32) -> Option<u64> {
     }
     // `rest` starts at field 3; field 22 is the 20th from here.
     fields.nth(18)?.parse().ok()
+}
+
+/// The `PPid` of a process, from `/proc/<pid>/status`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Resolves once `pid` is no longer the live process that started at `start_time`.
@@ -1519,6 +1537,13 @@ cat > /dev/null
         keeper.await.unwrap();
         assert!(engine.pid().is_none(), "no engine here any more");
         drop(stop_tx);
+    }
+
+    #[test]
+    fn the_ancestors_of_this_process_are_found() {
+        let parent = parent_of(std::process::id()).expect("a parent");
+        assert_eq!(parent, std::os::unix::process::parent_id());
+        assert!(parent_of(u32::MAX).is_none());
     }
 
     #[tokio::test]
