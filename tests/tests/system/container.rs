@@ -217,8 +217,43 @@ impl Podman {
         self.containers.push(name.to_string());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         podman_ok(&args);
+        pin_bridge_address();
         published_port(name)
     }
+}
+
+/// Keeps the podman bridge's MAC address while containers come and go. A Linux bridge without an
+/// address of its own takes its lowest port's, so removing a container can change it, and the
+/// containers still running keep the old one for the gateway in their ARP cache: their
+/// connections to the host (the license server there) then fail for 10 s and more (seen in about
+/// one run of four, with this image and the one before it). Setting the bridge's address to the
+/// one it has makes it the bridge's own. Done after every start: the bridge is created anew when
+/// a container starts after the last one was removed.
+fn pin_bridge_address() {
+    let bridge = podman_ok(&[
+        "network",
+        "inspect",
+        "podman",
+        "--format",
+        "{{.NetworkInterface}}",
+    ]);
+    let bridge = bridge.trim();
+    let sys = Path::new("/sys/class/net").join(bridge);
+    // 3 (NET_ADDR_SET): pinned already.
+    if std::fs::read_to_string(sys.join("addr_assign_type")).is_ok_and(|t| t.trim() == "3") {
+        return;
+    }
+    let mac = std::fs::read_to_string(sys.join("address"))
+        .unwrap_or_else(|e| panic!("the podman bridge {bridge:?} has no address to read: {e}"));
+    let out = std::process::Command::new("ip")
+        .args(["link", "set", "dev", bridge, "address", mac.trim()])
+        .output()
+        .expect("run ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "cannot pin the address of the podman bridge {bridge}: {}",
+        text(&out.stderr)
+    );
 }
 
 impl Drop for Podman {
