@@ -116,6 +116,54 @@ impl StackSpec {
     }
 }
 
+/// Reads a stack's log from where it stopped last, parsing only lines that may matter.
+#[derive(Debug)]
+pub struct LogTail {
+    path: PathBuf,
+    offset: u64,
+    partial: Vec<u8>,
+}
+
+impl LogTail {
+    /// Waits for generation `n`'s ready line (returned) among the lines written since the last
+    /// call; earlier lines are not read again.
+    pub fn wait_generation(&mut self, n: u64) -> Value {
+        support::eventually(DEADLINE, &format!("generation {n} ready"), || {
+            self.next_lines()
+                .into_iter()
+                .filter(|l| l.contains(msg::READY))
+                .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+                .find(|v| v["message"] == msg::READY && v["generation"].as_u64() == Some(n))
+        })
+    }
+
+    /// The whole lines written since the last look.
+    fn next_lines(&mut self) -> Vec<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(&self.path) else {
+            return Vec::new();
+        };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return Vec::new();
+        }
+        let mut fresh = Vec::new();
+        let Ok(n) = f.read_to_end(&mut fresh) else {
+            return Vec::new();
+        };
+        self.offset += n as u64;
+        self.partial.extend_from_slice(&fresh);
+        let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') else {
+            return Vec::new();
+        };
+        let rest = self.partial.split_off(end + 1);
+        let whole = std::mem::replace(&mut self.partial, rest);
+        String::from_utf8_lossy(&whole)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
 /// privitty-init in managed mode with its generations of privitty-edged.
 #[derive(Debug)]
 pub struct Stack {
@@ -230,6 +278,19 @@ impl Stack {
                 .into_iter()
                 .find(|v| v["generation"].as_u64() == Some(n))
         })
+    }
+
+    /// A follower of this stack's log from its current end, for benchmarks that wait for many
+    /// generations while they measure: [`Stack::wait_generation`] parses the whole log at every
+    /// look, and on a shared machine that CPU would be counted against the swaps.
+    pub fn tail(&self) -> LogTail {
+        let path = self.init.proc.stderr_path.clone();
+        let offset = std::fs::metadata(&path).map_or(0, |m| m.len());
+        LogTail {
+            path,
+            offset,
+            partial: Vec::new(),
+        }
     }
 
     /// Whether privitty-init has ended (a zombie, or gone).
