@@ -13,14 +13,14 @@
 //! `engine-recv`). Must not: decide whether to hand over (`lib.rs` does: only with a token for
 //! this generation) or keep an engine it could not pass on (the caller stops it).
 
-use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, OwnedFd};
 
-use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Released;
-use crate::handover::adopt;
+use crate::handover::{Received, recv_with_fds};
 
 /// `LISTEN_FDNAMES` of the end a stopping generation writes its engine to (and reads the swap
 /// token from).
@@ -76,21 +76,8 @@ impl EnginePair {
     pub fn read_stop_messages(&self, generation: u64) -> StopMessages {
         let mut seen = StopMessages::default();
         let mut buf = [0u8; 64];
-        loop {
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            let mut space = nix::cmsg_space!([RawFd; 4]);
-            let Ok(msg) = recvmsg::<()>(
-                self.send.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
-            ) else {
-                return seen;
-            };
-            // Nobody sends descriptors this way; any that came are closed here.
-            let fds = received_fds(&msg);
-            let len = msg.bytes;
-            drop(fds);
+        // Nobody sends descriptors this way; any that came close as the message is dropped.
+        while let Ok(Received { len, .. }) = recv_with_fds(self.send.as_raw_fd(), &mut buf) {
             if len == 0 {
                 return seen;
             }
@@ -104,6 +91,7 @@ impl EnginePair {
                 _ => {}
             }
         }
+        seen
     }
 
     /// Waits (up to `limit`) until a next generation says it is on standby, reading what arrives
@@ -194,22 +182,12 @@ impl EnginePair {
     pub fn receive(&self) -> Option<Released> {
         let mut taken: Option<Released> = None;
         let mut buf = vec![0u8; ENGINE_MAGIC.len() + 4 + MAX_META + MAX_READ_AHEAD];
-        loop {
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            let mut space = nix::cmsg_space!([RawFd; 4]);
-            let Ok(msg) = recvmsg::<()>(
-                self.recv.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
-            ) else {
-                return taken;
-            };
-            let truncated = msg
-                .flags
-                .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
-            let fds = received_fds(&msg);
-            let len = msg.bytes;
+        while let Ok(Received {
+            len,
+            fds,
+            truncated,
+        }) = recv_with_fds(self.recv.as_raw_fd(), &mut buf)
+        {
             if len == 0 && fds.is_empty() {
                 return taken;
             }
@@ -226,19 +204,8 @@ impl EnginePair {
                 ),
             }
         }
+        taken
     }
-}
-
-fn received_fds(msg: &nix::sys::socket::RecvMsg<'_, '_, ()>) -> Vec<OwnedFd> {
-    let mut fds = Vec::new();
-    if let Ok(cmsgs) = msg.cmsgs() {
-        for c in cmsgs {
-            if let ControlMessageOwned::ScmRights(raw) = c {
-                fds.extend(raw.into_iter().map(adopt));
-            }
-        }
-    }
-    fds
 }
 
 fn decode(msg: &[u8], fds: Vec<OwnedFd>) -> Option<Released> {

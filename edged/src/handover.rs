@@ -69,6 +69,43 @@ pub(crate) fn adopt(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+/// One message read from a `SOCK_SEQPACKET` end.
+pub(crate) struct Received {
+    pub len: usize,
+    /// The descriptors it carried, owned (close-on-exec) from now on.
+    pub fds: Vec<OwnedFd>,
+    /// The message or its descriptors did not fit: what was cut is gone.
+    pub truncated: bool,
+}
+
+/// Reads one message and the descriptors it carries without blocking (`WouldBlock` when none
+/// waits). Used for both hand-over pairs.
+pub(crate) fn recv_with_fds(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let msg = recvmsg::<()>(
+        fd,
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(io::Error::from)?;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            fds.extend(raw.into_iter().map(adopt));
+        }
+    }
+    let truncated = msg
+        .flags
+        .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+    Ok(Received {
+        len: msg.bytes,
+        fds,
+        truncated,
+    })
+}
+
 /// Registers an owned descriptor with the runtime for readiness.
 #[allow(unsafe_code)]
 pub(crate) fn watch_readable(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
@@ -130,28 +167,12 @@ impl Receiver {
         let mut buf = vec![0u8; MAGIC.len() + 2 + 64 + MAX_BUFFERED];
         loop {
             let mut guard = self.0.readable().await?;
-            let got = guard.try_io(|fd| {
-                let mut iov = [IoSliceMut::new(&mut buf)];
-                let mut space = nix::cmsg_space!([RawFd; 4]);
-                let msg = recvmsg::<()>(
-                    fd.as_raw_fd(),
-                    &mut iov,
-                    Some(&mut space),
-                    MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-                )
-                .map_err(io::Error::from)?;
-                let mut fds: Vec<OwnedFd> = Vec::new();
-                for c in msg.cmsgs().map_err(io::Error::from)? {
-                    if let ControlMessageOwned::ScmRights(raw) = c {
-                        fds.extend(raw.into_iter().map(adopt));
-                    }
-                }
-                let truncated = msg
-                    .flags
-                    .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
-                Ok((msg.bytes, fds, truncated))
-            });
-            let (len, mut fds, truncated) = match got {
+            let got = guard.try_io(|fd| recv_with_fds(fd.as_raw_fd(), &mut buf));
+            let Received {
+                len,
+                mut fds,
+                truncated,
+            } = match got {
                 Ok(r) => r?,
                 Err(_would_block) => continue,
             };

@@ -31,15 +31,21 @@ pub struct Handover {
 /// Creates the hand-over pair (close-on-exec: spawning a generation hands its ends over
 /// explicitly).
 pub fn handover() -> io::Result<Handover> {
+    let (send, recv) = seqpacket_pair()?;
+    Ok(Handover { send, recv })
+}
+
+/// A close-on-exec `SOCK_SEQPACKET` socket pair: messages keep their bounds, and descriptors
+/// travel with them.
+fn seqpacket_pair() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-    let (send, recv) = socketpair(
+    socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
         None,
         SockFlag::SOCK_CLOEXEC,
     )
-    .map_err(io::Error::from)?;
-    Ok(Handover { send, recv })
+    .map_err(io::Error::from)
 }
 
 /// The `LISTEN_FDNAMES` entries of the engine pair: a draining generation writes its messaging
@@ -65,14 +71,7 @@ pub struct EnginePair {
 /// Creates the engine pair (close-on-exec: spawning a generation hands its ends over explicitly).
 /// The default buffers are enough: a message is a token or a few descriptors with a short header.
 pub fn engine_pair() -> io::Result<EnginePair> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-    let (send, recv) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(io::Error::from)?;
+    let (send, recv) = seqpacket_pair()?;
     Ok(EnginePair { send, recv })
 }
 
@@ -102,18 +101,18 @@ pub fn offer_engine(pair: &EnginePair, generation: u64) -> io::Result<()> {
 /// (discarded). Returns how many messages carried descriptors. Only at exit: until then a later
 /// generation may still adopt an engine.
 pub fn close_engines(pair: &EnginePair) -> usize {
-    let engines = drain(&pair.recv);
+    let (engines, _) = drain(&pair.recv);
     // A token carries no descriptors; one that does is closed all the same.
     drain(&pair.send);
     engines
 }
 
 /// Reads `end` empty and closes every descriptor its messages carry; returns how many messages
-/// carried at least one. Never blocks.
-fn drain(end: &std::os::fd::OwnedFd) -> usize {
+/// carried at least one, and how many descriptors were closed. Never blocks.
+fn drain(end: &std::os::fd::OwnedFd) -> (usize, usize) {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     use std::os::fd::{AsRawFd, RawFd};
-    let mut carried = 0;
+    let (mut carried, mut closed) = (0, 0);
     // As for the hand-over pair: a longer message is cut, its rest discarded with it, and its
     // descriptors arrive all the same.
     let mut buf = vec![0u8; 1024 * 1024 + 64];
@@ -127,16 +126,17 @@ fn drain(end: &std::os::fd::OwnedFd) -> usize {
             Some(&mut space),
             MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
         ) else {
-            return carried;
+            return (carried, closed);
         };
         let Ok(cmsgs) = msg.cmsgs() else {
-            return carried;
+            return (carried, closed);
         };
         let mut any = false;
         for c in cmsgs {
             if let ControlMessageOwned::ScmRights(fds) = c {
                 for fd in fds {
                     crate::pid1::close_received(fd);
+                    closed += 1;
                     any = true;
                 }
             }
@@ -148,33 +148,7 @@ fn drain(end: &std::os::fd::OwnedFd) -> usize {
 /// Reads every message waiting in the hand-over pair and closes the connections they carry;
 /// returns how many. Never blocks.
 pub fn close_handed(pair: &Handover) -> usize {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    use std::os::fd::{AsRawFd, RawFd};
-    let mut closed = 0;
-    let mut buf = vec![0u8; 1024 * 1024];
-    loop {
-        let mut iov = [io::IoSliceMut::new(&mut buf)];
-        let mut space = nix::cmsg_space!([RawFd; 4]);
-        let Ok(msg) = recvmsg::<()>(
-            pair.recv.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
-        ) else {
-            return closed;
-        };
-        let Ok(cmsgs) = msg.cmsgs() else {
-            return closed;
-        };
-        for c in cmsgs {
-            if let ControlMessageOwned::ScmRights(fds) = c {
-                for fd in fds {
-                    crate::pid1::close_received(fd);
-                    closed += 1;
-                }
-            }
-        }
-    }
+    drain(&pair.recv).1
 }
 
 #[cfg(test)]
