@@ -1,10 +1,11 @@
 //! privitty-load: an HTTP/1.1 load generator for privitty-edged's benchmarks, and the minimal hyper
 //! server they compare against.
 //!
-//! `privitty-load run --url URL [--connections N] [--duration 5s] [--body JSON]` keeps N keep-alive
-//! connections busy (each sends its next request when the previous answer arrived) and prints one
-//! line: throughput and p50/p99 latency. `privitty-load baseline-server [--listen ADDR]` serves a
-//! constant `/health` with the same hyper set-up and no application logic. `privitty-load
+//! `privitty-load run --url URL [--connections N] [--duration 5s] [--body JSON] [--rate R]` keeps
+//! N keep-alive connections busy (each sends its next request when the previous answer arrived,
+//! or, with `--rate`, when it is due) and prints one line: throughput and p50/p99 latency.
+//! `privitty-load baseline-server [--listen ADDR]` serves a constant `/health` (and answers any
+//! POST the same way) with the same hyper set-up and no application logic. `privitty-load
 //! make-license --accounts DIR --pubkey-out FILE [--state active]` writes a test license (for the
 //! gate micro-benchmark). Only for measuring: it never runs in production.
 
@@ -53,9 +54,17 @@ enum Cmd {
         token_file: Option<PathBuf>,
         /// Requests per second in all, spread evenly over the connections (default: each
         /// connection sends back to back). Latency then counts from when a request was due, so
-        /// time spent waiting behind a slow answer is measured too.
+        /// time spent waiting behind a slow answer is measured too. A paced request leaves when it
+        /// is due, to the microsecond (timerfd), not at the runtime timer's next millisecond
+        /// tick: that wait would be counted as the server's latency.
         #[arg(long)]
         rate: Option<f64>,
+        /// Paced runs: write each request slower than --slow-over to FILE, a line each:
+        /// `<unix time it was due, µs> <latency, µs>` (to line slow requests up with a log).
+        #[arg(long, value_name = "FILE", requires = "rate")]
+        slow_log: Option<PathBuf>,
+        #[arg(long, default_value = "2ms")]
+        slow_over: humantime::Duration,
     },
     /// Serve a constant /health (the baseline: hyper alone, same runtime set-up as edged).
     BaselineServer {
@@ -88,6 +97,8 @@ fn main() -> anyhow::Result<()> {
             label,
             token_file,
             rate,
+            slow_log,
+            slow_over,
         } => {
             let token = match token_file {
                 Some(f) => Some(
@@ -98,15 +109,17 @@ fn main() -> anyhow::Result<()> {
                 ),
                 None => None,
             };
-            rt.block_on(run(
-                url,
-                connections.max(1),
-                duration.into(),
+            let load = Load {
+                connections: connections.max(1),
+                duration: duration.into(),
                 body,
                 label,
                 token,
-                rate,
-            ))
+            };
+            match rate.filter(|r| *r > 0.0) {
+                Some(rate) => rt.block_on(run_paced(&url, &load, rate, slow_log, slow_over.into())),
+                None => rt.block_on(run(&url, &load)),
+            }
         }
         Cmd::BaselineServer { listen } => rt.block_on(baseline(listen)),
         Cmd::MakeLicense {
@@ -152,54 +165,253 @@ fn parse_url(url: &str) -> anyhow::Result<Target> {
     })
 }
 
-async fn run(
-    url: String,
+/// What to load, for either mode.
+struct Load {
     connections: usize,
     duration: Duration,
     body: Option<String>,
     label: String,
     token: Option<String>,
-    rate: Option<f64>,
-) -> anyhow::Result<()> {
-    // Each connection's interval between two requests, when paced.
-    let interval = rate
-        .filter(|r| *r > 0.0)
-        .map(|r| Duration::from_secs_f64(connections as f64 / r));
-    let mut target = parse_url(&url)?;
-    target.auth = token.map(|t| format!("Bearer {t}"));
+}
+
+/// Closed loop: each connection sends its next request when the previous answer arrived.
+async fn run(url: &str, load: &Load) -> anyhow::Result<()> {
+    let mut target = parse_url(url)?;
+    target.auth = load.token.as_ref().map(|t| format!("Bearer {t}"));
     let target = std::sync::Arc::new(target);
-    let body = body.map(Bytes::from);
-    let deadline = Instant::now() + duration;
+    let body = load.body.clone().map(Bytes::from);
+    let deadline = Instant::now() + load.duration;
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..connections {
+    for _ in 0..load.connections {
         let target = target.clone();
         let body = body.clone();
-        tasks.spawn(async move { one_connection(&target, body, deadline, interval).await });
+        tasks.spawn(async move { one_connection(&target, body, deadline).await });
     }
-    let mut latencies: Vec<u32> = Vec::new();
-    let (mut non_2xx, mut socket_errors) = (0u64, 0u64);
+    let mut all = Tally::default();
     while let Some(r) = tasks.join_next().await {
-        let tally = r??;
-        latencies.extend(tally.latencies);
-        non_2xx += tally.non_2xx;
-        socket_errors += tally.socket_errors;
+        all.add(r??);
     }
-    latencies.sort_unstable();
-    let n = latencies.len();
-    let pct = |p: f64| {
-        latencies
-            .get(((n as f64 * p) as usize).min(n.saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
-    println!(
-        "{label} conns={connections} requests={n} rps={:.0} p50_us={} p99_us={} max_us={} errors={non_2xx} socket_errors={socket_errors}",
-        n as f64 / duration.as_secs_f64(),
-        pct(0.50),
-        pct(0.99),
-        latencies.last().copied().unwrap_or(0),
-    );
+    all.print(load);
     Ok(())
+}
+
+/// Paced: `rate` requests per second in all, spread evenly over the connections.
+async fn run_paced(
+    url: &str,
+    load: &Load,
+    rate: f64,
+    slow_log: Option<PathBuf>,
+    slow_over: Duration,
+) -> anyhow::Result<()> {
+    let mut target = parse_url(url)?;
+    target.auth = load.token.as_ref().map(|t| format!("Bearer {t}"));
+    let request = std::sync::Arc::new(raw_request(&target, load.body.as_deref()));
+    let interval = Duration::from_secs_f64(load.connections as f64 / rate);
+    let began = Instant::now();
+    let began_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let deadline = began + load.duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..load.connections {
+        let addr = target.addr.clone();
+        let request = request.clone();
+        tasks.spawn(async move {
+            paced_connection(&addr, &request, deadline, interval, slow_over).await
+        });
+    }
+    let mut all = Tally::default();
+    let mut slow = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        let (tally, s) = r??;
+        all.add(tally);
+        slow.extend(s);
+    }
+    all.print(load);
+    if let Some(path) = slow_log {
+        slow.sort_unstable();
+        let mut text = String::new();
+        for (due, latency) in slow {
+            let unix = began_unix + due.duration_since(began);
+            text.push_str(&format!("{} {latency}\n", unix.as_micros()));
+        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The bytes of one request (the same for every request of a run).
+fn raw_request(target: &Target, body: Option<&str>) -> Vec<u8> {
+    let mut head = match body {
+        Some(b) => format!(
+            "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            target.path,
+            target.host,
+            b.len()
+        ),
+        None => format!("GET {} HTTP/1.1\r\nhost: {}\r\n", target.path, target.host),
+    };
+    if let Some(auth) = &target.auth {
+        head.push_str(&format!("authorization: {auth}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body.unwrap_or_default().as_bytes());
+    bytes
+}
+
+/// A sleep to the microsecond: the runtime's own timer rounds up to its next millisecond tick,
+/// and that wait would be counted as the server's latency.
+struct PreciseSleep(tokio::io::unix::AsyncFd<Timer>);
+
+/// A timerfd, as the raw descriptor the runtime's reactor registers.
+struct Timer(nix::sys::timerfd::TimerFd);
+
+impl std::os::fd::AsRawFd for Timer {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl PreciseSleep {
+    fn new() -> anyhow::Result<Self> {
+        use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
+        let timer = Timer(TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )?);
+        // SAFETY: the AsyncFd owns the TimerFd, which owns its descriptor: it stays open, and the
+        // same, until the AsyncFd is dropped.
+        #[allow(unsafe_code)]
+        let fd =
+            unsafe { tokio::io::unix::AsyncFd::register(timer) }.map_err(|e| e.into_parts().1)?;
+        Ok(Self(fd))
+    }
+
+    async fn until(&self, at: Instant) -> anyhow::Result<()> {
+        use nix::sys::timerfd::{Expiration, TimerSetTimeFlags};
+        let Some(wait) = at
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+        else {
+            return Ok(());
+        };
+        self.0.get_ref().0.set(
+            Expiration::OneShot(nix::sys::time::TimeSpec::from_duration(wait)),
+            TimerSetTimeFlags::empty(),
+        )?;
+        loop {
+            let mut ready = self.0.readable().await?;
+            // Reads the expiry count; EAGAIN (not expired yet) clears the readiness.
+            match ready.try_io(|fd| {
+                let mut count = [0u8; 8];
+                nix::unistd::read(&fd.get_ref().0, &mut count).map_err(std::io::Error::from)
+            }) {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// One paced keep-alive connection: waits until the next request is due, sends it, reads the
+/// whole answer. A broken connection is counted and replaced.
+async fn paced_connection(
+    addr: &str,
+    request: &[u8],
+    deadline: Instant,
+    interval: Duration,
+    slow_over: Duration,
+) -> anyhow::Result<(Tally, Vec<(Instant, u32)>)> {
+    use tokio::io::AsyncWriteExt;
+    let sleep = PreciseSleep::new()?;
+    let mut tally = Tally {
+        latencies: Vec::with_capacity(200_000),
+        ..Tally::default()
+    };
+    let mut slow = Vec::new();
+    // A random phase spreads the connections over the interval.
+    let mut due = Instant::now() + interval.mul_f64(fastrand::f64());
+    let mut buf = Vec::with_capacity(4096);
+    'connect: while due < deadline {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        while due < deadline {
+            sleep.until(due).await?;
+            let answer = async {
+                stream.write_all(request).await?;
+                read_answer(&mut stream, &mut buf).await
+            };
+            // Never hang: an answer that does not come in 10 s is a socket error.
+            let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer in 10 s")));
+            // From when it was due: waiting behind a slow answer counts.
+            let latency = due.elapsed().as_micros() as u32;
+            let at = due;
+            due += interval;
+            match answer {
+                Ok(status) => {
+                    tally.latencies.push(latency);
+                    if Duration::from_micros(latency.into()) > slow_over {
+                        slow.push((at, latency));
+                    }
+                    if !(200..300).contains(&status) {
+                        tally.non_2xx += 1;
+                    }
+                }
+                Err(_) => {
+                    tally.socket_errors += 1;
+                    continue 'connect;
+                }
+            }
+        }
+    }
+    Ok((tally, slow))
+}
+
+/// Reads one whole answer (head and a `content-length` body) and returns its status. A
+/// connection that closes, an answer in another framing, or bytes beyond it are errors.
+async fn read_answer(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<u16> {
+    use tokio::io::AsyncReadExt;
+    buf.clear();
+    loop {
+        if stream.read_buf(buf).await? == 0 {
+            bail!("the connection closed");
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        let httparse::Status::Complete(head) = resp.parse(buf)? else {
+            continue;
+        };
+        let status = resp.code.unwrap_or(0);
+        let length = resp
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| {
+                std::str::from_utf8(h.value)
+                    .ok()?
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+            })
+            .context("an answer without content-length")?;
+        let total = head + length;
+        while buf.len() < total {
+            if stream.read_buf(buf).await? == 0 {
+                bail!("the connection closed in an answer");
+            }
+        }
+        if buf.len() > total {
+            bail!("bytes beyond the answer");
+        }
+        return Ok(status);
+    }
 }
 
 /// What one connection saw.
@@ -212,20 +424,49 @@ struct Tally {
     socket_errors: u64,
 }
 
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.latencies.extend(other.latencies);
+        self.non_2xx += other.non_2xx;
+        self.socket_errors += other.socket_errors;
+    }
+
+    /// The result line.
+    fn print(mut self, load: &Load) {
+        self.latencies.sort_unstable();
+        let latencies = &self.latencies;
+        let n = latencies.len();
+        let pct = |p: f64| {
+            latencies
+                .get(((n as f64 * p) as usize).min(n.saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+        println!(
+            "{} conns={} requests={n} rps={:.0} p50_us={} p99_us={} max_us={} errors={} socket_errors={}",
+            load.label,
+            load.connections,
+            n as f64 / load.duration.as_secs_f64(),
+            pct(0.50),
+            pct(0.99),
+            latencies.last().copied().unwrap_or(0),
+            self.non_2xx,
+            self.socket_errors,
+        );
+    }
+}
+
 /// One keep-alive connection sending requests back to back until `deadline`; a broken
 /// connection is counted and replaced.
 async fn one_connection(
     target: &Target,
     body: Option<Bytes>,
     deadline: Instant,
-    interval: Option<Duration>,
 ) -> anyhow::Result<Tally> {
     let mut tally = Tally {
         latencies: Vec::with_capacity(100_000),
         ..Tally::default()
     };
-    // When paced: the time the next request is due (a random phase spreads the connections).
-    let mut due = interval.map(|i| Instant::now() + i.mul_f64(fastrand::f64()));
     'connect: while Instant::now() < deadline {
         let stream = tokio::net::TcpStream::connect(&target.addr)
             .await
@@ -247,14 +488,7 @@ async fn one_connection(
             if let Some(auth) = &target.auth {
                 req.headers_mut().insert("authorization", auth.parse()?);
             }
-            if let (Some(at), Some(i)) = (due.as_mut(), interval) {
-                tokio::time::sleep_until((*at).into()).await;
-                *at += i;
-            }
-            // Paced: from when the request was due, so waiting behind a slow answer counts.
-            let start = due
-                .zip(interval)
-                .map_or_else(Instant::now, |(next, i)| next - i);
+            let start = Instant::now();
             let answer = async {
                 sender.ready().await?;
                 let resp = sender.send_request(req).await?;
@@ -287,7 +521,9 @@ async fn baseline(listen: SocketAddr) -> anyhow::Result<()> {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
+            let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async {
+                // A POST's body is read, as a server that looks at it would.
+                let _ = req.into_body().collect().await;
                 Ok::<_, Infallible>(
                     Response::builder()
                         .header("content-type", "application/json")
