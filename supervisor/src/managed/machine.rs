@@ -179,7 +179,15 @@ pub enum Timer {
     ActivationRetry,
     /// The periodic license sync is due.
     Sync,
+    /// Swaps have been quiet for [`RELEASE_QUIET`]: the start-up pages can go.
+    ReleasePages,
 }
+
+/// How long after a generation became ready (other than the first) privitty-init releases its
+/// start-up pages: the swap's own code faults back in at the next swap, so releasing after each
+/// one of a burst (a license server pushing, a script sending SIGHUP) would spend its CPU on
+/// every swap, while clients wait for the new generation.
+pub const RELEASE_QUIET: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -285,6 +293,8 @@ pub struct Machine {
     crashes: CrashBudget,
     backoff: Backoff,
     ever_ready: bool,
+    /// When the start-up pages are to be released ([`Timer::ReleasePages`]), if they are.
+    release_at: Option<Instant>,
     /// How the last generation that served ended, when it left during a swap and the next one is
     /// not ready yet: a stop then exits with this, not with the newcomer's.
     served: Option<WaitStatus>,
@@ -314,6 +324,7 @@ impl Machine {
             pending_swap: false,
             restart_at: None,
             ever_ready: false,
+            release_at: None,
             served: None,
             swaps: 0,
             crashes_total: 0,
@@ -683,6 +694,7 @@ impl Machine {
         }
         g.phase = GenPhase::Ready;
         g.ready_at = Some(now);
+        let first = !self.ever_ready;
         self.ever_ready = true;
         self.served = None;
         tracing::info!(
@@ -696,8 +708,15 @@ impl Machine {
             tracing::info!(generation, "starting the swap asked for during start-up");
             self.swaps += 1;
             self.start_generation(now, out);
-        } else {
+        } else if first {
             out.push(Action::ReleaseStartupPages);
+        } else {
+            let at = now + RELEASE_QUIET;
+            self.release_at = Some(at);
+            out.push(Action::SetTimer {
+                at,
+                timer: Timer::ReleasePages,
+            });
         }
     }
 
@@ -904,6 +923,18 @@ impl Machine {
             Timer::Sync => {
                 if !self.jobs.contains_key(&Job::Sync) {
                     self.spawn_job(Job::Sync, out);
+                }
+            }
+            // An earlier timer of a burst, or one that fires during the next swap (whose ready
+            // sets a new one), does nothing.
+            Timer::ReleasePages => {
+                let starting = self
+                    .gens
+                    .iter()
+                    .any(|g| matches!(g.phase, GenPhase::Spawning | GenPhase::Starting));
+                if !starting && self.release_at.is_some_and(|at| at <= now) {
+                    self.release_at = None;
+                    out.push(Action::ReleaseStartupPages);
                 }
             }
         }
@@ -1170,7 +1201,10 @@ mod tests {
         assert_eq!(m.step(t0, exited(100, 0)), vec![kill_group(100)]);
         assert_eq!(
             m.step(t0, Input::Ready { generation: 2 }),
-            vec![Action::ReleaseStartupPages]
+            vec![Action::SetTimer {
+                at: t0 + RELEASE_QUIET,
+                timer: Timer::ReleasePages
+            }]
         );
         assert_eq!(m.current().unwrap().generation, 2);
         assert_eq!(m.current().unwrap().phase, GenPhase::Ready);
@@ -1293,7 +1327,10 @@ mod tests {
         assert!(acts.contains(&term(200)));
         assert_eq!(
             m.step(t0, Input::Ready { generation: 3 }),
-            vec![Action::ReleaseStartupPages]
+            vec![Action::SetTimer {
+                at: t0 + RELEASE_QUIET,
+                timer: Timer::ReleasePages
+            }]
         );
     }
 
@@ -2145,16 +2182,21 @@ mod tests {
     }
 
     #[test]
-    fn start_up_memory_is_released_each_time_a_generation_serves_again() {
-        // The first generation (`serving` asserts it), then a swap.
+    fn start_up_memory_is_released_once_swaps_are_quiet() {
+        // The first generation at once (`serving` asserts it); after a swap, only once swaps
+        // have been quiet for RELEASE_QUIET.
+        let release = |at| Action::SetTimer {
+            at,
+            timer: Timer::ReleasePages,
+        };
         let (mut m, t0) = swapping();
         assert_eq!(
             m.step(t0, Input::Ready { generation: 2 }),
-            vec![Action::ReleaseStartupPages]
+            vec![release(t0 + RELEASE_QUIET)]
         );
         // A repeated READY=1 is not a new start.
         assert!(m.step(t0, Input::Ready { generation: 2 }).is_empty());
-        // A restart after a crash.
+        // A restart after a crash, before the quiet time is over: the earlier timer does nothing.
         m.step(t0, exited(200, 1));
         let t1 = t0 + Duration::from_millis(100);
         m.step(t1, Input::Timer(Timer::Restart));
@@ -2168,7 +2210,11 @@ mod tests {
         );
         assert_eq!(
             m.step(t1, Input::Ready { generation: 3 }),
-            vec![Action::ReleaseStartupPages]
+            vec![release(t1 + RELEASE_QUIET)]
+        );
+        assert!(
+            m.step(t0 + RELEASE_QUIET, Input::Timer(Timer::ReleasePages))
+                .is_empty()
         );
         // Not while a swap asked for during start-up is about to start another one.
         m.step(t1, Input::Signal(Signal::SIGHUP));
@@ -2191,6 +2237,33 @@ mod tests {
         assert_eq!(
             m.step(t1, Input::Ready { generation: 4 }),
             vec![Action::Spawn { generation: 5 }]
+        );
+        // Nor while that one starts.
+        assert!(
+            m.step(t1 + RELEASE_QUIET, Input::Timer(Timer::ReleasePages))
+                .is_empty()
+        );
+        m.step(
+            t1,
+            Input::Spawned {
+                generation: 5,
+                pid: pid(500),
+                license: lic("a"),
+            },
+        );
+        let t2 = t1 + RELEASE_QUIET;
+        assert_eq!(
+            m.step(t2, Input::Ready { generation: 5 }),
+            vec![release(t2 + RELEASE_QUIET)]
+        );
+        // Quiet since: released.
+        assert_eq!(
+            m.step(t2 + RELEASE_QUIET, Input::Timer(Timer::ReleasePages)),
+            vec![Action::ReleaseStartupPages]
+        );
+        assert!(
+            m.step(t2 + RELEASE_QUIET, Input::Timer(Timer::ReleasePages))
+                .is_empty()
         );
     }
 
