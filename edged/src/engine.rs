@@ -199,6 +199,9 @@ pub struct Released {
     pub next_id: u64,
     /// The `get_next_event` call the engine has not answered yet: its answer is an event.
     pub poll_id: Option<u64>,
+    /// What the agents working on this engine knew (the peer agent's, opaque here), for the next
+    /// owner's agents to start from; None = they start from scratch.
+    pub carried: Option<serde_json::Value>,
 }
 
 /// Handle to the engine; cheap to clone.
@@ -844,6 +847,7 @@ impl Running {
             read_ahead,
             next_id: next_id.load(Ordering::Relaxed),
             poll_id,
+            carried: None,
         })
     }
 }
@@ -1443,6 +1447,7 @@ cat > /dev/null
             read_ahead: read_ahead.to_vec(),
             next_id,
             poll_id,
+            carried: None,
         };
         let stand = Stand {
             child,

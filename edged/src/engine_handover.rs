@@ -36,8 +36,9 @@ const STANDBY_MAGIC: &[u8; 8] = b"PVEDSB01";
 const ENGINE_MAGIC: &[u8; 8] = b"PVEDEN01";
 /// Most bytes read ahead of the engine's stdout that travel with it (the start of one answer).
 const MAX_READ_AHEAD: usize = 1024 * 1024;
-/// Most bytes of the JSON part.
-const MAX_META: usize = 4096;
+/// Most bytes of the JSON part (the peer agent's knowledge is most of it: up to 1000 instance
+/// ids; more than fits here is not sent, and the next generation looks them up itself).
+const MAX_META: usize = 16 * 1024;
 
 /// The engine pair's two ends, inherited from privitty-init.
 #[derive(Debug)]
@@ -62,6 +63,9 @@ struct Meta {
     start_time: u64,
     next_id: u64,
     poll_id: Option<u64>,
+    /// [`Released::carried`]; absent in a message from a build without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    carried: Option<serde_json::Value>,
 }
 
 impl EnginePair {
@@ -144,13 +148,24 @@ impl EnginePair {
                 )),
             ));
         }
-        let meta = serde_json::to_vec(&Meta {
+        let mut meta = Meta {
             pid: released.pid,
             start_time: released.start_time,
             next_id: released.next_id,
             poll_id: released.poll_id,
-        })
-        .expect("meta serializes");
+            carried: released.carried.clone(),
+        };
+        let mut bytes = serde_json::to_vec(&meta).expect("meta serializes");
+        if bytes.len() > MAX_META {
+            // The engine goes anyway; its next owner's agents start from scratch.
+            tracing::debug!(
+                bytes = bytes.len(),
+                "the agents' knowledge is too big to hand over"
+            );
+            meta.carried = None;
+            bytes = serde_json::to_vec(&meta).expect("meta serializes");
+        }
+        let meta = bytes;
         let mut head = Vec::with_capacity(ENGINE_MAGIC.len() + 4 + meta.len());
         head.extend_from_slice(ENGINE_MAGIC);
         head.extend_from_slice(&(meta.len() as u32).to_be_bytes());
@@ -227,6 +242,7 @@ fn decode(msg: &[u8], fds: Vec<OwnedFd>) -> Option<Released> {
         read_ahead: read_ahead.to_vec(),
         next_id: meta.next_id,
         poll_id: meta.poll_id,
+        carried: meta.carried,
     })
 }
 
@@ -310,6 +326,30 @@ mod tests {
     }
 
     #[test]
+    fn knowledge_too_big_for_the_message_stays_behind_and_the_engine_goes() {
+        let (old, new) = pair();
+        let (_in_r, in_w) = pipe();
+        let (out_r, _out_w) = pipe();
+        let (_err_r, err_w) = pipe();
+        let instances: Vec<u32> = (1_000_000..1_005_000).collect();
+        let released = Released {
+            pid: 42,
+            start_time: 7,
+            stdin: OwnedFd::from(in_w),
+            stdout: OwnedFd::from(out_r),
+            stderr: OwnedFd::from(err_w),
+            read_ahead: Vec::new(),
+            next_id: 10,
+            poll_id: None,
+            carried: Some(serde_json::json!({ "instances": instances })),
+        };
+        old.send(released).map_err(|(_, e)| e).unwrap();
+        let got = new.receive().expect("the engine message");
+        assert_eq!((got.pid, got.next_id), (42, 10));
+        assert_eq!(got.carried, None);
+    }
+
+    #[test]
     fn an_engine_arrives_with_its_pipes_read_ahead_and_call_state() {
         let (old, new) = pair();
         let (in_r, in_w) = pipe();
@@ -324,6 +364,7 @@ mod tests {
             read_ahead: b"{\"jsonrpc\":\"2.0\",\"id\":9,".to_vec(),
             next_id: 10,
             poll_id: Some(9),
+            carried: Some(serde_json::json!({"instances": [12, 40], "addr": "a@example.org"})),
         };
         old.send(released).map_err(|(_, e)| e).unwrap();
         let got = new.receive().expect("the engine message");
@@ -332,6 +373,10 @@ mod tests {
             (42, 7, 10, Some(9))
         );
         assert_eq!(got.read_ahead, b"{\"jsonrpc\":\"2.0\",\"id\":9,");
+        assert_eq!(
+            got.carried,
+            Some(serde_json::json!({"instances": [12, 40], "addr": "a@example.org"}))
+        );
         // The pipes are the same pipes: what goes into the handed stdin comes out of its pipe.
         std::fs::File::from(got.stdin).write_all(b"x").unwrap();
         let mut b = [0u8; 1];

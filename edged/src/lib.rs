@@ -115,8 +115,9 @@ pub fn run_standalone(config: Config) -> Result<(), RunError> {
 }
 
 /// Serves on `listener` until `shutdown` resolves, then stops gracefully. Start-up loads the
-/// license, then waits for the data-directory lock (another generation may still hold it); a
-/// shutdown during start-up returns Ok.
+/// license and reads what needs no lock (the API token, the key store, the peer identity), then
+/// waits for the data-directory lock (another generation may still hold it); a shutdown during
+/// start-up returns Ok.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -140,35 +141,17 @@ pub async fn run(
     // before it lets the lock go.
     let engine_pair = host::take_engine_pair();
     let engine_deadline = config.stop_timeout * 2 / 5;
-    // All that can be done before the lock is done: a previous generation stopping for this swap
-    // serves until it hears this, then lets the lock go as fast as it can.
-    if let (Some(pair), Some(g)) = (&engine_pair, config.generation) {
-        pair.announce_standby(g.number);
-    }
-    let lock = tokio::select! {
-        l = host::lock_data_dir(&config.accounts, config.wait_for_lock) => l?,
-        _ = &mut shutdown => {
-            // A stop of the whole tree while this generation waited for a swap: the previous one
-            // may be handing its engine over right now. Take it once it has (the lock is free)
-            // and stop it, so no engine is left without an owner.
-            if let Some(pair) = &engine_pair {
-                let lock = host::lock_data_dir(&config.accounts, true);
-                if let Ok(Ok(_lock)) = tokio::time::timeout(engine_deadline, lock).await
-                    && let Some(released) = pair.receive()
-                {
-                    tracing::info!(pid = released.pid, "stopping the engine handed over during the stop");
-                    engine::stop_released(released, engine_deadline).await;
-                }
-            }
-            return Ok(());
-        }
-    };
     let served = listener.local_addr().map_err(RunError::Listener)?;
     let auth_mode = config.api_auth.resolve(served);
     if auth_mode == auth::AuthMode::Required && config.cors == auth::Cors::Any {
         return Err(RunError::CorsAnyWithAuth(served));
     }
-    let (auth, files_dir, fingerprint) = {
+    // Everything that needs neither the engine nor the lock is read before the lock, while a
+    // previous generation stopping for this swap still serves. What first boot creates here (the
+    // API token, the fingerprint, the key store's master key, the peer identity) is created so
+    // that a second process doing the same at the same time reads the winner's, never replaces
+    // it, and nothing here changes after its creation.
+    let prepared = {
         let cfg = config.clone();
         tokio::task::spawn_blocking(move || {
             let env_token = std::env::var(licensectl::api_token::ENV_TOKEN).ok();
@@ -194,10 +177,30 @@ pub async fn run(
                 tracing::error!(error = %e, "the viewer (POST /auth) is unavailable");
                 format!("the viewer is unavailable: {e}")
             });
-            Ok::<_, RunError>((Arc::new(auth), files, fingerprint))
+            let store =
+                privitty::Privitty::open(&cfg.accounts).map_err(|source| RunError::KeyStore {
+                    path: cfg.accounts.clone(),
+                    source: Box::new(source),
+                })?;
+            Ok::<_, RunError>((Arc::new(auth), files, fingerprint, Arc::new(store)))
         })
-        .await
-        .map_err(|e| RunError::Panicked(e.to_string()))??
+    };
+    let (auth, files_dir, fingerprint, files) = tokio::select! {
+        p = prepared => p.map_err(|e| RunError::Panicked(e.to_string()))??,
+        _ = &mut shutdown => {
+            stop_handed_engine(engine_pair.as_ref(), &config.accounts, engine_deadline).await;
+            return Ok(());
+        }
+    };
+    let peer_files = tokio::select! {
+        p = peer::Peer::open_files(files.clone()) => p.map_err(|source| RunError::KeyStore {
+            path: config.accounts.clone(),
+            source: Box::new(source),
+        })?,
+        _ = &mut shutdown => {
+            stop_handed_engine(engine_pair.as_ref(), &config.accounts, engine_deadline).await;
+            return Ok(());
+        }
     };
     match auth.mode() {
         auth::AuthMode::Off if !served.ip().is_loopback() => tracing::warn!(
@@ -216,14 +219,18 @@ pub async fn run(
         expires_at = eval.expires_at,
         "license loaded"
     );
-    let dir = config.accounts.clone();
-    let files = tokio::task::spawn_blocking(move || privitty::Privitty::open(&dir))
-        .await
-        .map_err(|e| RunError::Panicked(e.to_string()))?
-        .map_err(|source| RunError::KeyStore {
-            path: config.accounts.clone(),
-            source: Box::new(source),
-        })?;
+    // All that can be done before the lock is done: a previous generation stopping for this swap
+    // serves until it hears this, then lets the lock go as fast as it can.
+    if let (Some(pair), Some(g)) = (&engine_pair, config.generation) {
+        pair.announce_standby(g.number);
+    }
+    let lock = tokio::select! {
+        l = host::lock_data_dir(&config.accounts, config.wait_for_lock) => l?,
+        _ = &mut shutdown => {
+            stop_handed_engine(engine_pair.as_ref(), &config.accounts, engine_deadline).await;
+            return Ok(());
+        }
+    };
     let hub = events::Hub::new(config.sse_buffer);
     let (engine_stop_tx, engine_stop) = watch::channel(false);
     let engine_config = engine::EngineConfig {
@@ -233,9 +240,11 @@ pub async fn run(
         max_answer: config.rpc_max_response,
         realtime_off: !config.policy.realtime_allowed(),
     };
-    let handed = engine_pair
+    let mut handed = engine_pair
         .as_ref()
         .and_then(engine_handover::EnginePair::receive);
+    // What the previous generation's peer agent knew, for this one's to start from.
+    let carried = handed.as_mut().and_then(|r| r.carried.take());
     let started = if let Some(released) = handed {
         // Running and set up already: no start, no set-up, no gap for them.
         Some(engine::Engine::adopt(
@@ -281,7 +290,6 @@ pub async fn run(
     let (license_events_stop_tx, license_events_stop) = watch::channel(false);
     let license_events_task =
         tokio::spawn(license_events.clone().run(hub.clone(), license_events_stop));
-    let files = Arc::new(files);
     // Engine events pass through the peer agent from now on; control-instance events stay there.
     let (peer_events_tx, peer_events) = tokio::sync::mpsc::unbounded_channel();
     hub.tap(peer_events_tx);
@@ -292,14 +300,11 @@ pub async fn run(
         license.clone(),
         hub.clone(),
         files_dir.clone(),
+        peer_files,
         peer_events,
         peer_stop,
-    )
-    .await
-    .map_err(|source| RunError::KeyStore {
-        path: config.accounts.clone(),
-        source: Box::new(source),
-    })?;
+        carried,
+    );
     let service = Arc::new(service::Service {
         engine: engine.clone(),
         license: license.clone(),
@@ -371,7 +376,7 @@ pub async fn run(
     http::serve(listener, service, http_config, stop).await;
     host::notify_stopping();
     let _ = peer_stop_tx.send(true);
-    let _ = peer_task.await;
+    let peer_stopped = peer_task.await.ok();
     let _ = license_events_stop_tx.send(true);
     let _ = license_events_task.await;
     // A stop for a swap (privitty-init said so) hands the engine to the next generation; any
@@ -379,8 +384,13 @@ pub async fn run(
     if swap.load(std::sync::atomic::Ordering::Relaxed)
         && let Some(pair) = &engine_pair
     {
-        if let Some(released) = engine.release().await
-            && let Err((released, error)) = pair.send(released)
+        if let Some(mut released) = engine.release().await
+            && let Err((released, error)) = {
+                // Only now: no event arrives after the release, so the peer agent's knowledge is
+                // known to be complete or not.
+                released.carried = peer_stopped.and_then(peer::Stopped::hand_over);
+                pair.send(released)
+            }
         {
             tracing::warn!(%error, "cannot hand the engine over; stopping it");
             engine::stop_released(released, engine_deadline).await;
@@ -405,6 +415,29 @@ pub async fn run(
     let _ = auth_watch.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A stop of the whole tree while this generation started during a swap: the previous one may be
+/// handing its engine over right now. Takes it once it has (the lock is free) and stops it, so no
+/// engine is left without an owner.
+async fn stop_handed_engine(
+    pair: Option<&engine_handover::EnginePair>,
+    accounts: &std::path::Path,
+    deadline: Duration,
+) {
+    let Some(pair) = pair else {
+        return;
+    };
+    let lock = host::lock_data_dir(accounts, true);
+    if let Ok(Ok(_lock)) = tokio::time::timeout(deadline, lock).await
+        && let Some(released) = pair.receive()
+    {
+        tracing::info!(
+            pid = released.pid,
+            "stopping the engine handed over during the stop"
+        );
+        engine::stop_released(released, deadline).await;
+    }
 }
 
 /// Resolves once a stop flag turns true (or its sender is gone). Holds no borrow of the flag, so

@@ -17,6 +17,7 @@ mod xdc;
 use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -66,10 +67,77 @@ pub const METHODS: &[&str] = &[
     "privitty_get_file_access_info",
 ];
 
+/// Most control instances whose ids travel with the engine to the next generation; with more,
+/// that generation looks them up again (the catch-up).
+const MAX_CARRIED_INSTANCES: usize = 1000;
+
 /// The running peer protocol of account 1.
 #[derive(Clone, Debug)]
 pub struct Peer {
     inner: Arc<Inner>,
+}
+
+/// What the agent knows that the engine does not say cheaply: which messages are control
+/// instances, and the account's address. It travels with a handed-over engine (as opaque JSON in
+/// the hand-over message), so that the next generation's agent does not look every instance up
+/// again (one `get_chat_media` over the whole account, and the reads after it: the engine's
+/// largest cost in a swap).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Carry {
+    instances: Vec<u32>,
+    addr: Option<String>,
+}
+
+/// The peer files of account 1, read before the agent starts ([`Peer::open_files`]).
+#[derive(Debug)]
+pub struct PeerFiles {
+    dir: PathBuf,
+    identity: Identity,
+    xdc_path: PathBuf,
+}
+
+/// A stopped agent: what it knew, and the events it did not read.
+#[derive(Debug)]
+pub struct Stopped {
+    carry: Option<Carry>,
+    events: mpsc::UnboundedReceiver<Value>,
+}
+
+impl Stopped {
+    /// What the next generation's agent may start from, as JSON; call it once the engine is
+    /// released (no event arrives after that). None when that agent must catch up: an event
+    /// about messages arrived after this agent stopped reading, or this agent's knowledge is
+    /// incomplete (its own catch-up failed, or an instance's updates were left unread: no
+    /// usable license, or the engine did not answer).
+    pub fn hand_over(mut self) -> Option<Value> {
+        let carry = self.carry.take()?;
+        while let Ok(event) = self.events.try_recv() {
+            if concerns_peer(&event) {
+                tracing::debug!(
+                    "an event arrived after the peer agent stopped; the next generation catches up"
+                );
+                return None;
+            }
+        }
+        serde_json::to_value(carry).ok()
+    }
+}
+
+/// Whether the agent has to look at an engine event (the rest go to `/events` as they are).
+fn concerns_peer(event: &Value) -> bool {
+    let inner = &event["event"];
+    inner["msgId"].as_u64().is_some_and(|m| m > 9)
+        && matches!(
+            inner["kind"].as_str().unwrap_or_default(),
+            "WebxdcStatusUpdate"
+                | "WebxdcInstanceDeleted"
+                | "IncomingMsg"
+                | "MsgsChanged"
+                | "MsgDelivered"
+                | "MsgRead"
+                | "MsgFailed"
+                | "IncomingWebxdcNotify"
+        )
 }
 
 struct Inner {
@@ -93,6 +161,9 @@ struct Inner {
     /// When the outbox next has something due (Unix ms), as of the last transaction: the agent's
     /// timer, kept here so waiting for the next event does not read the state file.
     next_due: Mutex<Option<i64>>,
+    /// Whether `instances` is complete and every instance's updates were read as they arrived:
+    /// only then is this agent's knowledge handed to the next generation ([`Carry`]).
+    complete: AtomicBool,
     wake: Notify,
     /// One flush at a time: a method's own flush and the agent's never send an item twice.
     flushing: tokio::sync::Mutex<()>,
@@ -130,38 +201,56 @@ fn engine_error(what: &str, e: crate::engine::EngineError) -> RpcError {
 }
 
 impl Peer {
-    /// Loads (or creates) the identity of account 1 and starts the agent. `events` receives
-    /// every engine event (install it with [`Hub::tap`] before calling); the agent forwards
-    /// those that are not about control instances.
-    pub async fn start(
+    /// Reads (at first boot: creates) the peer files: the directory, the identity of account 1
+    /// and the control app. Needs no engine and no data-directory lock (every creation is safe
+    /// against a second process doing the same: the loser reads the winner's), so a swap does it
+    /// while the previous generation still serves.
+    pub async fn open_files(files: Arc<Privitty>) -> Result<PeerFiles, PrivittyError> {
+        let store_dir = files.store_dir().to_path_buf();
+        let opened = tokio::task::spawn_blocking(move || {
+            let dir = store_dir.join(PEER_DIR);
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| PrivittyError::store(&dir, format!("cannot create: {e}")))?;
+            let identity = load_identity(&files, &dir)?;
+            let xdc_path = dir.join(XDC_NAME);
+            xdc::write(&xdc_path)?;
+            Ok::<_, PrivittyError>(PeerFiles {
+                dir,
+                identity,
+                xdc_path,
+            })
+        })
+        .await
+        .map_err(|e| PrivittyError::store("peer", e.to_string()))??;
+        tracing::info!(fingerprint = %opened.identity.public().fingerprint(), "peer identity");
+        Ok(opened)
+    }
+
+    /// Starts the agent. `events` receives every engine event (install it with [`Hub::tap`]
+    /// before calling); the agent forwards those that are not about control instances.
+    /// `carried` is what the previous generation's agent handed over with the engine
+    /// ([`Stopped::hand_over`]): the agent then starts from it instead of looking every control
+    /// instance up again.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
         engine: Engine,
         files: Arc<Privitty>,
         license: Arc<dyn License>,
         hub: Hub,
         files_dir: FilesDir,
+        peer_files: PeerFiles,
         events: mpsc::UnboundedReceiver<Value>,
         stop: watch::Receiver<bool>,
-    ) -> Result<(Peer, tokio::task::JoinHandle<()>), PrivittyError> {
-        let store_dir = files.store_dir().to_path_buf();
-        let opened = {
-            let files = files.clone();
-            tokio::task::spawn_blocking(move || {
-                let dir = store_dir.join(PEER_DIR);
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&dir)
-                    .map_err(|e| PrivittyError::store(&dir, format!("cannot create: {e}")))?;
-                let identity = load_identity(&files, &dir)?;
-                let xdc_path = dir.join(XDC_NAME);
-                xdc::write(&xdc_path)?;
-                Ok::<_, PrivittyError>((dir, identity, xdc_path))
-            })
-            .await
-            .map_err(|e| PrivittyError::store("peer", e.to_string()))??
-        };
-        let (dir, identity, xdc_path) = opened;
-        tracing::info!(fingerprint = %identity.public().fingerprint(), "peer identity");
+        carried: Option<Value>,
+    ) -> (Peer, tokio::task::JoinHandle<Stopped>) {
+        let PeerFiles {
+            dir,
+            identity,
+            xdc_path,
+        } = peer_files;
         let peer = Peer {
             inner: Arc::new(Inner {
                 engine,
@@ -178,12 +267,17 @@ impl Peer {
                 chats: Mutex::new(HashMap::new()),
                 addr: Mutex::new(None),
                 next_due: Mutex::new(None),
+                complete: AtomicBool::new(false),
                 wake: Notify::new(),
                 flushing: tokio::sync::Mutex::new(()),
             }),
         };
-        let task = tokio::spawn(peer.clone().run(events, stop));
-        Ok((peer, task))
+        let carried = carried.and_then(|c| serde_json::from_value::<Carry>(c).ok());
+        // Its lines name the generation, like the serving path's.
+        let task = tokio::spawn(tracing::Instrument::in_current_span(
+            peer.clone().run(events, stop, carried),
+        ));
+        (peer, task)
     }
 
     pub fn has(method: &str) -> bool {
@@ -356,12 +450,19 @@ impl Peer {
             return MsgKind::Other;
         }
         let msg = match self
+            .inner
+            .engine
             .call("get_message", &[json!(ACCOUNT_ID), json!(msg_id)])
             .await
         {
             Ok(msg) => msg,
             // Gone already: a received update carrier is deleted once read.
-            Err(_) => return MsgKind::Gone,
+            Err(crate::engine::EngineError::Rpc(_)) => return MsgKind::Gone,
+            // No answer (the engine restarts, or was handed over): it may have been an instance.
+            Err(_) => {
+                self.incomplete();
+                return MsgKind::Gone;
+            }
         };
         if msg["viewType"] == "Webxdc" && msg["fileName"] == XDC_NAME {
             self.inner.instances.lock().expect("i").insert(msg_id);
@@ -393,9 +494,28 @@ impl Peer {
         self,
         mut events: mpsc::UnboundedReceiver<Value>,
         mut stop: watch::Receiver<bool>,
-    ) {
-        if let Err(e) = self.catch_up().await {
-            tracing::warn!(error = %e.message, "peer catch-up failed; will read updates as they arrive");
+        carried: Option<Carry>,
+    ) -> Stopped {
+        if let Some(carried) = carried {
+            tracing::info!(
+                instances = carried.instances.len(),
+                "peer agent: took over the previous generation's knowledge"
+            );
+            self.inner
+                .instances
+                .lock()
+                .expect("i")
+                .extend(carried.instances);
+            *self.inner.addr.lock().expect("addr") = carried.addr;
+            self.inner.complete.store(true, Ordering::Relaxed);
+            self.flush().await;
+        } else {
+            // Complete unless the catch-up, or a read in it, fails.
+            self.inner.complete.store(true, Ordering::Relaxed);
+            if let Err(e) = self.catch_up().await {
+                self.incomplete();
+                tracing::warn!(error = %e.message, "peer catch-up failed; will read updates as they arrive");
+            }
         }
         loop {
             let next = *self.inner.next_due.lock().expect("next_due");
@@ -413,6 +533,27 @@ impl Peer {
                 _ = crate::stopped(&mut stop) => break,
             }
         }
+        // Stopped between two events: everything read so far is handled.
+        let instances: Vec<u32> = self
+            .inner
+            .instances
+            .lock()
+            .expect("i")
+            .iter()
+            .copied()
+            .collect();
+        let carry = (self.inner.complete.load(Ordering::Relaxed)
+            && instances.len() <= MAX_CARRIED_INSTANCES)
+            .then(|| Carry {
+                instances,
+                addr: self.inner.addr.lock().expect("addr").clone(),
+            });
+        Stopped { carry, events }
+    }
+
+    /// Some instance's updates may be left unread: the next generation's agent catches up.
+    fn incomplete(&self) {
+        self.inner.complete.store(false, Ordering::Relaxed);
     }
 
     /// At start: finds every control instance and reads what arrived while edged was not running.
@@ -450,24 +591,13 @@ impl Peer {
     /// One engine event: events about control instances and the hidden messages that carry
     /// their updates are consumed, the rest go to `/events`.
     async fn on_event(&self, event: Value) {
-        let inner = &event["event"];
-        let kind = inner["kind"].as_str().unwrap_or_default();
-        let msg_id = inner["msgId"].as_u64().map(|m| m as u32).filter(|m| *m > 9);
-        let about_messages = matches!(
-            kind,
-            "WebxdcStatusUpdate"
-                | "WebxdcInstanceDeleted"
-                | "IncomingMsg"
-                | "MsgsChanged"
-                | "MsgDelivered"
-                | "MsgRead"
-                | "MsgFailed"
-                | "IncomingWebxdcNotify"
-        );
-        let Some(msg_id) = msg_id.filter(|_| about_messages) else {
+        if !concerns_peer(&event) {
             self.inner.hub.publish_engine_direct(&event);
             return;
-        };
+        }
+        let inner = &event["event"];
+        let kind = inner["kind"].as_str().unwrap_or_default();
+        let msg_id = inner["msgId"].as_u64().unwrap_or_default() as u32;
         match self.classify(msg_id).await {
             MsgKind::Instance => {
                 if matches!(kind, "WebxdcStatusUpdate" | "IncomingMsg" | "MsgsChanged") {
@@ -487,10 +617,12 @@ impl Peer {
             // Left unread: handled once this device has a usable license (the updates stay in
             // the engine, the last serial read is not advanced).
             tracing::debug!(instance, "peer update left unread: no usable license");
+            self.incomplete();
             return;
         }
         if let Err(e) = self.try_pull(instance).await {
             tracing::warn!(instance, error = %e.message, "reading the control instance failed");
+            self.incomplete();
         }
     }
 
@@ -665,10 +797,14 @@ impl Peer {
     /// Sends what is due in the outbox (only with a usable license).
     async fn flush(&self) {
         let _one = self.inner.flushing.lock().await;
-        if !self.licensed() {
-            return;
-        }
-        if self.own_addr().await.is_err() {
+        // Nothing can be sent now: look again later, not at once (the agent's timer would fire
+        // again and again for an item already due).
+        if !self.licensed() || self.own_addr().await.is_err() {
+            let mut next = self.inner.next_due.lock().expect("next_due");
+            let now = now_ms();
+            if next.is_some_and(|t| t <= now) {
+                *next = Some(now + 5_000);
+            }
             return;
         }
         let now = now_ms();
@@ -1596,3 +1732,57 @@ fn load_identity(files: &Privitty, dir: &Path) -> Result<Identity, PrivittyError
 }
 
 use std::os::unix::fs::DirBuilderExt as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stopped(carry: Option<Carry>, events: &[Value]) -> Stopped {
+        let (tx, rx) = mpsc::unbounded_channel();
+        for e in events {
+            tx.send(e.clone()).unwrap();
+        }
+        Stopped { carry, events: rx }
+    }
+
+    fn known() -> Carry {
+        Carry {
+            instances: vec![12, 40],
+            addr: Some("a@example.org".into()),
+        }
+    }
+
+    fn event(kind: &str, msg_id: u64) -> Value {
+        json!({"contextId": 1, "event": {"kind": kind, "chatId": 10, "msgId": msg_id}})
+    }
+
+    #[test]
+    fn complete_knowledge_with_nothing_unread_is_handed_over() {
+        let handed = stopped(Some(known()), &[])
+            .hand_over()
+            .expect("handed over");
+        let back: Carry = serde_json::from_value(handed).unwrap();
+        assert_eq!(back.instances, vec![12, 40]);
+        assert_eq!(back.addr.as_deref(), Some("a@example.org"));
+        // Events that are not about messages (the agent only forwards them) do not matter.
+        let info = json!({"contextId": 1, "event": {"kind": "Info", "msg": "x"}});
+        assert!(
+            stopped(Some(known()), &[info, event("IncomingMsg", 5)])
+                .hand_over()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn an_unread_event_about_a_message_or_incomplete_knowledge_means_a_catch_up() {
+        for kind in ["WebxdcStatusUpdate", "IncomingMsg", "MsgsChanged"] {
+            assert!(
+                stopped(Some(known()), &[event(kind, 41)])
+                    .hand_over()
+                    .is_none(),
+                "{kind}"
+            );
+        }
+        assert!(stopped(None, &[]).hand_over().is_none());
+    }
+}

@@ -393,6 +393,16 @@ fn a_swap_hands_the_running_engine_to_the_next_generation() {
         stack.lines("engine stopped").is_empty(),
         "no engine stop during swaps"
     );
+    // The peer agent's knowledge came with the engine: no generation looked the account's control
+    // instances up again (nothing about a message happened during the swaps).
+    let knew = stack.lines("peer agent: took over the previous generation's knowledge");
+    assert_eq!(
+        knew.iter()
+            .filter_map(|l| l["span"]["generation"].as_u64())
+            .collect::<Vec<_>>(),
+        vec![2, 3, 4],
+        "{knew:?}"
+    );
     let carol = rpc(stack.addr(), "get_contact", serde_json::json!([1, contact])).unwrap();
     assert_eq!(carol["result"]["address"], "carol@example.org", "{carol}");
     // Events flow through the generation that took the engine over.
@@ -457,6 +467,7 @@ fn load(
     body: Option<&str>,
     rate: Option<f64>,
     label: &str,
+    slow_log: Option<&std::path::Path>,
 ) -> String {
     let mut cmd = std::process::Command::new(support::bin("privitty-load"));
     cmd.args([
@@ -474,6 +485,9 @@ fn load(
     }
     if let Some(r) = rate {
         cmd.args(["--rate", &format!("{r:.0}")]);
+    }
+    if let Some(f) = slow_log {
+        cmd.arg("--slow-log").arg(f);
     }
     let out = cmd.output().expect("run privitty-load");
     assert!(
@@ -505,6 +519,20 @@ fn keep_alive_swap_benchmark() {
     let base = format!("http://{}", stack.addr());
     let rpc = r#"{"jsonrpc":"2.0","id":1,"method":"get_config","params":[1,"displayname"]}"#;
     let mut generation = 1;
+    // SWAP_BENCH_TRACE=DIR: the swapping runs' slow requests (over 2 ms) and the stack's log go
+    // there, to line them up with the swaps' steps.
+    let trace = std::env::var_os("SWAP_BENCH_TRACE").map(std::path::PathBuf::from);
+    // The same paced load on hyper alone (no application, no swaps), in the same run: what this
+    // machine's two cores give at that rate with the load generator on them.
+    let mut cmd = std::process::Command::new(support::bin("privitty-load"));
+    cmd.args(["baseline-server", "--listen", "127.0.0.1:0"]);
+    let baseline = support::Proc::spawn("baseline", cmd, &dirs.logs);
+    let baseline_addr = support::eventually(support::DEADLINE, "the baseline server", || {
+        baseline
+            .stderr()
+            .lines()
+            .find_map(|l| l.strip_prefix("listening addr=").map(str::to_owned))
+    });
     for conns in [8usize, 64] {
         for (path, body) in [("/health", None), ("/rpc", Some(rpc))] {
             let url = format!("{base}{path}");
@@ -515,6 +543,7 @@ fn keep_alive_swap_benchmark() {
                 body,
                 None,
                 &format!("swap-bench: capacity {path}"),
+                None,
             );
             let half = Some(rps(&full) / 2.0);
             let steady = load(
@@ -524,6 +553,16 @@ fn keep_alive_swap_benchmark() {
                 body,
                 half,
                 &format!("swap-bench: steady   {path} (half)"),
+                None,
+            );
+            let floor = load(
+                &format!("http://{baseline_addr}{path}"),
+                conns,
+                "5s",
+                body,
+                half,
+                &format!("swap-bench: hyper alone, same rate {path}"),
+                None,
             );
             let swapping = std::thread::scope(|s| {
                 let runner = s.spawn(|| {
@@ -534,6 +573,10 @@ fn keep_alive_swap_benchmark() {
                         body,
                         half,
                         &format!("swap-bench: swapping {path} (half)"),
+                        trace
+                            .as_ref()
+                            .map(|d| d.join(format!("slow-{conns}{}.txt", path.replace('/', "-"))))
+                            .as_deref(),
                     )
                 });
                 // Paced: 100 swaps spread over the run, each one waited for (following the log
@@ -552,8 +595,12 @@ fn keep_alive_swap_benchmark() {
                 runner.join().unwrap()
             });
             println!("{full}");
+            println!("{floor}");
             println!("{steady}");
             println!("{swapping}");
         }
+    }
+    if let Some(dir) = &trace {
+        std::fs::copy(&stack.init.proc.stderr_path, dir.join("stack.log")).expect("copy the log");
     }
 }
