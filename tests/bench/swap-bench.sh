@@ -4,9 +4,14 @@
 #   - license drop -> new generation ready (median, max)
 #   - SIGHUP -> new generation ready (median, max)
 #   - request latency p50/p99/max in steady state and during swaps, and the failed-request count
-#   - privitty-load at 8 and 64 keep-alive connections (/health, /rpc): steady vs 100 paced swaps
-#     (p50/p99/max, non-2xx, socket errors)
+#   - privitty-load at 8 and 64 keep-alive connections (/health, /rpc): closed-loop capacity, then
+#     paced at half of it: hyper alone (privitty-load's baseline server, the machine's floor at
+#     that rate), steady, and across 100 swaps (p50/p99/max, non-2xx, socket errors, and how busy
+#     the machine's cores were)
 # Usage: tests/bench/swap-bench.sh [--release] [SWAPS]   (default 20 swaps, debug build)
+# Environment: SWAP_BENCH_LOAD (paced rate as a fraction of capacity, default 0.5),
+#   SWAP_BENCH_CONNECTIONS (8 or 64 only), SWAP_BENCH_TRACE=DIR (the swapping runs' requests over
+#   2 ms, and the stack's log, to line them up with the swaps' steps).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

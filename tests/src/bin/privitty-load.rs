@@ -181,6 +181,7 @@ async fn run(url: &str, load: &Load) -> anyhow::Result<()> {
     let target = std::sync::Arc::new(target);
     let body = load.body.clone().map(Bytes::from);
     let deadline = Instant::now() + load.duration;
+    let ticks = cpu_ticks();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..load.connections {
         let target = target.clone();
@@ -191,7 +192,7 @@ async fn run(url: &str, load: &Load) -> anyhow::Result<()> {
     while let Some(r) = tasks.join_next().await {
         all.add(r??);
     }
-    all.print(load);
+    all.print(load, cpu_busy(ticks, cpu_ticks()));
     Ok(())
 }
 
@@ -212,6 +213,7 @@ async fn run_paced(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let deadline = began + load.duration;
+    let ticks = cpu_ticks();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..load.connections {
         let addr = target.addr.clone();
@@ -227,7 +229,7 @@ async fn run_paced(
         all.add(tally);
         slow.extend(s);
     }
-    all.print(load);
+    all.print(load, cpu_busy(ticks, cpu_ticks()));
     if let Some(path) = slow_log {
         slow.sort_unstable();
         let mut text = String::new();
@@ -431,8 +433,8 @@ impl Tally {
         self.socket_errors += other.socket_errors;
     }
 
-    /// The result line.
-    fn print(mut self, load: &Load) {
+    /// The result line; `busy`: the machine's CPU over the run ([`cpu_busy`]).
+    fn print(mut self, load: &Load, busy: Option<f64>) {
         self.latencies.sort_unstable();
         let latencies = &self.latencies;
         let n = latencies.len();
@@ -443,7 +445,7 @@ impl Tally {
                 .unwrap_or(0)
         };
         println!(
-            "{} conns={} requests={n} rps={:.0} p50_us={} p99_us={} max_us={} errors={} socket_errors={}",
+            "{} conns={} requests={n} rps={:.0} p50_us={} p99_us={} max_us={} errors={} socket_errors={}{}",
             load.label,
             load.connections,
             n as f64 / load.duration.as_secs_f64(),
@@ -452,8 +454,33 @@ impl Tally {
             latencies.last().copied().unwrap_or(0),
             self.non_2xx,
             self.socket_errors,
+            busy.map(|b| format!(" cpu_busy={b:.0}%"))
+                .unwrap_or_default(),
         );
     }
+}
+
+/// The machine's CPU time counters (`/proc/stat`'s first line): (busy, total), in ticks. Busy is
+/// all but idle and iowait: user, nice, system, and the interrupts (loopback traffic is mostly
+/// softirq time).
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3)? + fields.get(4)?;
+    Some((total - idle, total))
+}
+
+/// Percent of the machine's CPU (all cores) busy between two [`cpu_ticks`] readings.
+fn cpu_busy(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((b0, t0), (b1, t1)) = (before?, after?);
+    (t1 > t0).then(|| (b1 - b0) as f64 * 100.0 / (t1 - t0) as f64)
 }
 
 /// One keep-alive connection sending requests back to back until `deadline`; a broken

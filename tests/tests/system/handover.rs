@@ -533,7 +533,25 @@ fn keep_alive_swap_benchmark() {
             .lines()
             .find_map(|l| l.strip_prefix("listening addr=").map(str::to_owned))
     });
-    for conns in [8usize, 64] {
+    // SWAP_BENCH_LOAD: the paced rate as a fraction of the measured capacity (default 0.5);
+    // SWAP_BENCH_CONNECTIONS: one of the connection counts only.
+    let fraction: f64 = std::env::var("SWAP_BENCH_LOAD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|f| *f > 0.0 && *f <= 1.0)
+        .unwrap_or(0.5);
+    let share = if fraction == 0.5 {
+        "half".to_string()
+    } else {
+        format!("{fraction}")
+    };
+    let only: Option<usize> = std::env::var("SWAP_BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    for conns in [8usize, 64]
+        .into_iter()
+        .filter(|c| only.is_none_or(|o| o == *c))
+    {
         for (path, body) in [("/health", None), ("/rpc", Some(rpc))] {
             let url = format!("{base}{path}");
             let full = load(
@@ -545,14 +563,14 @@ fn keep_alive_swap_benchmark() {
                 &format!("swap-bench: capacity {path}"),
                 None,
             );
-            let half = Some(rps(&full) / 2.0);
+            let half = Some(rps(&full) * fraction);
             let steady = load(
                 &url,
                 conns,
                 "5s",
                 body,
                 half,
-                &format!("swap-bench: steady   {path} (half)"),
+                &format!("swap-bench: steady   {path} ({share})"),
                 None,
             );
             let floor = load(
@@ -572,7 +590,7 @@ fn keep_alive_swap_benchmark() {
                         "21s",
                         body,
                         half,
-                        &format!("swap-bench: swapping {path} (half)"),
+                        &format!("swap-bench: swapping {path} ({share})"),
                         trace
                             .as_ref()
                             .map(|d| d.join(format!("slow-{conns}{}.txt", path.replace('/', "-"))))
