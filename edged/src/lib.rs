@@ -232,6 +232,11 @@ pub async fn run(
         }
     };
     let hub = events::Hub::new(config.sse_buffer);
+    // Engine events pass through the peer agent; control-instance events stay there. Tapped before
+    // the engine runs, so the agent sees every event from the first (an adopted engine's first is
+    // the answer to the previous generation's poll), even those before it starts.
+    let (peer_events_tx, peer_events) = tokio::sync::mpsc::unbounded_channel();
+    hub.tap(peer_events_tx);
     let (engine_stop_tx, engine_stop) = watch::channel(false);
     let engine_config = engine::EngineConfig {
         program: config.engine.clone(),
@@ -290,9 +295,6 @@ pub async fn run(
     let (license_events_stop_tx, license_events_stop) = watch::channel(false);
     let license_events_task =
         tokio::spawn(license_events.clone().run(hub.clone(), license_events_stop));
-    // Engine events pass through the peer agent from now on; control-instance events stay there.
-    let (peer_events_tx, peer_events) = tokio::sync::mpsc::unbounded_channel();
-    hub.tap(peer_events_tx);
     let (peer_stop_tx, peer_stop) = watch::channel(false);
     let (peer, peer_task) = peer::Peer::start(
         engine.clone(),
