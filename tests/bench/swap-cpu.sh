@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # CPU a generation swap costs, by process: privitty-init itself, the generations (the new one's
 # start and the old one's stop, reaped by privitty-init), and the engine (the same process all
-# along: it is handed over). An idle managed stack, SIGHUP swaps one after the other.
+# along: it is handed over). An idle managed stack, a SIGHUP swap 100 ms after the previous one
+# was ready (back to back, a generation would be stopped before its peer agent's first look at the
+# account, which is part of what a swap costs).
 # Usage: tests/bench/swap-cpu.sh [SWAPS] [BASELINE_BIN_DIR]
 #   BASELINE_BIN_DIR: another build's release binaries (privitty-init, privitty-edged), measured
 #   in the same run, before this build's.
@@ -41,6 +43,7 @@ measure() {
     for i in $(seq 1 "$swaps"); do
         kill -HUP "$pid"
         wait_ready $((i + 1))
+        sleep 0.1
     done
     # The last old generation is reaped once it has stopped.
     local deadline=$((SECONDS + 10))
