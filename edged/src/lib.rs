@@ -185,18 +185,20 @@ pub async fn run(
             Ok::<_, RunError>((Arc::new(auth), files, fingerprint, Arc::new(store)))
         })
     };
-    let (auth, files_dir, fingerprint, files) = tokio::select! {
-        p = prepared => p.map_err(|e| RunError::Panicked(e.to_string()))??,
-        _ = &mut shutdown => {
-            stop_handed_engine(engine_pair.as_ref(), &config.accounts, engine_deadline).await;
-            return Ok(());
-        }
+    let prepared = async {
+        let (auth, files_dir, fingerprint, files) = prepared
+            .await
+            .map_err(|e| RunError::Panicked(e.to_string()))??;
+        let peer_files = peer::Peer::open_files(files.clone())
+            .await
+            .map_err(|source| RunError::KeyStore {
+                path: config.accounts.clone(),
+                source: Box::new(source),
+            })?;
+        Ok::<_, RunError>((auth, files_dir, fingerprint, files, peer_files))
     };
-    let peer_files = tokio::select! {
-        p = peer::Peer::open_files(files.clone()) => p.map_err(|source| RunError::KeyStore {
-            path: config.accounts.clone(),
-            source: Box::new(source),
-        })?,
+    let (auth, files_dir, fingerprint, files, peer_files) = tokio::select! {
+        p = prepared => p?,
         _ = &mut shutdown => {
             stop_handed_engine(engine_pair.as_ref(), &config.accounts, engine_deadline).await;
             return Ok(());

@@ -80,8 +80,7 @@ pub struct Peer {
 /// What the agent knows that the engine does not say cheaply: which messages are control
 /// instances, and the account's address. It travels with a handed-over engine (as opaque JSON in
 /// the hand-over message), so that the next generation's agent does not look every instance up
-/// again (one `get_chat_media` over the whole account, and the reads after it: the engine's
-/// largest cost in a swap).
+/// again (one `get_chat_media` over the whole account, and a read per instance).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Carry {
     instances: Vec<u32>,

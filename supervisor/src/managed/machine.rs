@@ -1077,6 +1077,22 @@ mod tests {
     }
 
     /// A machine whose generation 1 (pid 100) is serving with license "a", at `t0`.
+    /// Generation 1 spawned without a license, not ready yet.
+    fn starting_unlicensed() -> (Machine, Instant) {
+        let t0 = Instant::now();
+        let mut m = Machine::new(settings());
+        m.step(t0, boot());
+        m.step(
+            t0,
+            Input::Spawned {
+                generation: 1,
+                pid: pid(100),
+                license: None,
+            },
+        );
+        (m, t0)
+    }
+
     fn serving() -> (Machine, Instant) {
         let t0 = Instant::now();
         let mut m = Machine::new(settings());
@@ -1511,17 +1527,7 @@ mod tests {
 
     #[test]
     fn a_generation_that_never_becomes_ready_is_stopped_and_replaced() {
-        let t0 = Instant::now();
-        let mut m = Machine::new(settings());
-        m.step(t0, boot());
-        m.step(
-            t0,
-            Input::Spawned {
-                generation: 1,
-                pid: pid(100),
-                license: None,
-            },
-        );
+        let (mut m, t0) = starting_unlicensed();
         let t1 = t0 + Duration::from_secs(30);
         let acts = m.step(t1, Input::Timer(Timer::ReadyDeadline(1)));
         assert_eq!(
@@ -2100,17 +2106,7 @@ mod tests {
 
         // A missed ready deadline: the overdue generation gets no token, nor does the one that
         // replaces it stop anything when it starts.
-        let t0 = Instant::now();
-        let mut m = Machine::new(settings());
-        m.step(t0, boot());
-        m.step(
-            t0,
-            Input::Spawned {
-                generation: 1,
-                pid: pid(100),
-                license: None,
-            },
-        );
+        let (mut m, t0) = starting_unlicensed();
         let t1 = t0 + Duration::from_secs(30);
         let acts = m.step(t1, Input::Timer(Timer::ReadyDeadline(1)));
         assert!(acts.contains(&term(100)), "{acts:?}");
