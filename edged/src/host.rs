@@ -215,6 +215,29 @@ pub fn notify_ready(status: &str) {
     }
 }
 
+/// Lowers every thread of this process to the lowest CPU priority (nice 19); threads started
+/// later inherit it. For a generation that has handed everything over: lowering needs no
+/// privilege, and nothing raises it again. Best effort: a thread that ended meanwhile is skipped.
+pub fn lower_priority() {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let tid = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(tid) = tid {
+            // On Linux `PRIO_PROCESS` with a thread id sets that thread's nice value.
+            let _ = rustix::process::setpriority_process(Some(tid), LOWEST_PRIORITY);
+        }
+    }
+}
+
+/// The highest nice value: the least CPU when others want it.
+const LOWEST_PRIORITY: i32 = 19;
+
 /// Tells the service manager edged is stopping.
 pub fn notify_stopping() {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
@@ -223,6 +246,68 @@ pub fn notify_stopping() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Set in the child process [`lower_priority_lowers_every_thread_of_the_process`] runs: the
+    /// change is the whole process's, so it is made in a process of its own.
+    const PRIORITY_CHILD: &str = "PRIVITTY_TEST_LOWER_PRIORITY_CHILD";
+
+    /// The nice value of each thread of this process (field 19 of `/proc/self/task/*/stat`).
+    fn nice_of_every_thread() -> Vec<i32> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+            .map(|stat| {
+                let after_comm = &stat[stat.rfind(") ").unwrap() + 2..];
+                after_comm
+                    .split_whitespace()
+                    .nth(16)
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lower_priority_lowers_every_thread_of_the_process() {
+        if std::env::var_os(PRIORITY_CHILD).is_some() {
+            // A thread started before, waiting; the harness's own threads are there too.
+            let (release, wait) = std::sync::mpsc::channel::<()>();
+            let waiting = std::thread::spawn(move || wait.recv());
+            if nice_of_every_thread().contains(&LOWEST_PRIORITY) {
+                println!("SKIPPED: this test process runs at nice {LOWEST_PRIORITY} already");
+                return;
+            }
+            lower_priority();
+            let nice = nice_of_every_thread();
+            release.send(()).unwrap();
+            waiting.join().unwrap().unwrap();
+            assert!(nice.len() >= 3, "{nice:?}");
+            assert!(nice.iter().all(|n| *n == LOWEST_PRIORITY), "{nice:?}");
+            println!("every thread at nice {LOWEST_PRIORITY}: {nice:?}");
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "host::tests::lower_priority_lowers_every_thread_of_the_process",
+                "--nocapture",
+            ])
+            .env(PRIORITY_CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if let Some(skipped) = stdout.lines().find(|l| l.starts_with("SKIPPED")) {
+            eprintln!("{skipped}");
+            return;
+        }
+        assert!(
+            out.status.success() && stdout.contains("every thread at nice 19"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     #[tokio::test]
     async fn second_locker_is_refused_without_wait_and_admitted_after_release() {

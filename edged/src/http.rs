@@ -68,10 +68,16 @@ pub struct HttpConfig {
     pub viewer: Arc<Viewer>,
 }
 
+/// What answers requests once this generation has it: `None` while it starts (it waits for the
+/// data-directory lock and the engine), `Some` from then on; the sender gone without a service
+/// means the start-up failed. Connections handed over by the previous generation are taken while
+/// it is `None`, and served once it is set.
+pub type ServiceSlot = watch::Receiver<Option<Arc<Service>>>;
+
 /// Shared by every connection.
 #[derive(Debug)]
 struct Shared {
-    service: Arc<Service>,
+    service: ServiceSlot,
     config: HttpConfig,
     /// Turns true at shutdown: ends SSE streams and asks connections to close.
     stop: watch::Receiver<bool>,
@@ -87,10 +93,17 @@ struct Shared {
 
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish, ends SSE
 /// streams and returns once every connection closed (or `stop_timeout` passed).
+///
+/// Connections the previous generation hands over are taken at once, even before `service` is set,
+/// so that a swap's hand-over overlaps this generation's start-up; they are served once it is set.
+/// New connections are accepted only then (until then they wait in the kernel backlog, where a
+/// generation that fails to start cannot lose them). Returns how many connections were handed
+/// over before the service was set, through `taken_early`.
 pub async fn serve(
     listener: TcpListener,
-    service: Arc<Service>,
+    service: ServiceSlot,
     config: HttpConfig,
+    taken_early: Arc<AtomicU64>,
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop_tx, stop) = watch::channel(false);
@@ -123,6 +136,7 @@ pub async fn serve(
     // generation stops in turn (it must not take back what it hands over itself).
     if let Some(receiver) = receiver {
         let (shared, permits) = (shared.clone(), permits.clone());
+        let taken_early = taken_early.clone();
         tokio::spawn(async move {
             let mut stop = shared.stop.clone();
             loop {
@@ -156,6 +170,9 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                if shared.service.borrow().is_none() {
+                    taken_early.fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::debug!(peer = %handed.peer, buffered = handed.buffered.len(), "serving a handed-over connection");
                 let shared = shared.clone();
                 let io = handover::Prefixed::new(handed.buffered, stream);
@@ -172,37 +189,50 @@ pub async fn serve(
         });
     }
     tokio::pin!(shutdown);
-    loop {
-        // Taking a permit before accepting keeps excess connections in the kernel backlog.
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
-            _ = &mut shutdown => break,
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    // EMFILE and friends: pause instead of spinning; the connection waits in the backlog.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let span = tracing::debug_span!("conn", %peer);
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                serve_connection(handover::Prefixed::new(Vec::new(), stream), peer, shared).await;
-                drop(permit);
-            },
-            span,
-        ));
+    // Accepting starts once there is a service to answer with.
+    let mut slot = shared.service.clone();
+    let startable = tokio::select! {
+        s = slot.wait_for(Option::is_some) => s.is_ok(),
+        _ = &mut shutdown => false,
+    };
+    if startable {
+        loop {
+            // Taking a permit before accepting keeps excess connections in the kernel backlog.
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
+                _ = &mut shutdown => break,
+            };
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // EMFILE and friends: pause instead of spinning; the connection waits in the backlog.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let shared = shared.clone();
+            let span = tracing::debug_span!("conn", %peer);
+            tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    serve_connection(handover::Prefixed::new(Vec::new(), stream), peer, shared)
+                        .await;
+                    drop(permit);
+                },
+                span,
+            ));
+        }
     }
     drop(listener);
-    tracing::info!("stopping: no new connections; finishing in-flight requests");
+    if startable {
+        tracing::info!("stopping: no new connections; finishing in-flight requests");
+    } else {
+        tracing::info!("stopping before serving: connections taken over are handed on unread");
+    }
     let _ = stop_tx.send(true);
     let all_closed = permits.acquire_many(max as u32);
     if tokio::time::timeout(stop_timeout, all_closed)
@@ -229,6 +259,30 @@ async fn serve_connection(
 ) {
     let mut stop = shared.stop.clone();
     let mut kill = shared.kill.clone();
+    // A connection handed over while this generation starts waits here, unread, for the service.
+    let service = {
+        let mut slot = shared.service.clone();
+        tokio::select! {
+            biased;
+            s = slot.wait_for(Option::is_some) => s.ok().and_then(|s| s.clone()),
+            _ = crate::stopped(&mut stop) => None,
+        }
+    };
+    let Some(service) = service else {
+        // Stopped (or failed) before serving: nothing of it was read here, so it goes on to the
+        // next generation exactly as it came, with the bytes read ahead before.
+        let (stream, buffered) = io.into_parts();
+        if let Some(sender) = &shared.handover {
+            match sender.send(&stream, peer, &buffered) {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "connection not handed over; closing it")
+                }
+            }
+        }
+        close(handover::Prefixed::new(Vec::new(), stream), peer, Ok(())).await;
+        return;
+    };
     // A connection accepted just before a stop has usually had its request sent already, but hyper
     // counts a connection whose first request it has not read yet as idle, and a graceful shutdown
     // would close it unanswered. So without a hand-over a connection waits for its first request
@@ -243,9 +297,10 @@ async fn serve_connection(
     let svc = hyper::service::service_fn(move |req| -> Handler {
         svc_first.arrived();
         let shared = svc_shared.clone();
+        let service = service.clone();
         let guard = ActiveGuard::new(svc_active.clone());
         Box::pin(async move {
-            let resp = route(req, shared).await;
+            let resp = route(req, shared, service).await;
             // The guard lives as long as the body: hyper drops the body once it wrote it.
             Ok::<_, Infallible>(resp.map(move |body| {
                 BoxBody::new(Guarded {
@@ -324,7 +379,7 @@ async fn serve_connection(
         match sender.send(&stream, peer, &buffered) {
             // Our copy closes when `stream` drops; the connection lives on in the next generation.
             Ok(()) => return,
-            Err(e) => tracing::debug!(%peer, error = %e, "connection not handed over; closing it"),
+            Err(e) => tracing::warn!(%peer, error = %e, "connection not handed over; closing it"),
         }
     }
     close(handover::Prefixed::new(Vec::new(), stream), peer, drained).await;
@@ -431,7 +486,11 @@ impl FirstRequest {
     }
 }
 
-async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<ResponseBody> {
+async fn route(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    service: Arc<Service>,
+) -> Response<ResponseBody> {
     shared.requests.fetch_add(1, Ordering::Relaxed);
     let config = &shared.config;
     let origin = req
@@ -447,7 +506,7 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Response
     let path = req.uri().path();
     // /health first: probes use whatever address they reach, and it tells nothing secret.
     let mut resp = if path == "/health" && req.method() == Method::GET {
-        health(&shared)
+        health(&shared, &service)
     } else if !config.host.allows(req.headers()) {
         misdirected()
     } else if req.method() == Method::OPTIONS && config.cors.enabled() {
@@ -459,13 +518,13 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Response
         };
         match refused {
             Some(refused) => refused,
-            None if req.method() == Method::GET => metrics(&shared).await,
+            None if req.method() == Method::GET => metrics(&service).await,
             None => not_allowed("GET"),
         }
     } else if path.starts_with(STREAM_PREFIX) {
         // The viewer's own token, not the API token: the viewer checks it.
         match *req.method() {
-            Method::GET => viewer(config.viewer.stream(&req, &shared.service).await),
+            Method::GET => viewer(config.viewer.stream(&req, &service).await),
             _ => not_allowed("GET"),
         }
     } else if let Some(refused) = check_token(&req, config) {
@@ -475,7 +534,7 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Response
             (&Method::POST, "/rpc") if origin.is_some() && allowed_origin.is_none() => {
                 from_a_web_page(config.cors.enabled())
             }
-            (&Method::POST, "/rpc") => rpc_request(req, &shared).await,
+            (&Method::POST, "/rpc") => rpc_request(req, &shared, &service).await,
             (&Method::POST, "/auth") if origin.is_some() && allowed_origin.is_none() => {
                 json_status(
                     StatusCode::FORBIDDEN,
@@ -483,7 +542,7 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Response
                 )
             }
             (&Method::POST, "/auth") => viewer(config.viewer.auth(req).await),
-            (&Method::GET, "/events") => events(&shared),
+            (&Method::GET, "/events") => events(&shared, &service),
             (_, "/rpc" | "/auth") => not_allowed("POST"),
             (_, "/health" | "/events") => not_allowed("GET"),
             (_, path) => json_status(
@@ -606,8 +665,7 @@ struct EngineHealth {
     restarts: u64,
 }
 
-fn health(shared: &Shared) -> Response<ResponseBody> {
-    let service = &shared.service;
+fn health(shared: &Shared, service: &Service) -> Response<ResponseBody> {
     let body = Health {
         status: "ok",
         service: "privitty-edged",
@@ -628,8 +686,8 @@ fn health(shared: &Shared) -> Response<ResponseBody> {
 
 /// The Prometheus scrape: read from memory (and at most once a second from the data directory's
 /// sync records), never from the engine.
-async fn metrics(shared: &Shared) -> Response<ResponseBody> {
-    let text = shared.service.metrics.render().await;
+async fn metrics(service: &Service) -> Response<ResponseBody> {
+    let text = service.metrics.render().await;
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
@@ -637,7 +695,7 @@ async fn metrics(shared: &Shared) -> Response<ResponseBody> {
         .expect("valid response")
 }
 
-fn events(shared: &Shared) -> Response<ResponseBody> {
+fn events(shared: &Shared, service: &Service) -> Response<ResponseBody> {
     let Ok(slot) = shared.sse_slots.clone().try_acquire_owned() else {
         let mut r = json_status(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -650,9 +708,9 @@ fn events(shared: &Shared) -> Response<ResponseBody> {
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         return r;
     };
-    let license = shared.service.license_events.clone();
+    let license = service.license_events.clone();
     let body = crate::events::sse_body(
-        &shared.service.hub,
+        &service.hub,
         move || license.greeting(),
         shared.config.sse_ping_interval,
         shared.stop.clone(),
@@ -701,7 +759,11 @@ fn too_large() -> Response<ResponseBody> {
     )
 }
 
-async fn rpc_request(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<ResponseBody> {
+async fn rpc_request(
+    req: Request<Incoming>,
+    shared: &Arc<Shared>,
+    service: &Arc<Service>,
+) -> Response<ResponseBody> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -734,7 +796,6 @@ async fn rpc_request(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<R
             );
         }
     };
-    let service = &shared.service;
     match rpc::parse(&body) {
         Body::Broken(err) => {
             service.metrics.record_invalid();
@@ -750,8 +811,7 @@ async fn rpc_request(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<R
         }
         Body::Single(Item::Call(call)) => {
             tracing::debug!(method = %call.method, "rpc call");
-            let outcome = shared
-                .service
+            let outcome = service
                 .call_until_stop(&call.method, call.params, None, shared.stop.clone())
                 .await;
             match (call.id, outcome) {
@@ -777,12 +837,16 @@ async fn rpc_request(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<R
                 ),
             )
         }
-        Body::Batch(items) => batch(items, shared).await,
+        Body::Batch(items) => batch(items, shared, service).await,
     }
 }
 
 /// Runs a batch's calls concurrently and answers in request order; nothing to answer → 204.
-async fn batch(items: Vec<Item>, shared: &Arc<Shared>) -> Response<ResponseBody> {
+async fn batch(
+    items: Vec<Item>,
+    shared: &Arc<Shared>,
+    service: &Arc<Service>,
+) -> Response<ResponseBody> {
     let mut answers: Vec<Option<String>> = vec![None; items.len()];
     let mut running = JoinSet::new();
     // One budget for the whole batch: the answers held for this response stay under the cap.
@@ -790,15 +854,15 @@ async fn batch(items: Vec<Item>, shared: &Arc<Shared>) -> Response<ResponseBody>
     for (i, item) in items.into_iter().enumerate() {
         match item {
             Item::Invalid { id, error } => {
-                shared.service.metrics.record_invalid();
+                service.metrics.record_invalid();
                 answers[i] = Some(rpc::response(&id, &Err(error)));
             }
             Item::BadParams { id, method, error } => {
-                let error = shared.service.refuse_bad_params(&method, error);
+                let error = service.refuse_bad_params(&method, error);
                 answers[i] = Some(rpc::response(&id, &Err(error)));
             }
             Item::Call(call) => {
-                let service = shared.service.clone();
+                let service = service.clone();
                 let stop = shared.stop.clone();
                 let budget = budget.clone();
                 running.spawn(async move {

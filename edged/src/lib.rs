@@ -221,62 +221,71 @@ pub async fn run(
         expires_at = eval.expires_at,
         "license loaded"
     );
+    let http_config = http::HttpConfig {
+        cors: config.cors.clone(),
+        auth: auth.clone(),
+        metrics_auth: config.metrics_auth,
+        host: auth::HostCheck::new(served, &config.allowed_hosts),
+        max_batch: config.rpc_max_batch,
+        max_response: config.rpc_max_response,
+        sse_max_clients: config.sse_max_clients,
+        max_connections: config.max_connections,
+        header_timeout: config.header_timeout,
+        body_timeout: config.body_timeout,
+        sse_ping_interval: config.sse_ping_interval,
+        // A tenth for the standby wait (a swap), half for the drain, 2/5 for the engine.
+        stop_timeout: config.stop_timeout / 2,
+        viewer: Arc::new(viewer::Viewer::new(
+            fingerprint,
+            viewer::ViewerSettings {
+                max_streams: config.viewer_max_streams,
+                body_timeout: config.body_timeout,
+            },
+        )),
+    };
+    // The HTTP side starts now: it takes the connections a previous generation hands over while
+    // this one waits for the lock and the engine, and serves them (and accepts new ones) once the
+    // service is set.
+    let (service_slot, service_rx) = watch::channel(None);
+    let taken_early = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (http_stop_tx, mut http_stop) = watch::channel(false);
+    let http = tokio::spawn(tracing::Instrument::in_current_span(http::serve(
+        listener,
+        service_rx,
+        http_config,
+        taken_early.clone(),
+        async move { stopped(&mut http_stop).await },
+    )));
     // All that can be done before the lock is done: a previous generation stopping for this swap
     // serves until it hears this, then lets the lock go as fast as it can.
     if let (Some(pair), Some(g)) = (&engine_pair, config.generation) {
         pair.announce_standby(g.number);
     }
-    let lock = tokio::select! {
-        l = host::lock_data_dir(&config.accounts, config.wait_for_lock) => l?,
-        _ = &mut shutdown => {
-            stop_handed_engine(engine_pair.as_ref(), &config.accounts, engine_deadline).await;
-            return Ok(());
+    let started = start_engine(
+        &config,
+        engine_pair.as_ref(),
+        engine_deadline,
+        &mut shutdown,
+    )
+    .await;
+    let EngineStarted {
+        lock,
+        hub,
+        peer_events,
+        engine,
+        keeper,
+        engine_stop: engine_stop_tx,
+        carried,
+    } = match started {
+        Ok(Some(started)) => started,
+        failed => {
+            // Connections taken over wait, unread, for a service that never comes: they go on to
+            // the next generation (or privitty-init closes them) as they came.
+            drop(service_slot);
+            let _ = http_stop_tx.send(true);
+            let _ = http.await;
+            return failed.map(|_| ());
         }
-    };
-    let hub = events::Hub::new(config.sse_buffer);
-    // Engine events pass through the peer agent; control-instance events stay there. Tapped before
-    // the engine runs, so the agent sees every event from the first (an adopted engine's first is
-    // the answer to the previous generation's poll), even those before it starts.
-    let (peer_events_tx, peer_events) = tokio::sync::mpsc::unbounded_channel();
-    hub.tap(peer_events_tx);
-    let (engine_stop_tx, engine_stop) = watch::channel(false);
-    let engine_config = engine::EngineConfig {
-        program: config.engine.clone(),
-        data_dir: config.accounts.clone(),
-        profile: config.profile.clone(),
-        max_answer: config.rpc_max_response,
-        realtime_off: !config.policy.realtime_allowed(),
-    };
-    let mut handed = engine_pair
-        .as_ref()
-        .and_then(engine_handover::EnginePair::receive);
-    // What the previous generation's peer agent knew, for this one's to start from.
-    let carried = handed.as_mut().and_then(|r| r.carried.take());
-    let started = if let Some(released) = handed {
-        // Running and set up already: no start, no set-up, no gap for them.
-        Some(engine::Engine::adopt(
-            engine_config,
-            released,
-            hub.clone(),
-            engine_stop,
-            engine_deadline,
-        )?)
-    } else {
-        // A stop during the engine's start-up stops it like any other stop, never by dropping it
-        // (which would SIGKILL an engine that may be writing its databases).
-        let start = engine::Engine::start(engine_config, hub.clone(), engine_stop, engine_deadline);
-        tokio::pin!(start);
-        tokio::select! {
-            r = &mut start => r?,
-            _ = &mut shutdown => {
-                let _ = engine_stop_tx.send(true);
-                start.await?
-            }
-        }
-    };
-    let Some((engine, keeper)) = started else {
-        tracing::info!("stopped during the engine's start-up");
-        return Ok(());
     };
     let metrics = Arc::new(metrics::Metrics::new(
         metrics::Sources {
@@ -325,37 +334,18 @@ pub async fn run(
     let auth_watch = tokio::spawn(auth::watch(auth.clone(), auth_stop));
     let (write_back_stop_tx, write_back_stop) = watch::channel(false);
     let write_back = tokio::spawn(license::write_back(license.clone(), write_back_stop));
-    let addr = listener.local_addr().map_err(RunError::Listener)?;
+    // The connections taken over so far, and every one from now on, are served with it.
+    service_slot.send_replace(Some(service));
+    let addr = served;
     host::notify_ready(&format!("serving on {addr}; license {}", eval.status));
     tracing::info!(
         %addr,
         license = eval.status.as_str(),
         generation = config.generation.map(|g| g.number),
         metrics_auth = config.metrics_auth.as_str(),
+        connections_taken_over = taken_early.load(std::sync::atomic::Ordering::Relaxed),
         "ready"
     );
-    let http_config = http::HttpConfig {
-        cors: config.cors.clone(),
-        auth,
-        metrics_auth: config.metrics_auth,
-        host: auth::HostCheck::new(served, &config.allowed_hosts),
-        max_batch: config.rpc_max_batch,
-        max_response: config.rpc_max_response,
-        sse_max_clients: config.sse_max_clients,
-        max_connections: config.max_connections,
-        header_timeout: config.header_timeout,
-        body_timeout: config.body_timeout,
-        sse_ping_interval: config.sse_ping_interval,
-        // A tenth for the standby wait (a swap), half for the drain, 2/5 for the engine.
-        stop_timeout: config.stop_timeout / 2,
-        viewer: Arc::new(viewer::Viewer::new(
-            fingerprint,
-            viewer::ViewerSettings {
-                max_streams: config.viewer_max_streams,
-                body_timeout: config.body_timeout,
-            },
-        )),
-    };
     // A stop for a swap (privitty-init's token) waits, still serving, until the next generation
     // is on standby (or a tenth of the stop timeout passed), so that what it hands over (the
     // connections, the engine) is taken at once rather than after the newcomer's start-up.
@@ -377,7 +367,11 @@ pub async fn run(
             }
         }
     };
-    http::serve(listener, service, http_config, stop).await;
+    stop.await;
+    let _ = http_stop_tx.send(true);
+    if let Err(e) = http.await {
+        tracing::error!(error = %e, "the HTTP server failed inside privitty-edged");
+    }
     host::notify_stopping();
     let _ = peer_stop_tx.send(true);
     let peer_stopped = peer_task.await.ok();
@@ -413,12 +407,102 @@ pub async fn run(
     // generation, waiting for it, starts serving now rather than after the write-back (which has
     // its own lock: usage is added, never overwritten).
     drop(lock);
+    if swap.load(std::sync::atomic::Ordering::Relaxed) {
+        // What is left (the write-back, the runtime's and the process's end: about a millisecond
+        // of CPU) runs while the next generation works off the requests that waited for the swap:
+        // it takes only the CPU nobody else wants.
+        host::lower_priority();
+    }
     let _ = write_back_stop_tx.send(true);
     let _ = write_back.await;
     let _ = auth_stop_tx.send(true);
     let _ = auth_watch.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What [`start_engine`] leaves running: the data-directory lock and the engine (adopted from the
+/// previous generation or started), with the event hub it feeds.
+struct EngineStarted {
+    lock: host::DataDirLock,
+    hub: events::Hub,
+    /// The engine's events for the peer agent (tapped before the engine runs).
+    peer_events: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    engine: engine::Engine,
+    keeper: tokio::task::JoinHandle<()>,
+    engine_stop: watch::Sender<bool>,
+    /// What the previous generation's peer agent knew, when it was complete.
+    carried: Option<serde_json::Value>,
+}
+
+/// Takes the data-directory lock (the previous generation lets it go once it has handed its engine
+/// over), then the engine it handed over, or starts one. `Ok(None)`: a stop came first (an engine
+/// handed over meanwhile is stopped, never left without an owner).
+async fn start_engine(
+    config: &Config,
+    engine_pair: Option<&engine_handover::EnginePair>,
+    engine_deadline: Duration,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Option<EngineStarted>, RunError> {
+    let lock = tokio::select! {
+        l = host::lock_data_dir(&config.accounts, config.wait_for_lock) => l?,
+        _ = &mut *shutdown => {
+            stop_handed_engine(engine_pair, &config.accounts, engine_deadline).await;
+            return Ok(None);
+        }
+    };
+    let hub = events::Hub::new(config.sse_buffer);
+    // Engine events pass through the peer agent; control-instance events stay there. Tapped before
+    // the engine runs, so the agent sees every event from the first (an adopted engine's first is
+    // the answer to the previous generation's poll), even those before it starts.
+    let (peer_events_tx, peer_events) = tokio::sync::mpsc::unbounded_channel();
+    hub.tap(peer_events_tx);
+    let (engine_stop_tx, engine_stop) = watch::channel(false);
+    let engine_config = engine::EngineConfig {
+        program: config.engine.clone(),
+        data_dir: config.accounts.clone(),
+        profile: config.profile.clone(),
+        max_answer: config.rpc_max_response,
+        realtime_off: !config.policy.realtime_allowed(),
+    };
+    let mut handed = engine_pair.and_then(engine_handover::EnginePair::receive);
+    // What the previous generation's peer agent knew, for this one's to start from.
+    let carried = handed.as_mut().and_then(|r| r.carried.take());
+    let started = if let Some(released) = handed {
+        // Running and set up already: no start, no set-up, no gap for them.
+        Some(engine::Engine::adopt(
+            engine_config,
+            released,
+            hub.clone(),
+            engine_stop,
+            engine_deadline,
+        )?)
+    } else {
+        // A stop during the engine's start-up stops it like any other stop, never by dropping it
+        // (which would SIGKILL an engine that may be writing its databases).
+        let start = engine::Engine::start(engine_config, hub.clone(), engine_stop, engine_deadline);
+        tokio::pin!(start);
+        tokio::select! {
+            r = &mut start => r?,
+            _ = &mut *shutdown => {
+                let _ = engine_stop_tx.send(true);
+                start.await?
+            }
+        }
+    };
+    let Some((engine, keeper)) = started else {
+        tracing::info!("stopped during the engine's start-up");
+        return Ok(None);
+    };
+    Ok(Some(EngineStarted {
+        lock,
+        hub,
+        peer_events,
+        engine,
+        keeper,
+        engine_stop: engine_stop_tx,
+        carried,
+    }))
 }
 
 /// A stop of the whole tree while this generation started during a swap: the previous one may be

@@ -10,7 +10,7 @@
 #     the machine's cores were)
 # Usage: tests/bench/swap-bench.sh [--release] [SWAPS]   (default 20 swaps, debug build)
 # Environment: SWAP_BENCH_LOAD (paced rate as a fraction of capacity, default 0.5),
-#   SWAP_BENCH_CONNECTIONS (8 or 64 only), SWAP_BENCH_TRACE=DIR (the swapping runs' requests over
+#   SWAP_BENCH_CONNECTIONS (8 or 64 only), SWAP_BENCH_ROUTE (/health or /rpc only), SWAP_BENCH_TRACE=DIR (the swapping runs' requests over
 #   2 ms, and the stack's log, to line them up with the swaps' steps).
 set -euo pipefail
 cd "$(dirname "$0")/../.."

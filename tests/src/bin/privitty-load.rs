@@ -366,8 +366,8 @@ async fn paced_connection(
                         tally.non_2xx += 1;
                     }
                 }
-                Err(_) => {
-                    tally.socket_errors += 1;
+                Err(e) => {
+                    tally.socket_error(format!("{e:#}"));
                     continue 'connect;
                 }
             }
@@ -424,13 +424,23 @@ struct Tally {
     non_2xx: u64,
     /// Requests that got no answer (the connection broke); the client then reconnects.
     socket_errors: u64,
+    /// What the first of them was, for the result line.
+    first_socket_error: Option<String>,
 }
 
 impl Tally {
+    fn socket_error(&mut self, what: String) {
+        self.socket_errors += 1;
+        self.first_socket_error.get_or_insert(what);
+    }
+
     fn add(&mut self, other: Tally) {
         self.latencies.extend(other.latencies);
         self.non_2xx += other.non_2xx;
         self.socket_errors += other.socket_errors;
+        if self.first_socket_error.is_none() {
+            self.first_socket_error = other.first_socket_error;
+        }
     }
 
     /// The result line; `busy`: the machine's CPU over the run ([`cpu_busy`]).
@@ -445,7 +455,7 @@ impl Tally {
                 .unwrap_or(0)
         };
         println!(
-            "{} conns={} requests={n} rps={:.0} p50_us={} p99_us={} max_us={} errors={} socket_errors={}{}",
+            "{} conns={} requests={n} rps={:.0} p50_us={} p99_us={} max_us={} errors={} socket_errors={}{}{}",
             load.label,
             load.connections,
             n as f64 / load.duration.as_secs_f64(),
@@ -455,6 +465,9 @@ impl Tally {
             self.non_2xx,
             self.socket_errors,
             busy.map(|b| format!(" cpu_busy={b:.0}%"))
+                .unwrap_or_default(),
+            self.first_socket_error
+                .map(|e| format!(" first_socket_error={e:?}"))
                 .unwrap_or_default(),
         );
     }
@@ -531,8 +544,8 @@ async fn one_connection(
                         tally.non_2xx += 1;
                     }
                 }
-                Err(_) => {
-                    tally.socket_errors += 1;
+                Err(e) => {
+                    tally.socket_error(e.to_string());
                     continue 'connect;
                 }
             }

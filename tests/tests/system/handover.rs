@@ -253,6 +253,20 @@ fn keep_alive_clients_that_never_retry_see_no_failure_across_swaps() {
         "clients that never retry failed across swaps:\n{}",
         failures.join("\n")
     );
+    // The next generation takes the connections while it waits for the lock and the engine, not
+    // after: its `ready` line counts those it held already.
+    let taken: Vec<u64> = stack
+        .log()
+        .iter()
+        .filter(|l| l["message"] == "ready" && l["generation"].as_u64().is_some_and(|g| g > 1))
+        .map(|l| l["connections_taken_over"].as_u64().expect("counted"))
+        .collect();
+    assert_eq!(taken.len() as u64, SWAPS, "one ready line per swap");
+    let early = taken.iter().filter(|n| **n > 0).count() as u64;
+    assert!(
+        early >= SWAPS / 2,
+        "connections were taken over before the next generation was ready in {early} of {SWAPS} swaps: {taken:?}"
+    );
     assert!(!stack.exited());
 }
 
@@ -548,11 +562,16 @@ fn keep_alive_swap_benchmark() {
     let only: Option<usize> = std::env::var("SWAP_BENCH_CONNECTIONS")
         .ok()
         .and_then(|v| v.parse().ok());
+    // SWAP_BENCH_ROUTE: one of the routes only (`/health` or `/rpc`).
+    let route = std::env::var("SWAP_BENCH_ROUTE").ok();
     for conns in [8usize, 64]
         .into_iter()
         .filter(|c| only.is_none_or(|o| o == *c))
     {
-        for (path, body) in [("/health", None), ("/rpc", Some(rpc))] {
+        for (path, body) in [("/health", None), ("/rpc", Some(rpc))]
+            .into_iter()
+            .filter(|(p, _)| route.as_deref().is_none_or(|r| r == *p))
+        {
             let url = format!("{base}{path}");
             let full = load(
                 &url,
@@ -605,6 +624,13 @@ fn keep_alive_swap_benchmark() {
                     let at = began + Duration::from_millis(200) * i;
                     if let Some(d) = at.checked_duration_since(Instant::now()) {
                         std::thread::sleep(d);
+                    }
+                    if let Ok(b) = std::env::var("SWAP_BENCH_BURST") {
+                        std::process::Command::new("/tmp/burst/burn")
+                            .arg(&b)
+                            .status()
+                            .unwrap();
+                        continue;
                     }
                     stack.signal(Signal::SIGHUP);
                     generation += 1;
