@@ -330,12 +330,12 @@ pub async fn run(
         metrics,
         license_events,
     });
+    // The connections taken over so far, and every one from now on, are served with it.
+    service_slot.send_replace(Some(service));
     let (auth_stop_tx, auth_stop) = watch::channel(false);
     let auth_watch = tokio::spawn(auth::watch(auth.clone(), auth_stop));
     let (write_back_stop_tx, write_back_stop) = watch::channel(false);
     let write_back = tokio::spawn(license::write_back(license.clone(), write_back_stop));
-    // The connections taken over so far, and every one from now on, are served with it.
-    service_slot.send_replace(Some(service));
     let addr = served;
     host::notify_ready(&format!("serving on {addr}; license {}", eval.status));
     tracing::info!(

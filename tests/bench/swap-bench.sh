@@ -10,8 +10,10 @@
 #     the machine's cores were)
 # Usage: tests/bench/swap-bench.sh [--release] [SWAPS]   (default 20 swaps, debug build)
 # Environment: SWAP_BENCH_LOAD (paced rate as a fraction of capacity, default 0.5),
-#   SWAP_BENCH_CONNECTIONS (8 or 64 only), SWAP_BENCH_ROUTE (/health or /rpc only), SWAP_BENCH_TRACE=DIR (the swapping runs' requests over
-#   2 ms, and the stack's log, to line them up with the swaps' steps).
+#   SWAP_BENCH_CONNECTIONS (8 or 64 only), SWAP_BENCH_ROUTE (/health or /rpc only),
+#   SWAP_BENCH_TRACE=DIR (the swapping runs' requests over 2 ms and the stack's log go there; the
+#   bench then runs tests/bench/swap-trace.py on them: per swap, the slowest request, and the time
+#   from the old generation's last accept to the new one's ready).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -39,3 +41,7 @@ if ! cargo test --locked "${profile[@]}" -p privitty-tests --test system handove
     exit 1
 fi
 grep '^swap-bench:' "$out"
+# With a trace: each swap's slowest request, and the time nobody served, from the log.
+if [[ -n "${SWAP_BENCH_TRACE:-}" ]]; then
+    tests/bench/swap-trace.py "$SWAP_BENCH_TRACE"
+fi
