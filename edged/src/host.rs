@@ -1,7 +1,9 @@
 //! What edged takes from its host: the listening socket (inherited through systemd socket
-//! activation, or bound here), the exclusive lock on the data directory, and the readiness message.
+//! activation, or bound here), the exclusive lock on the data directory, the readiness message,
+//! and the CPU it yields once a swap has taken its work.
 //!
-//! Owns: `LISTEN_FDS` handling (the listener, the connection and the engine hand-over pairs), `<accounts>/.edged.lock`, `NOTIFY_SOCKET` messages. Must not:
+//! Owns: `LISTEN_FDS` handling (the listener, the connection and the engine hand-over pairs),
+//! `<accounts>/.edged.lock`, `NOTIFY_SOCKET` messages, the process's nice value. Must not:
 //! change the process environment itself (the socket-activation crate clears `LISTEN_*` so the
 //! engine does not inherit them) or hold the lock anywhere but for edged's whole life.
 
