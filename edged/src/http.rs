@@ -97,8 +97,8 @@ struct Shared {
 /// Connections the previous generation hands over are taken at once, even before `service` is set,
 /// so that a swap's hand-over overlaps this generation's start-up; they are served once it is set.
 /// New connections are accepted only then (until then they wait in the kernel backlog, where a
-/// generation that fails to start cannot lose them). Returns how many connections were handed
-/// over before the service was set, through `taken_early`.
+/// generation that fails to start cannot lose them). `taken_early` counts the connections handed
+/// over before the service was set.
 pub async fn serve(
     listener: TcpListener,
     service: ServiceSlot,
