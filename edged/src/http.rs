@@ -272,15 +272,7 @@ async fn serve_connection(
         // Stopped (or failed) before serving: nothing of it was read here, so it goes on to the
         // next generation exactly as it came, with the bytes read ahead before.
         let (stream, buffered) = io.into_parts();
-        if let Some(sender) = &shared.handover {
-            match sender.send(&stream, peer, &buffered) {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(%peer, error = %e, "connection not handed over; closing it")
-                }
-            }
-        }
-        close(handover::Prefixed::new(Vec::new(), stream), peer, Ok(())).await;
+        hand_on_or_close(&shared, stream, peer, &buffered, Ok(())).await;
         return;
     };
     // A connection accepted just before a stop has usually had its request sent already, but hyper
@@ -373,10 +365,23 @@ async fn serve_connection(
     };
     let parts = conn.into_parts();
     let (stream, rest) = parts.io.into_inner().into_parts();
+    let mut buffered = parts.read_buf.to_vec();
+    buffered.extend_from_slice(&rest);
+    hand_on_or_close(&shared, stream, peer, &buffered, drained).await;
+}
+
+/// Passes a connection hyper is not (or no longer) serving to the next generation, with the bytes
+/// read ahead of it; without a hand-over, after a failed drain, or when the hand-over fails, closes
+/// it.
+async fn hand_on_or_close(
+    shared: &Shared,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    buffered: &[u8],
+    drained: Result<(), hyper::Error>,
+) {
     if let (Ok(()), Some(sender)) = (&drained, &shared.handover) {
-        let mut buffered = parts.read_buf.to_vec();
-        buffered.extend_from_slice(&rest);
-        match sender.send(&stream, peer, &buffered) {
+        match sender.send(&stream, peer, buffered) {
             // Our copy closes when `stream` drops; the connection lives on in the next generation.
             Ok(()) => return,
             Err(e) => tracing::warn!(%peer, error = %e, "connection not handed over; closing it"),

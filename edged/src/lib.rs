@@ -336,10 +336,9 @@ pub async fn run(
     let auth_watch = tokio::spawn(auth::watch(auth.clone(), auth_stop));
     let (write_back_stop_tx, write_back_stop) = watch::channel(false);
     let write_back = tokio::spawn(license::write_back(license.clone(), write_back_stop));
-    let addr = served;
-    host::notify_ready(&format!("serving on {addr}; license {}", eval.status));
+    host::notify_ready(&format!("serving on {served}; license {}", eval.status));
     tracing::info!(
-        %addr,
+        addr = %served,
         license = eval.status.as_str(),
         generation = config.generation.map(|g| g.number),
         metrics_auth = config.metrics_auth.as_str(),
@@ -349,25 +348,22 @@ pub async fn run(
     // A stop for a swap (privitty-init's token) waits, still serving, until the next generation
     // is on standby (or a tenth of the stop timeout passed), so that what it hands over (the
     // connections, the engine) is taken at once rather than after the newcomer's start-up.
-    let swap = std::sync::atomic::AtomicBool::new(false);
     let standby_limit = config.stop_timeout / 10;
-    let stop = async {
-        shutdown.await;
-        if let (Some(pair), Some(g)) = (&engine_pair, config.generation) {
-            let seen = pair.read_stop_messages(g.number);
-            swap.store(seen.swap, std::sync::atomic::Ordering::Relaxed);
-            if seen.swap && !seen.standby {
-                let waited = std::time::Instant::now();
-                let standby = pair.wait_for_standby(g.number, standby_limit).await;
-                tracing::info!(
-                    standby,
-                    waited_ms = waited.elapsed().as_secs_f64() * 1000.0,
-                    "swap: the next generation is on standby"
-                );
-            }
+    shutdown.await;
+    let mut swap = false;
+    if let (Some(pair), Some(g)) = (&engine_pair, config.generation) {
+        let seen = pair.read_stop_messages(g.number);
+        swap = seen.swap;
+        if seen.swap && !seen.standby {
+            let waited = std::time::Instant::now();
+            let standby = pair.wait_for_standby(g.number, standby_limit).await;
+            tracing::info!(
+                standby,
+                waited_ms = waited.elapsed().as_secs_f64() * 1000.0,
+                "swap: the next generation is on standby"
+            );
         }
-    };
-    stop.await;
+    }
     let _ = http_stop_tx.send(true);
     if let Err(e) = http.await {
         tracing::error!(error = %e, "the HTTP server failed inside privitty-edged");
@@ -379,9 +375,7 @@ pub async fn run(
     let _ = license_events_task.await;
     // A stop for a swap (privitty-init said so) hands the engine to the next generation; any
     // other stop, or a hand-over that cannot be done, stops it.
-    if swap.load(std::sync::atomic::Ordering::Relaxed)
-        && let Some(pair) = &engine_pair
-    {
+    if swap && let Some(pair) = &engine_pair {
         if let Some(mut released) = engine.release().await
             && let Err((released, error)) = {
                 // Only now: no event arrives after the release, so the peer agent's knowledge is
@@ -407,7 +401,7 @@ pub async fn run(
     // generation, waiting for it, starts serving now rather than after the write-back (which has
     // its own lock: usage is added, never overwritten).
     drop(lock);
-    if swap.load(std::sync::atomic::Ordering::Relaxed) {
+    if swap {
         // What is left (the write-back, the runtime's and the process's end: about a millisecond
         // of CPU) runs while the next generation works off the requests that waited for the swap:
         // it takes only the CPU nobody else wants.
