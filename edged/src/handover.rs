@@ -41,7 +41,13 @@ pub struct Sender(OwnedFd);
 
 /// The end a serving generation reads connections from.
 #[derive(Debug)]
-pub struct Receiver(AsyncFd<OwnedFd>);
+pub struct Receiver {
+    fd: AsyncFd<OwnedFd>,
+    /// One message's room, allocated once: the connections of a swap arrive in a burst, exactly
+    /// when the next generation is about to serve, and zeroing half a mebibyte for each of them
+    /// was most of its CPU in that gap.
+    buf: Vec<u8>,
+}
 
 /// A connection handed over by the previous generation.
 #[derive(Debug)]
@@ -158,16 +164,20 @@ impl Receiver {
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
         )
         .map_err(io::Error::from)?;
-        Ok(Receiver(watch_readable(fd)?))
+        Ok(Receiver {
+            fd: watch_readable(fd)?,
+            // Zeroed by the allocator's fresh pages: only what messages touch is ever faulted in.
+            buf: vec![0u8; MAGIC.len() + 2 + 64 + MAX_BUFFERED],
+        })
     }
 
     /// The next connection handed over. A message in another format (a build that speaks
     /// another version) is refused: its connection is closed, and the next one is read.
-    pub async fn recv(&self) -> io::Result<Handed> {
-        let mut buf = vec![0u8; MAGIC.len() + 2 + 64 + MAX_BUFFERED];
+    pub async fn recv(&mut self) -> io::Result<Handed> {
+        let Receiver { fd, buf } = self;
         loop {
-            let mut guard = self.0.readable().await?;
-            let got = guard.try_io(|fd| recv_with_fds(fd.as_raw_fd(), &mut buf));
+            let mut guard = fd.readable().await?;
+            let got = guard.try_io(|fd| recv_with_fds(fd.as_raw_fd(), buf));
             let Received {
                 len,
                 mut fds,
@@ -329,7 +339,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_arrives_with_its_peer_and_read_ahead_bytes() {
         let (sender, recv_end) = pair();
-        let receiver = Receiver::new(recv_end).unwrap();
+        let mut receiver = Receiver::new(recv_end).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, peer) = listener.accept().unwrap();
@@ -358,7 +368,7 @@ mod tests {
     async fn another_format_is_closed_and_the_next_connection_still_arrives() {
         let (sender, recv_end) = pair();
         let raw_send = sender.0.as_raw_fd();
-        let receiver = Receiver::new(recv_end).unwrap();
+        let mut receiver = Receiver::new(recv_end).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut first = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (s1, _) = listener.accept().unwrap();
@@ -384,6 +394,24 @@ mod tests {
             .unwrap();
         let mut b = [0u8; 1];
         assert_eq!(first.read(&mut b).unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_reused_buffer_never_leaks_one_message_into_the_next() {
+        let (sender, recv_end) = pair();
+        let mut receiver = Receiver::new(recv_end).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut kept = Vec::new();
+        // A long read-ahead first, then shorter ones: each arrives with its own bytes only.
+        for (i, len) in [100_000usize, 10, 0, 50_000, 1].into_iter().enumerate() {
+            kept.push(std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap());
+            let (server, peer) = listener.accept().unwrap();
+            let bytes = vec![b'a' + i as u8; len];
+            sender.send(&server, peer, &bytes).unwrap();
+            let handed = receiver.recv().await.unwrap();
+            assert_eq!(handed.peer, peer);
+            assert_eq!(handed.buffered, bytes, "message {i}");
+        }
     }
 
     #[test]

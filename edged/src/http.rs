@@ -134,7 +134,7 @@ pub async fn serve(
     });
     // Connections the previous generation hands over are served like accepted ones, until this
     // generation stops in turn (it must not take back what it hands over itself).
-    if let Some(receiver) = receiver {
+    if let Some(mut receiver) = receiver {
         let (shared, permits) = (shared.clone(), permits.clone());
         let taken_early = taken_early.clone();
         tokio::spawn(async move {
