@@ -13,7 +13,10 @@
 #   SWAP_BENCH_CONNECTIONS (8 or 64 only), SWAP_BENCH_ROUTE (/health or /rpc only),
 #   SWAP_BENCH_TRACE=DIR (the swapping runs' requests over 2 ms and the stack's log go there; the
 #   bench then runs tests/bench/swap-trace.py on them: per swap, the slowest request, and the time
-#   from the old generation's last accept to the new one's ready).
+#   from the old generation's last accept to the new one's ready),
+#   SWAP_BENCH_ALTERNATE=PATH (another build's privitty-edged: every other swap starts it, so the
+#   two builds are compared swap by swap in the same run; with SWAP_BENCH_TRACE the trace prints
+#   them apart).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -43,5 +46,9 @@ fi
 grep '^swap-bench:' "$out"
 # With a trace: each swap's slowest request, and the time nobody served, from the log.
 if [[ -n "${SWAP_BENCH_TRACE:-}" ]]; then
-    tests/bench/swap-trace.py "$SWAP_BENCH_TRACE"
+    if [[ -n "${SWAP_BENCH_ALTERNATE:-}" ]]; then
+        tests/bench/swap-trace.py --alternate "$SWAP_BENCH_TRACE"
+    else
+        tests/bench/swap-trace.py "$SWAP_BENCH_TRACE"
+    fi
 fi

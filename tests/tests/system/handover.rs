@@ -520,6 +520,24 @@ fn rps(line: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The two builds a `SWAP_BENCH_ALTERNATE` run swaps between.
+struct Alternate {
+    this: std::path::PathBuf,
+    other: std::path::PathBuf,
+}
+
+impl Alternate {
+    /// Points `link` at the other build or at this one, atomically (a new link renamed over the
+    /// old): a generation started at any moment runs one build or the other, never neither.
+    fn point(&self, link: &std::path::Path, other: bool) {
+        let target = if other { &self.other } else { &self.this };
+        let fresh = link.with_extension("next");
+        let _ = std::fs::remove_file(&fresh);
+        std::os::unix::fs::symlink(target, &fresh).expect("make the next link");
+        std::fs::rename(&fresh, link).expect("replace the link");
+    }
+}
+
 /// `tests/bench/swap-bench.sh` runs this (release build): keep-alive load at 8 and 64 connections
 /// on `/health` and on `/rpc`. First the capacity (each connection back to back, 5 s), then at half
 /// of it, paced: 5 s steady and 21 s with a SIGHUP swap every 200 ms (100 swaps), same run; prints
@@ -528,7 +546,32 @@ fn rps(line: &str) -> f64 {
 #[ignore = "benchmark: run by tests/bench/swap-bench.sh"]
 fn keep_alive_swap_benchmark() {
     let dirs = TestDirs::new();
-    let stack = Stack::start("init", &dirs, StackSpec::default());
+    // SWAP_BENCH_ALTERNATE=PATH: another build of privitty-edged. privitty-init then runs a link
+    // that is pointed, before each swap, at this build (odd generations) or that one (even), so
+    // both are measured in the same run, swap by swap, under the same load and the same machine
+    // noise (`tests/bench/swap-trace.py --alternate` prints them apart).
+    let alternate = std::env::var_os("SWAP_BENCH_ALTERNATE").map(|other| {
+        let builds = Alternate {
+            this: support::bin("privitty-edged"),
+            other: std::path::PathBuf::from(other),
+        };
+        assert!(
+            builds.other.is_file(),
+            "SWAP_BENCH_ALTERNATE: {} is no file",
+            builds.other.display()
+        );
+        let link = dirs.root.path().join("privitty-edged");
+        builds.point(&link, false);
+        (link, builds)
+    });
+    let spec = match &alternate {
+        Some((link, _)) => StackSpec {
+            command: vec![link.clone().into_os_string()],
+            ..StackSpec::default()
+        },
+        None => StackSpec::default(),
+    };
+    let stack = Stack::start("init", &dirs, spec);
     stack.wait_generation(1);
     let base = format!("http://{}", stack.addr());
     let rpc = r#"{"jsonrpc":"2.0","id":1,"method":"get_config","params":[1,"displayname"]}"#;
@@ -625,12 +668,9 @@ fn keep_alive_swap_benchmark() {
                     if let Some(d) = at.checked_duration_since(Instant::now()) {
                         std::thread::sleep(d);
                     }
-                    if let Ok(b) = std::env::var("SWAP_BENCH_BURST") {
-                        std::process::Command::new("/tmp/burst/burn")
-                            .arg(&b)
-                            .status()
-                            .unwrap();
-                        continue;
+                    if let Some((link, builds)) = &alternate {
+                        // Odd generations run this build, even ones the other.
+                        builds.point(link, (generation + 1) % 2 == 0);
                     }
                     stack.signal(Signal::SIGHUP);
                     generation += 1;
