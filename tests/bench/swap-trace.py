@@ -15,8 +15,9 @@ Prints, for each file, per swap (the SIGHUP's "swapping to a new generation" lin
     timestamps; requests handed over are served from the moment the new one has its service,
     which it logs as `ready` right after);
   - how many requests due in those 60 ms took over 3 ms (median over the swaps), and over 5 ms
-    (mean over the swaps: the p99 goal of 5 ms holds while fewer than 1 % of the requests between
-    two swaps take longer).
+    (median and mean over the swaps: the p99 goal of 5 ms holds while fewer than 1 % of the
+    requests between two swaps take longer; the mean shows the rare swap whose catch-up lasts
+    tens of milliseconds on a busy machine).
 Swaps within 100 ms of either end of the run are left out (their window is cut).
 """
 
@@ -86,7 +87,8 @@ def print_figures(directory, name, label, rows):
         f" stop_to_ready_ms median={statistics.median(gaps) if gaps else 0:.2f}"
         f" p90={quantile(gaps, 0.9) if gaps else 0:.2f}"
         f" over_3ms_per_swap median={quantile([r['over_3'] for r in rows], 0.5)}"
-        f" over_5ms_per_swap mean={statistics.mean(r['over_5'] for r in rows):.1f}"
+        f" over_5ms_per_swap median={quantile([r['over_5'] for r in rows], 0.5)}"
+        f" mean={statistics.mean(r['over_5'] for r in rows):.1f}"
     )
 
 
