@@ -551,9 +551,12 @@ fn keep_alive_swap_benchmark() {
     // both are measured in the same run, swap by swap, under the same load and the same machine
     // noise (`tests/bench/swap-trace.py --alternate` prints them apart).
     let alternate = std::env::var_os("SWAP_BENCH_ALTERNATE").map(|other| {
+        // Absolute: the link lives in the test's directory.
+        let other = std::path::PathBuf::from(other);
         let builds = Alternate {
             this: support::bin("privitty-edged"),
-            other: std::path::PathBuf::from(other),
+            other: std::fs::canonicalize(&other)
+                .unwrap_or_else(|e| panic!("SWAP_BENCH_ALTERNATE: {}: {e}", other.display())),
         };
         assert!(
             builds.other.is_file(),
