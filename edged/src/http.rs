@@ -169,7 +169,7 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let _ = stream.set_nodelay(true);
+                // `TCP_NODELAY` is the socket's own: the generation that accepted it set it.
                 if shared.service.borrow().is_none() {
                     taken_early.fetch_add(1, Ordering::Relaxed);
                 }
