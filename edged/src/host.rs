@@ -54,14 +54,42 @@ static HANDOVER: std::sync::Mutex<Option<HandoverFds>> = std::sync::Mutex::new(N
 static ENGINE_PAIR: std::sync::Mutex<Option<crate::engine_handover::EnginePair>> =
     std::sync::Mutex::new(None);
 
+static WAKE: std::sync::Mutex<Option<std::os::fd::OwnedFd>> = std::sync::Mutex::new(None);
+
+/// The descriptor a spare generation waits on ([`crate::spare`], `LISTEN_FDNAMES` `wake`), when
+/// privitty-init started this process as a spare; taken once.
+pub fn take_wake() -> Option<std::os::fd::OwnedFd> {
+    WAKE.lock().map(|mut w| w.take()).unwrap_or(None)
+}
+
 /// The engine hand-over pair [`take_listener`] found (`LISTEN_FDNAMES` `engine-send` and
 /// `engine-recv`, see [`crate::engine_handover`]); taken once.
 pub fn take_engine_pair() -> Option<crate::engine_handover::EnginePair> {
     ENGINE_PAIR.lock().map(|mut h| h.take()).unwrap_or(None)
 }
 
-/// Takes two inherited descriptors by name, owned and close-on-exec at once: the engine, spawned
-/// later, must not inherit them.
+/// Takes one inherited descriptor by index, owned and close-on-exec at once: the engine, spawned
+/// later, must not inherit it.
+fn take_named(
+    fds: &mut listenfd::ListenFd,
+    index: Option<usize>,
+) -> Result<Option<std::os::fd::OwnedFd>, HostError> {
+    let Some(index) = index else {
+        return Ok(None);
+    };
+    let Some(fd) = fds.take_raw_fd(index).map_err(HostError::Inherited)? else {
+        return Ok(None);
+    };
+    let fd = crate::handover::adopt(fd);
+    nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|e| HostError::Inherited(e.into()))?;
+    Ok(Some(fd))
+}
+
+/// Takes two inherited descriptors by name, both or neither (see [`take_named`]).
 fn take_named_pair(
     fds: &mut listenfd::ListenFd,
     first: Option<usize>,
@@ -70,21 +98,9 @@ fn take_named_pair(
     let (Some(first), Some(second)) = (first, second) else {
         return Ok(None);
     };
-    let first = fds.take_raw_fd(first).map_err(HostError::Inherited)?;
-    let second = fds.take_raw_fd(second).map_err(HostError::Inherited)?;
-    let (Some(first), Some(second)) = (first, second) else {
-        return Ok(None);
-    };
-    let first = crate::handover::adopt(first);
-    let second = crate::handover::adopt(second);
-    for fd in [&first, &second] {
-        nix::fcntl::fcntl(
-            fd,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        )
-        .map_err(|e| HostError::Inherited(e.into()))?;
-    }
-    Ok(Some((first, second)))
+    let first = take_named(fds, Some(first))?;
+    let second = take_named(fds, Some(second))?;
+    Ok(first.zip(second))
 }
 
 /// The hand-over descriptors [`take_listener`] found (taken once: the HTTP server adopts them).
@@ -114,7 +130,11 @@ pub fn take_listener(addr: SocketAddr) -> Result<(TcpListener, &'static str), Ho
             index(crate::engine_handover::SEND_NAME),
             index(crate::engine_handover::RECV_NAME),
         )?;
-        let named = handover.is_some() || engine.is_some();
+        let wake = take_named(&mut fds, index(crate::spare::WAKE_NAME))?;
+        let named = handover.is_some() || engine.is_some() || wake.is_some();
+        if let Some(wake) = wake {
+            *WAKE.lock().unwrap_or_else(|e| e.into_inner()) = Some(wake);
+        }
         if let Some((send, recv)) = handover {
             *HANDOVER.lock().unwrap_or_else(|e| e.into_inner()) = Some(HandoverFds { send, recv });
         }

@@ -28,6 +28,7 @@ pub mod privitty;
 pub mod rpc;
 pub mod service;
 pub mod signals;
+pub mod spare;
 #[cfg(test)]
 mod test_util;
 pub mod viewer;
@@ -63,6 +64,8 @@ pub enum RunError {
         #[source]
         source: Box<privitty::PrivittyError>,
     },
+    #[error(transparent)]
+    Wake(#[from] spare::WakeError),
     #[error("start-up failed inside privitty-edged: {0}")]
     Panicked(String),
     #[error(
@@ -98,17 +101,31 @@ pub fn run_standalone(config: Config) -> Result<(), RunError> {
         .enable_all()
         .build()
         .map_err(RunError::Runtime)?;
-    // Under privitty-init, every line of the serving path (and each connection's and engine
-    // call's span below it) names the generation.
-    let span = tracing::info_span!("edged", generation = config.generation.map(|g| g.number));
-    let result = rt.block_on(tracing::Instrument::instrument(
-        async move {
-            let stop = signals::stop_requested().map_err(RunError::Signals)?;
-            let listener = TcpListener::from_std(listener).map_err(RunError::Listener)?;
-            run(config, listener, LicenseSource::Files, stop).await
-        },
-        span,
-    ));
+    let wake = host::take_wake();
+    let result = rt.block_on(async move {
+        let mut config = config;
+        let stop = signals::stop_requested().map_err(RunError::Signals)?;
+        tokio::pin!(stop);
+        let listener = TcpListener::from_std(listener).map_err(RunError::Listener)?;
+        if let Some(wake) = wake {
+            // A spare: started ahead of a swap, it reads nothing until it is told its generation.
+            tokio::select! {
+                woken = spare::wait(wake) => match woken? {
+                    Some(info) => config.generation = Some(info),
+                    None => {
+                        tracing::debug!("spare dismissed by privitty-init");
+                        return Ok(());
+                    }
+                },
+                () = &mut stop => return Ok(()),
+            }
+        }
+        // Under privitty-init, every line of the serving path (and each connection's and engine
+        // call's span below it) names the generation.
+        let span = tracing::info_span!("edged", generation = config.generation.map(|g| g.number));
+        tracing::Instrument::instrument(run(config, listener, LicenseSource::Files, stop), span)
+            .await
+    });
     // A thread still blocked on the data-directory lock must not hold up the exit.
     rt.shutdown_timeout(Duration::from_millis(200));
     result

@@ -18,7 +18,8 @@ use privitty_base::duration::parse_duration;
 pub mod env {
     pub use privitty_base::env::{
         ACCOUNTS, ACTIVATION_TIMEOUT, CRASH_LIMIT, CRASH_WINDOW, LICENSE_POLL_INTERVAL,
-        LICENSE_SYNC_INTERVAL, LICENSE_URL, LICENSE_URL_FILE, LISTEN, READY_TIMEOUT, STOP_TIMEOUT,
+        LICENSE_SYNC_INTERVAL, LICENSE_URL, LICENSE_URL_FILE, LISTEN, READY_TIMEOUT, SPARE,
+        STOP_TIMEOUT,
     };
 }
 
@@ -37,6 +38,7 @@ pub const DEFAULT_SYNC_INTERVAL: &str = "24h";
 pub const DEFAULT_POLL_INTERVAL: &str = "2s";
 pub const DEFAULT_READY_TIMEOUT: &str = "30s";
 pub const DEFAULT_CRASH_LIMIT: &str = "5";
+pub const DEFAULT_SPARE: &str = "on";
 pub const DEFAULT_CRASH_WINDOW: &str = "5m";
 /// The longest duration accepted (`100y`): every duration is added to the clock, and a sum past
 /// the clock's range would panic.
@@ -171,6 +173,10 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", env = env::READY_TIMEOUT, default_value = DEFAULT_READY_TIMEOUT)]
     pub ready_timeout: String,
 
+    /// Keep a spare privitty-edged started ahead of the next swap (on|off).
+    #[arg(long, value_name = "on|off", env = env::SPARE, default_value = DEFAULT_SPARE)]
+    pub spare: String,
+
     /// Unexpected exits tolerated within --crash-window before giving up (exit non-zero).
     #[arg(long, value_name = "N", env = env::CRASH_LIMIT, default_value = DEFAULT_CRASH_LIMIT,
           allow_negative_numbers = true)]
@@ -215,6 +221,8 @@ pub struct ManagedConfig {
     pub ready_timeout: Duration,
     pub crash_limit: u32,
     pub crash_window: Duration,
+    /// Keep a spare edged started ahead of the next swap.
+    pub spare: bool,
 }
 
 /// One invalid option or variable. Never shows the license URL's TOKEN.
@@ -242,6 +250,8 @@ pub enum Problem {
     },
     #[error("{name}: {value:?} is not a whole number of exits; write e.g. 5")]
     CrashLimit { name: String, value: String },
+    #[error("{name}: {value:?} is neither `on` nor `off`; write one of them")]
+    Switch { name: String, value: String },
     #[error(
         "both {} and {} are set; set only one of them",
         env::LICENSE_URL,
@@ -414,6 +424,17 @@ impl Config {
                 None
             }
         };
+        let spare = match cli.spare.trim().to_ascii_lowercase().as_str() {
+            "on" => true,
+            "off" => false,
+            _ => {
+                problems.push(Problem::Switch {
+                    name: origin(env::SPARE, "--spare"),
+                    value: cli.spare.clone(),
+                });
+                false
+            }
+        };
         let license_url = license_url(
             cli.license_url.as_deref(),
             // Empty means unset, as for the URL itself (compose files pass `${VAR:-}`).
@@ -489,6 +510,7 @@ impl Config {
                     ready_timeout,
                     crash_limit,
                     crash_window,
+                    spare,
                 },
             }),
             _ => Err(ConfigError::Invalid(problems)),

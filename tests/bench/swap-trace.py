@@ -18,6 +18,7 @@ Prints, for each file, per swap (the SIGHUP's "swapping to a new generation" lin
     (median and mean over the swaps: the p99 goal of 5 ms holds while fewer than 1 % of the
     requests between two swaps take longer; the mean shows the rare swap whose catch-up lasts
     tens of milliseconds on a busy machine).
+  - how many of the swaps woke a spare (`from_spare`) rather than spawning the generation.
 Swaps within 100 ms of either end of the run are left out (their window is cut).
 """
 
@@ -37,6 +38,7 @@ MESSAGES = {
     "generation started": "started",
     "stopping: no new connections; finishing in-flight requests": "stop",
     "ready": "ready",
+    "spare started: it waits, idle, to become the next generation": "spare",
 }
 
 
@@ -49,6 +51,7 @@ def swaps(path):
     """Each swap in the log: when it was asked for, the number of the generation it started, and
     the time from the old generation's last accept to the new one's `ready` (None if cut)."""
     found = []
+    spares = set()
     with open(path) as f:
         for line in f:
             try:
@@ -56,12 +59,15 @@ def swaps(path):
             except ValueError:
                 continue
             kind = MESSAGES.get(entry.get("message"))
-            if kind == "swap":
+            if kind == "spare":
+                spares.add(entry.get("pid"))
+            elif kind == "swap":
                 found.append({"at": timestamp_us(entry)})
             elif not found:
                 continue
             elif kind == "started" and "generation" not in found[-1]:
                 found[-1]["generation"] = entry.get("generation")
+                found[-1]["spare"] = entry.get("pid") in spares
             elif kind == "stop" and "stop" not in found[-1]:
                 found[-1]["stop"] = timestamp_us(entry)
             elif (
@@ -89,6 +95,7 @@ def print_figures(directory, name, label, rows):
         f" over_3ms_per_swap median={quantile([r['over_3'] for r in rows], 0.5)}"
         f" over_5ms_per_swap median={quantile([r['over_5'] for r in rows], 0.5)}"
         f" mean={statistics.mean(r['over_5'] for r in rows):.1f}"
+        f" from_spare={sum(1 for r in rows if r['spare'])}"
     )
 
 
@@ -112,6 +119,7 @@ def report(directory, alternate):
             rows.append(
                 {
                     "generation": swap.get("generation"),
+                    "spare": swap.get("spare", False),
                     "peak": max(window, default=0) / 1000,
                     "gap": gap / 1000 if gap is not None else None,
                     "over_3": sum(1 for latency in window if latency > SLOW_US),

@@ -108,6 +108,8 @@ pub const LICENSE_SYNC_INTERVAL: &str = "PRIVITTY_LICENSE_SYNC_INTERVAL";
 pub const LICENSE_POLL_INTERVAL: &str = "PRIVITTY_LICENSE_POLL_INTERVAL";
 /// How long a new generation may take to report READY=1.
 pub const READY_TIMEOUT: &str = "PRIVITTY_READY_TIMEOUT";
+/// Whether privitty-init keeps a spare edged started ahead of the next swap (`on`/`off`).
+pub const SPARE: &str = "PRIVITTY_SPARE";
 /// Unexpected exits tolerated within the crash window.
 pub const CRASH_LIMIT: &str = "PRIVITTY_CRASH_LIMIT";
 /// The window the crash limit counts in.
@@ -319,6 +321,12 @@ pub static VARS: &[EnvVar] = &[
         "`30s`",
         "init",
         "a new generation must report ready within this",
+    ),
+    var(
+        SPARE,
+        "`on`",
+        "init",
+        "keep a spare edged started (idle, nothing read) so a swap skips the process start; `off` saves its memory",
     ),
     var(CRASH_LIMIT, "`5`", "init", CRASH_MEANING),
     var(CRASH_WINDOW, "`5m`", "init", CRASH_MEANING),

@@ -14,7 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Instant, SystemTime};
 
 use licensectl::keys::KeySources;
@@ -121,12 +121,15 @@ pub fn run(config: &Config, pid1: &mut Pid1) -> i32 {
             activation_timeout: m.activation_timeout,
             sync_interval: m.sync_interval,
             seed: fastrand::u64(..),
+            spare_after: m.spare.then_some(machine::SPARE_AFTER),
         }),
         watch,
         timers: Vec::new(),
         readiness: HashMap::new(),
         last_check: None,
         runtime_dir,
+        spare: None,
+        spares: 0,
     };
     if license_file {
         // Says now why a license file that is present would not be used (the first generation
@@ -157,6 +160,18 @@ struct Driver<'a> {
     last_check: Option<(watch::Fingerprint, Option<LicenseIdentity>)>,
     /// Where the per-generation notify sockets live.
     runtime_dir: std::path::PathBuf,
+    /// The spare, waiting to be woken.
+    spare: Option<SpareProcess>,
+    /// Spares started so far (names their notify sockets).
+    spares: u64,
+}
+
+/// A spare edged ([`Action::SpawnSpare`]): its pid, the write end of the pipe it waits on (closing
+/// it dismisses the spare: it exits 0), and the notify socket it was given.
+struct SpareProcess {
+    pid: Pid,
+    wake: OwnedFd,
+    notify: readiness::NotifySocket,
 }
 
 /// Whose fd [`Pid1::wait`] reported.
@@ -174,6 +189,9 @@ impl Driver<'_> {
             while let Some(input) = inputs.pop_front() {
                 if let Input::Exited { pid, .. } = &input {
                     self.readiness.remove(pid);
+                    if self.spare.as_ref().is_some_and(|s| s.pid == *pid) {
+                        self.spare = None;
+                    }
                 }
                 for action in self.machine.step(Instant::now(), input) {
                     if let Some(code) = self.execute(pid1, action, &mut inputs) {
@@ -277,6 +295,8 @@ impl Driver<'_> {
             // Queued before the next `pid1` event is even read: a child that exits at once has
             // its pid known to the machine before its `Exited` arrives.
             Action::Spawn { generation } => inputs.push_back(self.spawn(generation)),
+            Action::SpawnSpare => inputs.push_back(self.spawn_spare()),
+            Action::Wake { generation } => inputs.push_back(self.wake(generation)),
             Action::SpawnJob { job } => inputs.push_back(match self.jobs.spawn(job) {
                 Ok(pid) => Input::JobSpawned { job, pid },
                 Err(report) => Input::JobFinished { job, report },
@@ -322,54 +342,15 @@ impl Driver<'_> {
                 return failed(exit::FAILURE);
             }
         };
-        let command = &self.config.command;
-        let spec = SpawnSpec {
-            program: command[0].clone(),
-            args: command[1..].to_vec(),
-            env: vec![
-                (env::NOTIFY_SOCKET.into(), notify.env_value()),
-                (
-                    OsString::from(env::ACCOUNTS),
-                    self.dir.path().as_os_str().to_os_string(),
-                ),
-                // edged's metrics: counters that go on across generations (edged's own start
-                // again at each swap).
-                (env::GENERATION.into(), generation.to_string().into()),
-                (
-                    env::GENERATION_SWAPS.into(),
-                    self.machine.swaps().to_string().into(),
-                ),
-                (
-                    env::GENERATION_CRASHES.into(),
-                    self.machine.crashes_total().to_string().into(),
-                ),
-            ],
-            // Consumed here; edged and its engine never need the TOKEN (or where to read it).
-            env_remove: vec![
-                crate::config::env::LICENSE_URL.into(),
-                crate::config::env::LICENSE_URL_FILE.into(),
-            ],
-            listen_fds: vec![
-                (self.listener.as_raw_fd(), listener::FD_NAME.to_string()),
-                (
-                    self.handover.send.as_raw_fd(),
-                    listener::HANDOVER_SEND.to_string(),
-                ),
-                (
-                    self.handover.recv.as_raw_fd(),
-                    listener::HANDOVER_RECV.to_string(),
-                ),
-                (
-                    self.engines.send.as_raw_fd(),
-                    listener::ENGINE_SEND.to_string(),
-                ),
-                (
-                    self.engines.recv.as_raw_fd(),
-                    listener::ENGINE_RECV.to_string(),
-                ),
-            ],
-            ..SpawnSpec::default()
-        };
+        // edged's metrics: counters that go on across generations (edged's own start again at
+        // each swap).
+        let counters = [
+            (env::GENERATION, generation),
+            (env::GENERATION_SWAPS, self.machine.swaps()),
+            (env::GENERATION_CRASHES, self.machine.crashes_total()),
+        ]
+        .map(|(name, value)| (name.into(), value.to_string().into()));
+        let spec = self.spawn_spec(&notify, counters.into(), None);
         match pid1::spawn(&spec) {
             Ok(pid) => {
                 self.readiness.insert(pid, (generation, notify));
@@ -383,6 +364,137 @@ impl Driver<'_> {
                 tracing::error!(generation, error = %e, "cannot start privitty-edged");
                 failed(e.exit_code())
             }
+        }
+    }
+
+    /// Starts a spare: the same program, environment and descriptors as a generation, plus the
+    /// read end of a pipe named `wake`, and none of the generation's counters (they come with
+    /// the wake message).
+    fn spawn_spare(&mut self) -> Input {
+        self.spares += 1;
+        let failed = |error: &dyn std::fmt::Display| {
+            tracing::warn!(error = %error, "cannot start a spare");
+            Input::SpareFailed {
+                code: exit::FAILURE,
+            }
+        };
+        let notify = match readiness::NotifySocket::bind_named(
+            &self.runtime_dir,
+            &format!("spare-{}", self.spares),
+        ) {
+            Ok(s) => s,
+            Err(e) => return failed(&e),
+        };
+        // Both ends close-on-exec: the spare gets its end through the spawn's descriptor list.
+        let (read, write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok(p) => p,
+            Err(e) => return failed(&e),
+        };
+        let spec = self.spawn_spec(&notify, Vec::new(), Some(&read));
+        match pid1::spawn(&spec) {
+            Ok(pid) => {
+                self.spare = Some(SpareProcess {
+                    pid,
+                    wake: write,
+                    notify,
+                });
+                Input::SpareSpawned { pid }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a spare");
+                Input::SpareFailed {
+                    code: e.exit_code(),
+                }
+            }
+        }
+    }
+
+    /// Wakes the spare as `generation`: the wake message carries what a generation otherwise
+    /// finds in its environment.
+    fn wake(&mut self, generation: machine::Gen) -> Input {
+        let license = self.license_for_spawn();
+        let Some(spare) = self.spare.take() else {
+            return Input::WakeFailed { generation };
+        };
+        let message = listener::wake_message(
+            generation,
+            self.machine.swaps(),
+            self.machine.crashes_total(),
+        );
+        // A pipe takes a 32-byte write whole or not at all (PIPE_BUF); the spare may have died
+        // (EPIPE: SIGPIPE is ignored here).
+        match nix::unistd::write(&spare.wake, &message) {
+            Ok(n) if n == message.len() => {
+                tracing::debug!(generation, pid = spare.pid.as_raw(), "spare woken");
+                self.readiness.insert(spare.pid, (generation, spare.notify));
+                Input::Spawned {
+                    generation,
+                    pid: spare.pid,
+                    license,
+                }
+            }
+            result => {
+                tracing::warn!(
+                    generation,
+                    pid = spare.pid.as_raw(),
+                    result = ?result,
+                    "cannot wake the spare; it is stopped"
+                );
+                signal_process(spare.pid, Signal::SIGKILL);
+                Input::WakeFailed { generation }
+            }
+        }
+    }
+
+    /// How a generation (or a spare, with its `wake` descriptor) is started.
+    fn spawn_spec(
+        &self,
+        notify: &readiness::NotifySocket,
+        counters: Vec<(OsString, OsString)>,
+        wake: Option<&OwnedFd>,
+    ) -> SpawnSpec {
+        let command = &self.config.command;
+        let mut listen_fds = vec![
+            (self.listener.as_raw_fd(), listener::FD_NAME.to_string()),
+            (
+                self.handover.send.as_raw_fd(),
+                listener::HANDOVER_SEND.to_string(),
+            ),
+            (
+                self.handover.recv.as_raw_fd(),
+                listener::HANDOVER_RECV.to_string(),
+            ),
+            (
+                self.engines.send.as_raw_fd(),
+                listener::ENGINE_SEND.to_string(),
+            ),
+            (
+                self.engines.recv.as_raw_fd(),
+                listener::ENGINE_RECV.to_string(),
+            ),
+        ];
+        if let Some(wake) = wake {
+            listen_fds.push((wake.as_raw_fd(), listener::WAKE.to_string()));
+        }
+        let mut env = vec![
+            (env::NOTIFY_SOCKET.into(), notify.env_value()),
+            (
+                OsString::from(env::ACCOUNTS),
+                self.dir.path().as_os_str().to_os_string(),
+            ),
+        ];
+        env.extend(counters);
+        SpawnSpec {
+            program: command[0].clone(),
+            args: command[1..].to_vec(),
+            env,
+            // Consumed here; edged and its engine never need the TOKEN (or where to read it).
+            env_remove: vec![
+                crate::config::env::LICENSE_URL.into(),
+                crate::config::env::LICENSE_URL_FILE.into(),
+            ],
+            listen_fds,
+            ..SpawnSpec::default()
         }
     }
 
@@ -475,6 +587,8 @@ impl Driver<'_> {
         // EOF and exits with the rest. A next generation that is still there takes it over and
         // stops it itself, or finds it closed: either way it ends with its stdin.
         self.close_untaken_engines();
+        // Its wake pipe closed, a spare ends on its own (exit 0), as it does at the SIGTERM.
+        self.spare = None;
         let engines = &self.engines;
         let status = pid1.stop(
             &[],

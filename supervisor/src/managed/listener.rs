@@ -58,6 +58,22 @@ pub const ENGINE_RECV: &str = "engine-recv";
 /// The first 8 bytes of a swap token; the stopped generation's number (u64, big-endian) follows.
 pub const SWAP_TOKEN_MAGIC: &[u8; 8] = b"PVEDSW01";
 
+/// The `LISTEN_FDNAMES` entry a spare (and only a spare) gets: the read end of a pipe on which it
+/// waits for its wake message (see `Action::SpawnSpare`).
+pub const WAKE: &str = "wake";
+
+/// The wake message for a spare that becomes generation `generation`: `PVEDWK01`, then the
+/// generation's number, the swaps and the crashes so far (each a big-endian u64), what a
+/// generation started from scratch finds in its environment.
+pub fn wake_message(generation: u64, swaps: u64, crashes: u64) -> [u8; 32] {
+    let mut message = [0u8; 32];
+    message[..8].copy_from_slice(b"PVEDWK01");
+    for (i, value) in [generation, swaps, crashes].into_iter().enumerate() {
+        message[8 + 8 * i..16 + 8 * i].copy_from_slice(&value.to_be_bytes());
+    }
+    message
+}
+
 /// The two ends of the engine hand-over channel (one `SOCK_SEQPACKET` socket pair, kept open for
 /// our whole life and inherited by every generation, like [`Handover`]). An engine in flight
 /// between two generations lives in this pair's buffer, so it survives a generation that dies
@@ -201,6 +217,16 @@ mod tests {
         // A token carries no descriptors: it is not counted as an engine.
         offer_engine(&pair, 1).unwrap();
         assert_eq!(close_engines(&pair), 0);
+    }
+
+    #[test]
+    fn the_wake_message_is_the_one_edged_reads() {
+        // The same bytes as edged's `spare::tests` decode.
+        let mut expected = b"PVEDWK01".to_vec();
+        for value in [7u64, 5, 1] {
+            expected.extend_from_slice(&value.to_be_bytes());
+        }
+        assert_eq!(wake_message(7, 5, 1).to_vec(), expected);
     }
 
     #[test]

@@ -21,7 +21,10 @@
 //!
 //! A swap starts generation N+1 first (it loads its license, then blocks on the accounts-dir lock)
 //! and only then asks generation N to stop, so the gap in service is N's drain plus N+1's engine
-//! start-up; edged's lock keeps the two engines from ever overlapping.
+//! start-up; edged's lock keeps the two engines from ever overlapping. Generation N+1 is the spare
+//! when there is one ([`Action::SpawnSpare`]): an edged process started [`SPARE_AFTER`] a
+//! generation became ready, while nothing else goes on, which waits, idle, until it is woken with
+//! its generation's number. A spare that ends is no crash; the next start then spawns as before.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -63,6 +66,9 @@ pub struct Settings {
     pub sync_interval: Option<Duration>,
     /// Seeds the sync jitter (random in production, fixed in tests).
     pub seed: u64,
+    /// How long after a generation became ready a spare is started (`None`: no spares). See
+    /// [`Action::SpawnSpare`].
+    pub spare_after: Option<Duration>,
 }
 
 /// What the driver finds before anything starts.
@@ -130,6 +136,19 @@ pub enum Input {
         generation: Gen,
         code: i32,
     },
+    /// The driver started the spare asked for by `Action::SpawnSpare`.
+    SpareSpawned {
+        pid: Pid,
+    },
+    /// `Action::SpawnSpare` failed before the program ran.
+    SpareFailed {
+        code: i32,
+    },
+    /// `Action::Wake { generation }` could not reach the spare (it is gone, or its pipe is
+    /// broken); the driver has killed what is left of it.
+    WakeFailed {
+        generation: Gen,
+    },
     /// The generation sent `READY=1`.
     Ready {
         generation: Gen,
@@ -181,7 +200,14 @@ pub enum Timer {
     Sync,
     /// Swaps have been quiet for [`RELEASE_QUIET`]: the start-up pages can go.
     ReleasePages,
+    /// `spare_after` has passed since a generation became ready: time for a spare.
+    Spare,
 }
+
+/// How long after a generation became ready privitty-init starts a spare (`PRIVITTY_SPARE`):
+/// after the catch-up that follows a swap (the requests that waited for it), so that the spare's
+/// start does not compete with it, and long before a license change usually comes.
+pub const SPARE_AFTER: Duration = Duration::from_millis(100);
 
 /// How long after a generation became ready (other than the first) privitty-init releases its
 /// start-up pages: the swap's own code faults back in at the next swap, so releasing after each
@@ -193,6 +219,14 @@ pub const RELEASE_QUIET: Duration = Duration::from_secs(2);
 pub enum Action {
     /// Start generation `generation`; answer with `Input::Spawned` or `Input::SpawnFailed`.
     Spawn { generation: Gen },
+    /// Start a spare: privitty-edged as it would start for a generation, but told (by the
+    /// `wake` descriptor) to wait, its runtime set up and nothing read, until `Action::Wake`
+    /// names its generation. It takes exec, the loader and the runtime's start out of the next
+    /// swap. Answer with `Input::SpareSpawned` or `Input::SpareFailed`.
+    SpawnSpare,
+    /// Start generation `generation` by waking the spare; answer with `Input::Spawned` (its pid
+    /// the spare's) or `Input::WakeFailed`.
+    Wake { generation: Gen },
     /// Signal one process (an edged generation, never its whole group: its engine must keep
     /// answering while edged drains in-flight requests).
     Signal { pid: Pid, signal: Signal },
@@ -267,6 +301,16 @@ impl Generation {
     }
 }
 
+/// The spare generation ([`Action::SpawnSpare`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spare {
+    None,
+    /// `Action::SpawnSpare` issued, no pid yet.
+    Spawning,
+    /// Started, waiting to be woken.
+    Waiting(Pid),
+}
+
 /// Where start-up activation is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
@@ -306,6 +350,7 @@ pub struct Machine {
     activation_backoff: Backoff,
     /// Whether a `privitty.lic` was on disk at the last look (start-up, or a license check).
     license_present: bool,
+    spare: Spare,
     /// License commands asked for (the pid once it runs).
     jobs: BTreeMap<Job, Option<Pid>>,
     rng: fastrand::Rng,
@@ -335,8 +380,14 @@ impl Machine {
                 Duration::MAX,
             ),
             license_present: false,
+            spare: Spare::None,
             jobs: BTreeMap::new(),
         }
+    }
+
+    /// The spare, if one is there or being started.
+    pub fn spare(&self) -> Spare {
+        self.spare
     }
 
     /// Swaps so far: generations started to replace a serving one (a new license, a withdrawal,
@@ -389,6 +440,36 @@ impl Machine {
                 self.on_spawn_failed(now, generation, code, &mut out)
             }
             Input::Ready { generation } => self.on_ready(now, generation, &mut out),
+            Input::SpareSpawned { pid } => {
+                if self.spare == Spare::Spawning {
+                    self.spare = Spare::Waiting(pid);
+                    tracing::info!(
+                        pid = pid.as_raw(),
+                        "spare started: it waits, idle, to become the next generation"
+                    );
+                }
+            }
+            Input::SpareFailed { code } => {
+                self.spare = Spare::None;
+                tracing::warn!(
+                    code,
+                    "cannot start a spare; the next generation starts from scratch (slower, \
+                     nothing else changes)"
+                );
+            }
+            Input::WakeFailed { generation } => {
+                tracing::warn!(
+                    generation,
+                    "the spare could not be woken; starting the generation from scratch"
+                );
+                if self
+                    .gens
+                    .iter()
+                    .any(|g| g.generation == generation && g.phase == GenPhase::Spawning)
+                {
+                    out.push(Action::Spawn { generation });
+                }
+            }
             Input::Exited { pid, status } => self.on_exited(now, pid, status, &mut out),
             Input::Signal(signal) => self.on_signal(signal, &mut out),
             Input::Realtime(signal) => {
@@ -615,7 +696,24 @@ impl Machine {
             spawned_at: now,
             ready_at: None,
         });
-        out.push(Action::Spawn { generation });
+        if let Spare::Waiting(_) = self.spare {
+            self.spare = Spare::None;
+            out.push(Action::Wake { generation });
+        } else {
+            out.push(Action::Spawn { generation });
+        }
+    }
+
+    /// Whether now is a good time to start a spare: one generation serves and nothing else is
+    /// going on (no swap, no restart), and there is no spare yet.
+    fn spare_wanted(&self) -> bool {
+        self.settings.spare_after.is_some()
+            && self.phase == Phase::Running
+            && self.spare == Spare::None
+            && !self.pending_swap
+            && self.restart_at.is_none()
+            && !self.gens.is_empty()
+            && self.gens.iter().all(|g| g.phase == GenPhase::Ready)
     }
 
     /// `swap`: the next generation was just spawned to replace this one, which may then hand its
@@ -708,7 +806,17 @@ impl Machine {
             tracing::info!(generation, "starting the swap asked for during start-up");
             self.swaps += 1;
             self.start_generation(now, out);
-        } else if first {
+            return;
+        }
+        if let Some(after) = self.settings.spare_after
+            && self.spare == Spare::None
+        {
+            out.push(Action::SetTimer {
+                at: now + after,
+                timer: Timer::Spare,
+            });
+        }
+        if first {
             out.push(Action::ReleaseStartupPages);
         } else {
             let at = now + RELEASE_QUIET;
@@ -721,6 +829,17 @@ impl Machine {
     }
 
     fn on_exited(&mut self, now: Instant, pid: Pid, status: WaitStatus, out: &mut Vec<Action>) {
+        if self.spare == Spare::Waiting(pid) {
+            // It never served: no crash, no restart. The next swap starts from scratch, and the
+            // next generation to become ready brings a new spare.
+            self.spare = Spare::None;
+            tracing::warn!(
+                pid = pid.as_raw(),
+                status = ?status,
+                "the spare ended before it was needed; the next generation starts from scratch"
+            );
+            return;
+        }
         let Some(idx) = self.gens.iter().position(|g| g.pid == Some(pid)) else {
             return;
         };
@@ -937,6 +1056,21 @@ impl Machine {
                     out.push(Action::ReleaseStartupPages);
                 }
             }
+            Timer::Spare => {
+                if self.spare_wanted() {
+                    self.spare = Spare::Spawning;
+                    out.push(Action::SpawnSpare);
+                } else if let Some(after) = self.settings.spare_after
+                    && self.spare == Spare::None
+                    && self.gens.iter().any(|g| g.phase == GenPhase::Ready)
+                {
+                    // The previous generation is still stopping (or a swap began): later.
+                    out.push(Action::SetTimer {
+                        at: now + after,
+                        timer: Timer::Spare,
+                    });
+                }
+            }
         }
     }
 
@@ -958,6 +1092,13 @@ impl Machine {
         // forwarded SIGTSTP gets its SIGCONT.
         for pid in self.gens.iter().filter_map(|g| g.pid) {
             ask_to_stop(pid, out);
+        }
+        // The driver also closes its wake pipe, which ends it as well.
+        if let Spare::Waiting(pid) = self.spare {
+            out.push(Action::Signal {
+                pid,
+                signal: Signal::SIGTERM,
+            });
         }
         // A license command (waiting for the lock, or for the server) has nothing to finish.
         for pid in self.jobs.values().flatten() {
@@ -1010,6 +1151,7 @@ mod tests {
             activation_timeout: Duration::from_secs(30),
             sync_interval: None,
             seed: 7,
+            spare_after: None,
         }
     }
 
@@ -1117,6 +1259,194 @@ mod tests {
             vec![Action::ReleaseStartupPages]
         );
         (m, t0)
+    }
+
+    /// [`serving`] with spares on: generation 1 (pid 100) serves, and the spare (pid 900) waits.
+    fn serving_with_spare() -> (Machine, Instant) {
+        let t0 = Instant::now();
+        let mut m = Machine::new(Settings {
+            spare_after: Some(SPARE_AFTER),
+            ..settings()
+        });
+        m.step(t0, boot());
+        m.step(
+            t0,
+            Input::Spawned {
+                generation: 1,
+                pid: pid(100),
+                license: lic("a"),
+            },
+        );
+        let acts = m.step(t0, Input::Ready { generation: 1 });
+        assert_eq!(
+            acts,
+            vec![
+                Action::SetTimer {
+                    at: t0 + SPARE_AFTER,
+                    timer: Timer::Spare
+                },
+                Action::ReleaseStartupPages
+            ]
+        );
+        let t1 = t0 + SPARE_AFTER;
+        assert_eq!(
+            m.step(t1, Input::Timer(Timer::Spare)),
+            vec![Action::SpawnSpare]
+        );
+        assert_eq!(m.spare(), Spare::Spawning);
+        assert!(m.step(t1, Input::SpareSpawned { pid: pid(900) }).is_empty());
+        assert_eq!(m.spare(), Spare::Waiting(pid(900)));
+        (m, t1)
+    }
+
+    fn new_license(jti: &str) -> Input {
+        Input::LicenseChecked {
+            license: lic(jti),
+            forced: false,
+            withdrawn: false,
+            present: true,
+        }
+    }
+
+    #[test]
+    fn a_swap_wakes_the_spare_and_the_next_ready_brings_a_new_one() {
+        let (mut m, t1) = serving_with_spare();
+        assert_eq!(
+            m.step(t1, new_license("b")),
+            vec![Action::Wake { generation: 2 }]
+        );
+        assert_eq!(m.spare(), Spare::None);
+        assert_eq!(m.swaps(), 1);
+        // The driver answers as for a spawn, with the spare's pid; the rest of the swap is the same.
+        let acts = m.step(
+            t1,
+            Input::Spawned {
+                generation: 2,
+                pid: pid(900),
+                license: lic("b"),
+            },
+        );
+        assert!(acts.contains(&Action::OfferEngine { generation: 1 }));
+        assert!(acts.contains(&term(100)));
+        // No spare while the swap goes on: its start would compete with the swap.
+        assert!(m.step(t1, Input::Timer(Timer::Spare)).is_empty());
+        m.step(t1, exited(100, 0));
+        let acts = m.step(t1, Input::Ready { generation: 2 });
+        assert!(acts.contains(&Action::SetTimer {
+            at: t1 + SPARE_AFTER,
+            timer: Timer::Spare
+        }));
+        assert_eq!(
+            m.step(t1 + SPARE_AFTER, Input::Timer(Timer::Spare)),
+            vec![Action::SpawnSpare]
+        );
+        assert_eq!(m.generations()[0].pid, Some(pid(900)));
+    }
+
+    #[test]
+    fn a_spare_waits_while_the_previous_generation_is_still_stopping() {
+        let (mut m, t1) = serving_with_spare();
+        m.step(t1, new_license("b"));
+        m.step(
+            t1,
+            Input::Spawned {
+                generation: 2,
+                pid: pid(900),
+                license: lic("b"),
+            },
+        );
+        m.step(t1, Input::Ready { generation: 2 });
+        // Generation 1 has not exited yet: the timer is set again rather than a spare started.
+        let t2 = t1 + SPARE_AFTER;
+        assert_eq!(
+            m.step(t2, Input::Timer(Timer::Spare)),
+            vec![Action::SetTimer {
+                at: t2 + SPARE_AFTER,
+                timer: Timer::Spare
+            }]
+        );
+        m.step(t2, exited(100, 0));
+        assert_eq!(
+            m.step(t2 + SPARE_AFTER, Input::Timer(Timer::Spare)),
+            vec![Action::SpawnSpare]
+        );
+    }
+
+    #[test]
+    fn a_spare_that_ends_is_no_crash_and_the_next_swap_starts_from_scratch() {
+        let (mut m, t1) = serving_with_spare();
+        assert!(
+            m.step(t1, exited(900, 137)).is_empty(),
+            "no restart, no kill"
+        );
+        assert_eq!((m.spare(), m.crashes_total()), (Spare::None, 0));
+        assert_eq!(
+            m.step(t1, new_license("b")),
+            vec![Action::Spawn { generation: 2 }]
+        );
+    }
+
+    #[test]
+    fn a_spare_that_cannot_be_woken_is_replaced_by_a_spawn() {
+        let (mut m, t1) = serving_with_spare();
+        assert_eq!(
+            m.step(t1, new_license("b")),
+            vec![Action::Wake { generation: 2 }]
+        );
+        assert_eq!(
+            m.step(t1, Input::WakeFailed { generation: 2 }),
+            vec![Action::Spawn { generation: 2 }]
+        );
+        // Its exit, reported later, is nobody's: the generation has no pid yet.
+        assert!(m.step(t1, exited(900, 1)).is_empty());
+        assert_eq!(m.crashes_total(), 0);
+    }
+
+    #[test]
+    fn a_crashed_generation_is_restarted_from_the_spare() {
+        let (mut m, t1) = serving_with_spare();
+        m.step(t1, exited(100, 1));
+        assert_eq!(m.crashes_total(), 1);
+        let restart = m.restart_pending().unwrap();
+        assert_eq!(
+            m.step(restart, Input::Timer(Timer::Restart)),
+            vec![Action::Wake { generation: 2 }]
+        );
+    }
+
+    #[test]
+    fn a_stop_ends_the_spare_too_and_a_failed_spare_is_not_retried_until_the_next_ready() {
+        let (mut m, t1) = serving_with_spare();
+        let mut expected = stop(&[100], &[], Some(100), None);
+        expected.insert(2, term(900));
+        assert_eq!(m.step(t1, Input::Signal(Signal::SIGTERM)), expected);
+
+        let (mut m, t0) = serving();
+        // Spares off (the default of these tests): no timer was set, and none comes.
+        assert!(m.step(t0, Input::Timer(Timer::Spare)).is_empty());
+
+        let t0 = Instant::now();
+        let mut m = Machine::new(Settings {
+            spare_after: Some(SPARE_AFTER),
+            ..settings()
+        });
+        m.step(t0, boot());
+        m.step(
+            t0,
+            Input::Spawned {
+                generation: 1,
+                pid: pid(100),
+                license: lic("a"),
+            },
+        );
+        m.step(t0, Input::Ready { generation: 1 });
+        assert_eq!(
+            m.step(t0, Input::Timer(Timer::Spare)),
+            vec![Action::SpawnSpare]
+        );
+        // No timer, so no retry loop: the next ready sets one.
+        assert!(m.step(t0, Input::SpareFailed { code: 127 }).is_empty());
+        assert_eq!(m.spare(), Spare::None);
     }
 
     #[test]

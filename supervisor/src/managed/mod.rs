@@ -22,7 +22,10 @@
 //!            ≤ ACTIVATION_TIMEOUT, then in the background)
 //!        ──► gen 1: spawn(LISTEN_FDS=5: http, hand-over pair, engine pair; NOTIFY_SOCKET)
 //!            ──READY=1──► serving
-//!  license changed / SIGHUP / sync ──► gen N+1 spawned (loads license, standby, waits for the lock)
+//!  gen N ready + 100 ms, nothing else going on ──► spare spawned (+ `wake` pipe: exec, runtime,
+//!            nothing read; PRIVITTY_SPARE=off: none)
+//!  license changed / SIGHUP / sync ──► gen N+1: the spare woken (its number and counters on the
+//!            pipe), else spawned; loads license, standby, waits for the lock
 //!        ──► swap token, SIGTERM+SIGCONT gen N (serves until the standby, then stops accepting,
 //!            hands its connections and its engine over, frees the lock, exits)
 //!        ──► gen N+1 takes the lock and the engine, READY=1 ──► serving

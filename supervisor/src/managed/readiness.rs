@@ -78,7 +78,12 @@ pub struct NotifySocket {
 impl NotifySocket {
     /// Binds `<dir>/gen-<generation>.sock` (non-blocking: poll [`NotifySocket::fd`]).
     pub fn bind(dir: &Path, generation: u64) -> io::Result<NotifySocket> {
-        let path = dir.join(format!("gen-{generation}.sock"));
+        NotifySocket::bind_named(dir, &format!("gen-{generation}"))
+    }
+
+    /// Binds `<dir>/<stem>.sock` (the spare's, which learns its generation only when woken).
+    pub fn bind_named(dir: &Path, stem: &str) -> io::Result<NotifySocket> {
+        let path = dir.join(format!("{stem}.sock"));
         // A leftover of an earlier run with the same pid would make bind fail.
         let _ = std::fs::remove_file(&path);
         let socket = UnixDatagram::bind(&path)?;

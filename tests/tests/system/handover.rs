@@ -326,6 +326,91 @@ fn when_the_next_generation_cannot_start_handed_connections_are_closed_not_left_
     );
 }
 
+/// A generation counter of edged's `/metrics` (loopback needs no token).
+fn generation_metric(addr: SocketAddr, name: &str) -> f64 {
+    let r = privitty_tests::managed_harness::get(addr, "/metrics").expect("GET /metrics");
+    assert_eq!(r.status, 200);
+    r.text()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+}
+
+/// The files a process has open, by path (sockets and pipes left out).
+fn open_files(pid: i64) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the spare's fds")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|p| p.is_absolute())
+        .collect()
+}
+
+#[test]
+fn a_swap_wakes_the_spare_started_ahead_of_it() {
+    let dirs = TestDirs::new();
+    let stack = Stack::start("init", &dirs, StackSpec::default());
+    let first = stack.edged_pid(1);
+    let spare = stack.wait_log("spare started", 1)["pid"]
+        .as_i64()
+        .expect("the spare's pid");
+    assert_ne!(i64::from(first.as_raw()), spare);
+    // Started, idle, and it has read nothing: no file of the data directory is open (not the
+    // lock, not the license, not the engine's database), and no engine of its own.
+    let accounts = std::fs::canonicalize(&stack.accounts).unwrap();
+    let files = open_files(spare);
+    assert!(
+        !files.iter().any(|f| f.starts_with(&accounts)),
+        "the spare opened files of the data directory before it was woken: {files:?}"
+    );
+    let children = std::fs::read_to_string(format!("/proc/{spare}/task/{spare}/children"))
+        .expect("the spare's children (/proc/<pid>/task/<pid>/children)");
+    assert!(
+        children.trim().is_empty(),
+        "the spare has children: {children}"
+    );
+
+    // The swap wakes it: generation 2 is the spare's process, with the counters a generation
+    // started from scratch would have had.
+    stack.signal(Signal::SIGHUP);
+    let second = stack.edged_pid(2);
+    assert_eq!(
+        i64::from(second.as_raw()),
+        spare,
+        "generation 2 is the spare"
+    );
+    assert_eq!(generation_metric(stack.addr(), "privitty_generation"), 2.0);
+    assert_eq!(
+        generation_metric(stack.addr(), "privitty_generation_swaps_total"),
+        1.0
+    );
+
+    // A spare that dies is no crash: the next swap starts its generation from scratch, and
+    // then a new spare comes.
+    let next_spare = stack.wait_log("spare started", 2)["pid"]
+        .as_i64()
+        .expect("the second spare's pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(next_spare as i32),
+        Signal::SIGKILL,
+    )
+    .unwrap();
+    stack.wait_log("the spare ended before it was needed", 1);
+    stack.signal(Signal::SIGHUP);
+    let third = stack.edged_pid(3);
+    assert_ne!(i64::from(third.as_raw()), next_spare);
+    assert_eq!(generation_metric(stack.addr(), "privitty_generation"), 3.0);
+    assert_eq!(
+        generation_metric(stack.addr(), "privitty_generation_swaps_total"),
+        2.0
+    );
+    assert_eq!(
+        generation_metric(stack.addr(), "privitty_generation_crashes_total"),
+        0.0
+    );
+    stack.wait_log("spare started", 3);
+    assert!(!stack.exited());
+}
+
 /// Field 22 of `/proc/<pid>/stat` (start time) of a live, non-zombie process.
 fn start_time(pid: u64) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -547,7 +632,7 @@ impl Alternate {
 fn keep_alive_swap_benchmark() {
     let dirs = TestDirs::new();
     // SWAP_BENCH_ALTERNATE=PATH: another build of privitty-edged. privitty-init then runs a link
-    // that is pointed, before each swap, at this build (odd generations) or that one (even), so
+    // that is pointed, ahead of each generation, at this build (odd generations) or that one (even), so
     // both are measured in the same run, swap by swap, under the same load and the same machine
     // noise (`tests/bench/swap-trace.py --alternate` prints them apart).
     let alternate = std::env::var_os("SWAP_BENCH_ALTERNATE").map(|other| {
@@ -576,6 +661,15 @@ fn keep_alive_swap_benchmark() {
     };
     let stack = Stack::start("init", &dirs, spec);
     stack.wait_generation(1);
+    // Odd generations run this build, even ones the other. The link is pointed for the next
+    // generation as soon as one is ready: before the spare that will become it is started (100 ms
+    // later), and before any swap that starts one from scratch.
+    let point_next = |ready: u64| {
+        if let Some((link, builds)) = &alternate {
+            builds.point(link, (ready + 1).is_multiple_of(2));
+        }
+    };
+    point_next(1);
     let base = format!("http://{}", stack.addr());
     let rpc = r#"{"jsonrpc":"2.0","id":1,"method":"get_config","params":[1,"displayname"]}"#;
     let mut generation = 1;
@@ -671,13 +765,10 @@ fn keep_alive_swap_benchmark() {
                     if let Some(d) = at.checked_duration_since(Instant::now()) {
                         std::thread::sleep(d);
                     }
-                    if let Some((link, builds)) = &alternate {
-                        // Odd generations run this build, even ones the other.
-                        builds.point(link, (generation + 1) % 2 == 0);
-                    }
                     stack.signal(Signal::SIGHUP);
                     generation += 1;
                     tail.wait_generation(generation);
+                    point_next(generation);
                 }
                 runner.join().unwrap()
             });
