@@ -96,7 +96,6 @@ pub enum LicenseSource {
 pub fn run_standalone(config: Config) -> Result<(), RunError> {
     let (listener, source) = host::take_listener(config.listen)?;
     let addr = listener.local_addr().map_err(RunError::Listener)?;
-    tracing::info!(%addr, socket = source, "listening");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -109,6 +108,7 @@ pub fn run_standalone(config: Config) -> Result<(), RunError> {
         let listener = TcpListener::from_std(listener).map_err(RunError::Listener)?;
         if let Some(wake) = wake {
             // A spare: started ahead of a swap, it reads nothing until it is told its generation.
+            // privitty-init closes the pipe to end it (it exits 0, quietly).
             tokio::select! {
                 woken = spare::wait(wake) => match woken? {
                     Some(info) => config.generation = Some(info),
@@ -123,6 +123,8 @@ pub fn run_standalone(config: Config) -> Result<(), RunError> {
         // Under privitty-init, every line of the serving path (and each connection's and engine
         // call's span below it) names the generation.
         let span = tracing::info_span!("edged", generation = config.generation.map(|g| g.number));
+        // A spare says so only once it is a generation.
+        span.in_scope(|| tracing::info!(%addr, socket = source, "listening"));
         tracing::Instrument::instrument(run(config, listener, LicenseSource::Files, stop), span)
             .await
     });

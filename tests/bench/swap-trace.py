@@ -18,7 +18,8 @@ Prints, for each file, per swap (the SIGHUP's "swapping to a new generation" lin
     (median and mean over the swaps: the p99 goal of 5 ms holds while fewer than 1 % of the
     requests between two swaps take longer; the mean shows the rare swap whose catch-up lasts
     tens of milliseconds on a busy machine).
-  - how many of the swaps woke a spare (`from_spare`) rather than spawning the generation.
+  - how many of the swaps woke a spare (`from_spare`) rather than spawning the generation; when
+    some did and some did not (`SWAP_BENCH_SPARE=alternate`), the two kinds are printed apart.
 Swaps within 100 ms of either end of the run are left out (their window is cut).
 """
 
@@ -128,7 +129,13 @@ def report(directory, alternate):
             )
         name = os.path.basename(path)[len("slow-") : -len(".txt")]
         groups = [("", rows)]
-        if alternate:
+        if any(r["spare"] for r in rows) and not all(r["spare"] for r in rows):
+            # SWAP_BENCH_SPARE=alternate: swaps that woke the spare, and those that did not.
+            groups = [
+                (" spare      ", [r for r in rows if r["spare"]]),
+                (" no spare   ", [r for r in rows if not r["spare"]]),
+            ]
+        elif alternate:
             groups = [
                 (" this-build", [r for r in rows if (r["generation"] or 0) % 2 == 1]),
                 (" alternate ", [r for r in rows if (r["generation"] or 0) % 2 == 0]),

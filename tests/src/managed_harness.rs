@@ -137,6 +137,18 @@ impl LogTail {
         })
     }
 
+    /// Waits for a line with `message` (returned) among the lines written since the last call;
+    /// earlier lines are not read again.
+    pub fn wait_message(&mut self, message: &str) -> Value {
+        support::eventually(DEADLINE, message, || {
+            self.next_lines()
+                .into_iter()
+                .filter(|l| l.contains(message))
+                .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+                .find(|v| v["message"] == message)
+        })
+    }
+
     /// The whole lines written since the last look.
     fn next_lines(&mut self) -> Vec<String> {
         use std::io::{Read, Seek, SeekFrom};

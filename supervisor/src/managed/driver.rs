@@ -372,23 +372,25 @@ impl Driver<'_> {
     /// the wake message).
     fn spawn_spare(&mut self) -> Input {
         self.spares += 1;
-        let failed = |error: &dyn std::fmt::Display| {
-            tracing::warn!(error = %error, "cannot start a spare");
-            Input::SpareFailed {
-                code: exit::FAILURE,
-            }
+        let failed = |error: &dyn std::fmt::Display, code| {
+            tracing::warn!(
+                error = %error,
+                "cannot start a spare; the next generation starts from scratch (slower, nothing \
+                 else changes)"
+            );
+            Input::SpareFailed { code }
         };
         let notify = match readiness::NotifySocket::bind_named(
             &self.runtime_dir,
             &format!("spare-{}", self.spares),
         ) {
             Ok(s) => s,
-            Err(e) => return failed(&e),
+            Err(e) => return failed(&e, exit::FAILURE),
         };
         // Both ends close-on-exec: the spare gets its end through the spawn's descriptor list.
         let (read, write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
             Ok(p) => p,
-            Err(e) => return failed(&e),
+            Err(e) => return failed(&e, exit::FAILURE),
         };
         let spec = self.spawn_spec(&notify, Vec::new(), Some(&read));
         match pid1::spawn(&spec) {
@@ -400,12 +402,7 @@ impl Driver<'_> {
                 });
                 Input::SpareSpawned { pid }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start a spare");
-                Input::SpareFailed {
-                    code: e.exit_code(),
-                }
-            }
+            Err(e) => failed(&e, e.exit_code()),
         }
     }
 
@@ -587,7 +584,7 @@ impl Driver<'_> {
         // EOF and exits with the rest. A next generation that is still there takes it over and
         // stops it itself, or finds it closed: either way it ends with its stdin.
         self.close_untaken_engines();
-        // Its wake pipe closed, a spare ends on its own (exit 0), as it does at the SIGTERM.
+        // Its wake pipe closed, a spare ends on its own (exit 0); it gets no signal.
         self.spare = None;
         let engines = &self.engines;
         let status = pid1.stop(

@@ -556,7 +556,9 @@ async fn one_connection(
 
 async fn baseline(listen: SocketAddr) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    eprintln!("listening addr={}", listener.local_addr()?);
+    // One write: a reader of the log never sees the line without its address.
+    let line = format!("listening addr={}\n", listener.local_addr()?);
+    std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes())?;
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);

@@ -17,6 +17,10 @@ use privitty_tests::managed_harness::{Stack, StackSpec, TestDirs, rpc};
 use privitty_tests::support;
 
 const SWAPS: u64 = 50;
+/// privitty-init's lines about the spare.
+const SPARE_STARTED: &str = "spare started: it waits, idle, to become the next generation";
+const SPARE_ENDED: &str =
+    "the spare ended before it was needed; the next generation starts from scratch";
 
 /// One response: status and body.
 fn read_response(r: &mut BufReader<TcpStream>) -> Result<(u16, Vec<u8>), String> {
@@ -350,7 +354,7 @@ fn a_swap_wakes_the_spare_started_ahead_of_it() {
     let dirs = TestDirs::new();
     let stack = Stack::start("init", &dirs, StackSpec::default());
     let first = stack.edged_pid(1);
-    let spare = stack.wait_log("spare started", 1)["pid"]
+    let spare = stack.wait_log(SPARE_STARTED, 1)["pid"]
         .as_i64()
         .expect("the spare's pid");
     assert_ne!(i64::from(first.as_raw()), spare);
@@ -386,7 +390,7 @@ fn a_swap_wakes_the_spare_started_ahead_of_it() {
 
     // A spare that dies is no crash: the next swap starts its generation from scratch, and
     // then a new spare comes.
-    let next_spare = stack.wait_log("spare started", 2)["pid"]
+    let next_spare = stack.wait_log(SPARE_STARTED, 2)["pid"]
         .as_i64()
         .expect("the second spare's pid");
     nix::sys::signal::kill(
@@ -394,7 +398,7 @@ fn a_swap_wakes_the_spare_started_ahead_of_it() {
         Signal::SIGKILL,
     )
     .unwrap();
-    stack.wait_log("the spare ended before it was needed", 1);
+    stack.wait_log(SPARE_ENDED, 1);
     stack.signal(Signal::SIGHUP);
     let third = stack.edged_pid(3);
     assert_ne!(i64::from(third.as_raw()), next_spare);
@@ -407,7 +411,7 @@ fn a_swap_wakes_the_spare_started_ahead_of_it() {
         generation_metric(stack.addr(), "privitty_generation_crashes_total"),
         0.0
     );
-    stack.wait_log("spare started", 3);
+    stack.wait_log(SPARE_STARTED, 3);
     assert!(!stack.exited());
 }
 
@@ -672,7 +676,7 @@ fn keep_alive_swap_benchmark() {
     point_next(1);
     let base = format!("http://{}", stack.addr());
     let rpc = r#"{"jsonrpc":"2.0","id":1,"method":"get_config","params":[1,"displayname"]}"#;
-    let mut generation = 1;
+    let mut generation: u64 = 1;
     // SWAP_BENCH_TRACE=DIR: the swapping runs' slow requests (over 2 ms) and the stack's log go
     // there, to line them up with the swaps' steps.
     let trace = std::env::var_os("SWAP_BENCH_TRACE").map(std::path::PathBuf::from);
@@ -682,9 +686,11 @@ fn keep_alive_swap_benchmark() {
     cmd.args(["baseline-server", "--listen", "127.0.0.1:0"]);
     let baseline = support::Proc::spawn("baseline", cmd, &dirs.logs);
     let baseline_addr = support::eventually(support::DEADLINE, "the baseline server", || {
+        // Complete lines only: one being written may not have its address yet.
         baseline
             .stderr()
-            .lines()
+            .split_inclusive('\n')
+            .filter_map(|l| l.strip_suffix('\n'))
             .find_map(|l| l.strip_prefix("listening addr=").map(str::to_owned))
     });
     // SWAP_BENCH_LOAD: the paced rate as a fraction of the measured capacity (default 0.5);
@@ -704,6 +710,15 @@ fn keep_alive_swap_benchmark() {
         .and_then(|v| v.parse().ok());
     // SWAP_BENCH_ROUTE: one of the routes only (`/health` or `/rpc`).
     let route = std::env::var("SWAP_BENCH_ROUTE").ok();
+    // SWAP_BENCH_SPARE=alternate: the spare is killed before each swap into an even generation,
+    // which then starts from scratch, while odd ones wake the spare: both kinds of swap under the
+    // same load in the same run (`tests/bench/swap-trace.py` prints them apart).
+    let spare_alternate = std::env::var("SWAP_BENCH_SPARE").is_ok_and(|v| v == "alternate");
+    let kill_spare = |pid: i64, tail: &mut privitty_tests::managed_harness::LogTail| {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL)
+            .expect("kill the spare");
+        tail.wait_message(SPARE_ENDED);
+    };
     for conns in [8usize, 64]
         .into_iter()
         .filter(|c| only.is_none_or(|o| o == *c))
@@ -759,6 +774,13 @@ fn keep_alive_swap_benchmark() {
                 // Paced: 100 swaps spread over the run, each one waited for (following the log
                 // without re-reading it: the waiting must not load the cores it measures on).
                 let mut tail = stack.tail();
+                if spare_alternate && (generation + 1).is_multiple_of(2) {
+                    // The spare waiting since the phases before (read before the load counts).
+                    let pid = stack.lines(SPARE_STARTED).last().expect("a spare")["pid"]
+                        .as_i64()
+                        .expect("its pid");
+                    kill_spare(pid, &mut tail);
+                }
                 let began = Instant::now();
                 for i in 1..=100u32 {
                     let at = began + Duration::from_millis(200) * i;
@@ -769,6 +791,12 @@ fn keep_alive_swap_benchmark() {
                     generation += 1;
                     tail.wait_generation(generation);
                     point_next(generation);
+                    if spare_alternate && (generation + 1).is_multiple_of(2) {
+                        let pid = tail.wait_message(SPARE_STARTED)["pid"]
+                            .as_i64()
+                            .expect("the spare's pid");
+                        kill_spare(pid, &mut tail);
+                    }
                 }
                 runner.join().unwrap()
             });
