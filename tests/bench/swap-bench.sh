@@ -14,9 +14,12 @@
 #   SWAP_BENCH_TRACE=DIR (the swapping runs' requests over 2 ms and the stack's log go there; the
 #   bench then runs tests/bench/swap-trace.py on them: per swap, the slowest request, and the time
 #   from the old generation's last accept to the new one's ready),
-#   SWAP_BENCH_ALTERNATE=PATH (another build's privitty-edged: every other swap starts it, so the
-#   two builds are compared swap by swap in the same run; with SWAP_BENCH_TRACE the trace prints
-#   them apart).
+#   SWAP_BENCH_ALTERNATE=PATH (another build's privitty-edged: every other generation runs it, so
+#   the two builds are compared swap by swap in the same run; with SWAP_BENCH_TRACE the trace prints
+#   them apart),
+#   SWAP_BENCH_SPARE=alternate (the spare is killed before every other swap, which then starts its
+#   generation from scratch: swaps with and without a spare in the same run; with SWAP_BENCH_TRACE
+#   the trace prints them apart), PRIVITTY_SPARE=off (no spare at all).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

@@ -773,14 +773,9 @@ fn keep_alive_swap_benchmark() {
                 });
                 // Paced: 100 swaps spread over the run, each one waited for (following the log
                 // without re-reading it: the waiting must not load the cores it measures on).
+                // With SWAP_BENCH_SPARE=alternate, the spare of the first swap of all is left
+                // alone (its generation is even); the trace groups swaps by what they did.
                 let mut tail = stack.tail();
-                if spare_alternate && (generation + 1).is_multiple_of(2) {
-                    // The spare waiting since the phases before (read before the load counts).
-                    let pid = stack.lines(SPARE_STARTED).last().expect("a spare")["pid"]
-                        .as_i64()
-                        .expect("its pid");
-                    kill_spare(pid, &mut tail);
-                }
                 let began = Instant::now();
                 for i in 1..=100u32 {
                     let at = began + Duration::from_millis(200) * i;
