@@ -653,6 +653,18 @@ mod tests {
     }
 
     #[test]
+    fn the_spare_is_on_unless_switched_off_and_anything_else_is_refused() {
+        assert!(parse(&[]).unwrap().managed.spare);
+        assert!(!parse(&["--spare", "off"]).unwrap().managed.spare);
+        assert!(parse(&["--spare", " ON "]).unwrap().managed.spare);
+        let err = parse(&["--spare", "maybe"]).unwrap_err().to_string();
+        assert!(
+            err.contains("PRIVITTY_SPARE (--spare): \"maybe\" is neither `on` nor `off`"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let err = parse(&[
             "--stop-timeout",
