@@ -542,6 +542,32 @@ fn edged_pids(container: &str) -> Vec<u32> {
         .collect()
 }
 
+/// The serving generation's pid and the spare's, sorted, once both are there and nothing else is
+/// (a swap's old generation gone).
+fn settled_edged_pids(container: &str) -> Vec<u32> {
+    eventually(
+        Duration::from_secs(10),
+        "one serving privitty-edged and its spare",
+        || {
+            let mut pids = edged_pids(container);
+            pids.sort_unstable();
+            (pids.len() == 2).then_some(pids)
+        },
+    )
+}
+
+/// The pid of the generation that became ready last (privitty-init's `generation ready … pid=N`).
+fn serving_pid(container: &str) -> u32 {
+    let logs = logs(container);
+    let line = logs
+        .lines()
+        .rfind(|l| l.contains(LOG_GENERATION_READY))
+        .unwrap_or_else(|| panic!("no `{LOG_GENERATION_READY}` line:\n{logs}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("pid=")?.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"))
+}
+
 fn started_at(container: &str) -> String {
     podman_ok(&["inspect", "--format", "{{.State.StartedAt}}", container])
         .trim()
@@ -740,13 +766,18 @@ fn licensed_container_lifecycle() {
     assert_eq!(seats[0]["activation_id"], activation_id, "same activation");
     eprintln!("step ok: restart → activation skipped, same device.uuid, no new seat");
 
-    // SIGHUP: a new generation, and no failed request while it swaps.
-    let before = edged_pids(&name);
-    assert_eq!(
-        before.len(),
-        1,
-        "one privitty-edged before SIGHUP: {:?}",
-        processes(&name)
+    // SIGHUP: a new generation, and no failed request while it swaps. Beside the serving
+    // generation there is the spare (PRIVITTY_SPARE is on by default), which the swap wakes.
+    let before = serving_pid(&name);
+    let spare = eventually(
+        Duration::from_secs(10),
+        "the spare beside the serving privitty-edged",
+        || {
+            let pids = edged_pids(&name);
+            (pids.len() == 2 && pids.contains(&before))
+                .then(|| pids.into_iter().find(|p| *p != before))
+                .flatten()
+        },
     );
     let ready_before = count(&logs(&name), LOG_GENERATION_READY);
     let stop = Arc::new(AtomicBool::new(false));
@@ -770,14 +801,18 @@ fn licensed_container_lifecycle() {
     let swap_start = Instant::now();
     let after = eventually(
         SWAP_DEADLINE,
-        "a new privitty-edged generation after SIGHUP",
+        "a new privitty-edged generation after SIGHUP, the old one gone",
         || {
-            let pids = edged_pids(&name);
-            (pids.len() == 1
-                && pids[0] != before[0]
-                && count(&logs(&name), LOG_GENERATION_READY) > ready_before)
-                .then_some(pids[0])
+            (count(&logs(&name), LOG_GENERATION_READY) > ready_before
+                && !edged_pids(&name).contains(&before))
+            .then(|| serving_pid(&name))
         },
+    );
+    assert_eq!(
+        after,
+        spare,
+        "the swap woke the spare: {:?}",
+        processes(&name)
     );
     let swap_seen = swap_start.elapsed();
     // Keep the load going past the swap, so requests hit the new generation too.
@@ -800,8 +835,8 @@ fn licensed_container_lifecycle() {
         load.failures
     );
     eprintln!(
-        "step ok: kill -s HUP → new edged pid {after} (was {}), {} requests, none failed",
-        before[0], load.ok
+        "step ok: kill -s HUP → the spare (pid {after}) serves (was {before}), {} requests, none failed",
+        load.ok
     );
 
     // Orphans of `exec` are reaped by PID 1.
@@ -1129,7 +1164,7 @@ fn file_drop_provisioning() {
         "first boot stores the device identity (device.uuid), which file-drop provisioning needs; \
          status shows {device:?}"
     );
-    let edged = edged_pids(&name);
+    let edged = settled_edged_pids(&name);
 
     // Invalid: a license for another device.
     let other = uuid::Uuid::new_v4().to_string();
@@ -1155,7 +1190,7 @@ fn file_drop_provisioning() {
     assert_gated_refused(port, "no_license");
     assert!(health_ok(port), "service unchanged after an invalid drop");
     assert_eq!(
-        edged_pids(&name),
+        settled_edged_pids(&name),
         edged,
         "no new generation for an invalid drop"
     );
@@ -1170,7 +1205,7 @@ fn file_drop_provisioning() {
     assert_eq!(license_status(&name).word, "active");
     assert_eq!(started_at(&name), started, "no container restart");
     assert!(server.activations().is_empty(), "a file drop takes no seat");
-    let edged = edged_pids(&name);
+    let edged = settled_edged_pids(&name);
     eprintln!(
         "step ok: a valid offline license dropped → gated call allowed without restart: {answer}"
     );
@@ -1190,7 +1225,7 @@ fn file_drop_provisioning() {
         "an invalid drop must not take the running license away"
     );
     assert_eq!(
-        edged_pids(&name),
+        settled_edged_pids(&name),
         edged,
         "no new generation for an invalid drop"
     );
