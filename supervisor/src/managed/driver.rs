@@ -491,6 +491,10 @@ impl Driver<'_> {
                 crate::config::env::LICENSE_URL_FILE.into(),
             ],
             listen_fds,
+            // Outside a PID namespace, a generation left behind by a privitty-init that was
+            // killed would go on serving and hold the data-directory lock, and a privitty-init
+            // started again would wait for it; it stops instead (a spare also sees its pipe end).
+            parent_death_signal: Some(Signal::SIGTERM),
             ..SpawnSpec::default()
         }
     }

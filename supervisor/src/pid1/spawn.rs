@@ -7,6 +7,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
+use nix::sys::signal::Signal;
 use nix::unistd::{AccessFlags, Pid, access};
 use privitty_base::env;
 
@@ -31,6 +32,10 @@ pub struct SpawnSpec {
     pub listen_fds: Vec<(RawFd, String)>,
     /// Give the child's process group the terminal's foreground (stdin must be a terminal).
     pub foreground_tty: bool,
+    /// Sent to the child when privitty-init ends (`PR_SET_PDEATHSIG`, kept across exec); a child
+    /// started just as privitty-init ends exits at once. As PID 1 the kernel ends every process of
+    /// the namespace anyway; elsewhere this keeps a child from serving on, orphaned.
+    pub parent_death_signal: Option<Signal>,
 }
 
 /// Why a child could not be started.
@@ -87,6 +92,9 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Pid, SpawnError> {
     }
     let fds = spec.listen_fds.iter().map(|(fd, _)| *fd).collect();
     let mut prepared = Prepared::new(c_path, argv, env, spec.stdio, fds, spec.foreground_tty);
+    if let Some(signal) = spec.parent_death_signal {
+        prepared.set_parent_death_signal(signal);
+    }
     match sys::fork_exec(&mut prepared) {
         Ok(pid) => Ok(pid),
         Err(ForkExecError::Pipe(source) | ForkExecError::Fork(source)) => {

@@ -60,6 +60,10 @@ pub(crate) struct Prepared {
     /// Scratch space for the listen fds' temporary copies (the child writes into its own copy).
     temp_fds: Vec<RawFd>,
     foreground_tty: bool,
+    /// The signal the child gets when we end (0: none), and our pid, which the child checks it
+    /// still has as its parent once the signal is set up.
+    parent_death_signal: c_int,
+    parent: libc::pid_t,
     /// Upper bound for the close loop on kernels without close_range (before 5.9).
     max_fd: c_int,
 }
@@ -104,8 +108,16 @@ impl Prepared {
             temp_fds: vec![-1; listen_fds.len()],
             listen_fds,
             foreground_tty,
+            parent_death_signal: 0,
+            parent: 0,
             max_fd,
         }
+    }
+
+    /// The child gets `signal` when this process ends; one started just as we end exits at once.
+    pub(crate) fn set_parent_death_signal(&mut self, signal: nix::sys::signal::Signal) {
+        self.parent_death_signal = signal as c_int;
+        self.parent = nix::unistd::getpid().as_raw();
     }
 }
 
@@ -161,11 +173,23 @@ pub(crate) fn fork_exec(p: &mut Prepared) -> Result<Pid, ForkExecError> {
 
 /// The child between fork and exec. Async-signal-safe calls only, on memory prepared before fork.
 fn child(p: &mut Prepared, err_fd: RawFd) -> ! {
-    // SAFETY: every call below is async-signal-safe (setpgid, getpid, tcsetpgrp, fcntl, dup2,
-    // close, close_range, sigaction, sigprocmask, execve, write, _exit) and touches only memory
-    // owned by `p`, which was fully built before the fork; this process has a single thread.
+    // SAFETY: every call below is async-signal-safe (setpgid, prctl, getppid, getpid, tcsetpgrp,
+    // fcntl, dup2, close, close_range, sigaction, sigprocmask, execve, write, _exit) and touches
+    // only memory owned by `p`, which was fully built before the fork; this process has a single
+    // thread.
     unsafe {
         libc::setpgid(0, 0);
+        if p.parent_death_signal > 0 {
+            // Kept across exec. Set after the fork: if we ended before, the parent is another
+            // process already, and the signal would never come.
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                p.parent_death_signal as libc::c_ulong,
+            );
+            if libc::getppid() != p.parent {
+                libc::_exit(128 + p.parent_death_signal);
+            }
+        }
         if p.foreground_tty {
             // Allowed from a background group because every signal (SIGTTOU too) is blocked.
             libc::tcsetpgrp(0, libc::getpid());

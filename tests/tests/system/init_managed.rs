@@ -1087,3 +1087,45 @@ fn startup_activation_runs_as_a_child_with_the_token_on_stdin_only() {
         "the TOKEN leaked into the log"
     );
 }
+
+/// Whether `pid` is a live process (a zombie is not: it has ended and waits to be reaped).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat.rfind(')').and_then(|i| stat[i + 2..].chars().next());
+        !matches!(state, Some('Z' | 'X') | None)
+    })
+}
+
+#[test]
+fn a_killed_privitty_init_leaves_no_generation_serving_and_a_new_one_starts() {
+    // Outside a PID namespace (the README's main job): nothing ends the children with PID 1.
+    let dirs = TestDirs::new();
+    let mut stack = Stack::start("init", &dirs, StackSpec::default());
+    let edged = stack.edged_pid(1).as_raw();
+    let spare = stack.wait_log("spare started", 1)["pid"]
+        .as_i64()
+        .expect("the spare's pid") as i32;
+    let engine: i32 = support::eventually(DEADLINE, "the engine under generation 1", || {
+        std::fs::read_to_string(format!("/proc/{edged}/task/{edged}/children"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    });
+    stack.signal(Signal::SIGKILL);
+    stack.init.wait_exit();
+    // The generation gets SIGTERM (its parent-death signal) and stops its engine; the spare too.
+    support::eventually(
+        DEADLINE,
+        "the generation, its engine and the spare to end with privitty-init",
+        || (![edged, engine, spare].into_iter().any(alive)).then_some(()),
+    );
+    // So the data-directory lock and the port are free: privitty-init started again serves.
+    let again = Stack::start("init-again", &dirs, StackSpec::default());
+    again.wait_generation(1);
+    assert!(
+        get(again.addr(), "/health").is_ok_and(|r| r.status == 200),
+        "the new stack serves"
+    );
+}
