@@ -409,10 +409,10 @@ impl Driver<'_> {
     /// Wakes the spare as `generation`: the wake message carries what a generation otherwise
     /// finds in its environment.
     fn wake(&mut self, generation: machine::Gen) -> Input {
-        let license = self.license_for_spawn();
         let Some(spare) = self.spare.take() else {
             return Input::WakeFailed { generation };
         };
+        let license = self.license_for_spawn();
         let message = listener::wake_message(
             generation,
             self.machine.swaps(),

@@ -1253,8 +1253,9 @@ mod tests {
         (m, t0)
     }
 
-    /// [`serving`] with spares on: generation 1 (pid 100) serves, and the spare (pid 900) waits.
-    fn serving_with_spare() -> (Machine, Instant) {
+    /// [`serving`] with spares on, once the spare is due: generation 1 (pid 100) serves, and
+    /// `Action::SpawnSpare` has just gone out (at the returned time).
+    fn spare_asked_for() -> (Machine, Instant) {
         let t0 = Instant::now();
         let mut m = Machine::new(Settings {
             spare_after: Some(SPARE_AFTER),
@@ -1286,6 +1287,12 @@ mod tests {
             vec![Action::SpawnSpare]
         );
         assert_eq!(m.spare(), Spare::Spawning);
+        (m, t1)
+    }
+
+    /// [`serving`] with spares on: generation 1 (pid 100) serves, and the spare (pid 900) waits.
+    fn serving_with_spare() -> (Machine, Instant) {
+        let (mut m, t1) = spare_asked_for();
         assert!(m.step(t1, Input::SpareSpawned { pid: pid(900) }).is_empty());
         assert_eq!(m.spare(), Spare::Waiting(pid(900)));
         (m, t1)
@@ -1420,25 +1427,7 @@ mod tests {
         // Spares off (the default of these tests): no timer was set, and none comes.
         assert!(m.step(t0, Input::Timer(Timer::Spare)).is_empty());
 
-        let t0 = Instant::now();
-        let mut m = Machine::new(Settings {
-            spare_after: Some(SPARE_AFTER),
-            ..settings()
-        });
-        m.step(t0, boot());
-        m.step(
-            t0,
-            Input::Spawned {
-                generation: 1,
-                pid: pid(100),
-                license: lic("a"),
-            },
-        );
-        m.step(t0, Input::Ready { generation: 1 });
-        assert_eq!(
-            m.step(t0, Input::Timer(Timer::Spare)),
-            vec![Action::SpawnSpare]
-        );
+        let (mut m, t0) = spare_asked_for();
         // No timer, so no retry loop: the next ready sets one.
         assert!(m.step(t0, Input::SpareFailed { code: 127 }).is_empty());
         assert_eq!(m.spare(), Spare::None);
