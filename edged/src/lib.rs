@@ -6,7 +6,8 @@
 //! write license files other than usage counters and the high-water mark, or run two engines on one
 //! data directory.
 
-// One exception, `handover::adopt`: taking ownership of a descriptor handed to this process.
+// Two exceptions: `handover::adopt`, taking ownership of a descriptor handed to this process, and
+// `host::keep_freed_heap`, setting a parameter of the C library's allocator.
 #![deny(unsafe_code)]
 
 pub mod auth;
@@ -96,11 +97,15 @@ pub enum LicenseSource {
 pub fn run_standalone(config: Config) -> Result<(), RunError> {
     let (listener, source) = host::take_listener(config.listen)?;
     let addr = listener.local_addr().map_err(RunError::Listener)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(RunError::Runtime)?;
     let wake = host::take_wake();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if wake.is_some() {
+        // A spare faults its threads' heap in while it waits (see host::prepare_spare_heap).
+        host::prepare_spare_heap();
+        builder.on_thread_start(host::warm_thread_heap);
+    }
+    let rt = builder.build().map_err(RunError::Runtime)?;
     let result = rt.block_on(async move {
         let mut config = config;
         let stop = signals::stop_requested().map_err(RunError::Signals)?;
@@ -111,7 +116,10 @@ pub fn run_standalone(config: Config) -> Result<(), RunError> {
             // privitty-init closes the pipe to end it (it exits 0, quietly).
             tokio::select! {
                 woken = spare::wait(wake) => match woken? {
-                    Some(info) => config.generation = Some(info),
+                    Some(info) => {
+                        host::spare_woken();
+                        config.generation = Some(info);
+                    }
                     None => {
                         tracing::debug!("spare dismissed by privitty-init");
                         return Ok(());

@@ -9,8 +9,9 @@
 //! would.
 //!
 //! What a spare saves a swap is the process's start: exec, the dynamic loader, the C library's
-//! and the runtime's set-up, the worker threads. They run while the serving generation has the
-//! machine to itself instead of at the swap, next to its drain.
+//! and the runtime's set-up, the worker threads, and the page faults of their first heap
+//! ([`crate::host::prepare_spare_heap`]). They run while the serving generation has the machine
+//! to itself instead of at the swap, next to its drain and its catch-up.
 
 use std::io;
 use std::os::fd::OwnedFd;

@@ -372,6 +372,13 @@ fn a_swap_wakes_the_spare_started_ahead_of_it() {
         children.trim().is_empty(),
         "the spare has children: {children}"
     );
+    // It has faulted its runtime threads' heap in while it waits (edged's
+    // `host::SPARE_HEAP_PER_THREAD`, 2 MiB each), so that the swap's catch-up does not.
+    let (threads, anon) = support::eventually(support::DEADLINE, "the spare's warmed heap", || {
+        let (threads, anon) = threads_and_anon_kib(spare)?;
+        (anon >= (threads - 1) * 2048).then_some((threads, anon))
+    });
+    println!("the spare: {threads} threads, RssAnon {anon} KiB");
 
     // The swap wakes it: generation 2 is the spare's process, with the counters a generation
     // started from scratch would have had.
@@ -413,6 +420,21 @@ fn a_swap_wakes_the_spare_started_ahead_of_it() {
     );
     stack.wait_log(SPARE_STARTED, 3);
     assert!(!stack.exited());
+}
+
+/// `Threads` and `RssAnon` (KiB) of `/proc/<pid>/status`.
+fn threads_and_anon_kib(pid: i64) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((field("Threads:")?, field("RssAnon:")?))
 }
 
 /// Field 22 of `/proc/<pid>/stat` (start time) of a live, non-zombie process.
