@@ -129,16 +129,17 @@ def report(directory, alternate):
             )
         name = os.path.basename(path)[len("slow-") : -len(".txt")]
         groups = [("", rows)]
-        if any(r["spare"] for r in rows) and not all(r["spare"] for r in rows):
+        if alternate:
+            # Split by build even when a swap or two found no spare (`from_spare` says so).
+            groups = [
+                (" this-build", [r for r in rows if (r["generation"] or 0) % 2 == 1]),
+                (" alternate ", [r for r in rows if (r["generation"] or 0) % 2 == 0]),
+            ]
+        elif any(r["spare"] for r in rows) and not all(r["spare"] for r in rows):
             # SWAP_BENCH_SPARE=alternate: swaps that woke the spare, and those that did not.
             groups = [
                 (" spare      ", [r for r in rows if r["spare"]]),
                 (" no spare   ", [r for r in rows if not r["spare"]]),
-            ]
-        elif alternate:
-            groups = [
-                (" this-build", [r for r in rows if (r["generation"] or 0) % 2 == 1]),
-                (" alternate ", [r for r in rows if (r["generation"] or 0) % 2 == 0]),
             ]
         for label, group in groups:
             if group:
