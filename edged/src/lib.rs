@@ -104,6 +104,7 @@ pub fn run_standalone(config: Config) -> Result<(), RunError> {
         // A spare faults its threads' heap in while it waits (see host::prepare_spare_heap).
         host::prepare_spare_heap();
         builder.on_thread_start(host::warm_thread_heap);
+        host::warm_main_thread();
     }
     let rt = builder.build().map_err(RunError::Runtime)?;
     let result = rt.block_on(async move {
