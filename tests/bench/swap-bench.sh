@@ -7,7 +7,7 @@
 #   - privitty-load at 8 and 64 keep-alive connections (/health, /rpc): closed-loop capacity, then
 #     paced at half of it: hyper alone (privitty-load's baseline server, the machine's floor at
 #     that rate), steady, and across 100 swaps (p50/p99/max, non-2xx, socket errors, and how busy
-#     the machine's cores were)
+#     the machine's cores were, and the share of them the hypervisor took: steal)
 # Usage: tests/bench/swap-bench.sh [--release] [SWAPS]   (default 20 swaps, debug build)
 # Environment: SWAP_BENCH_LOAD (paced rate as a fraction of capacity, default 0.5),
 #   SWAP_BENCH_CONNECTIONS (8 or 64 only), SWAP_BENCH_ROUTE (/health or /rpc only),

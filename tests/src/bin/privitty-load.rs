@@ -192,7 +192,7 @@ async fn run(url: &str, load: &Load) -> anyhow::Result<()> {
     while let Some(r) = tasks.join_next().await {
         all.add(r??);
     }
-    all.print(load, cpu_busy(ticks, cpu_ticks()));
+    all.print(load, cpu_share(ticks, cpu_ticks()));
     Ok(())
 }
 
@@ -229,7 +229,7 @@ async fn run_paced(
         all.add(tally);
         slow.extend(s);
     }
-    all.print(load, cpu_busy(ticks, cpu_ticks()));
+    all.print(load, cpu_share(ticks, cpu_ticks()));
     if let Some(path) = slow_log {
         slow.sort_unstable();
         let mut text = String::new();
@@ -443,8 +443,8 @@ impl Tally {
         }
     }
 
-    /// The result line; `busy`: the machine's CPU over the run ([`cpu_busy`]).
-    fn print(mut self, load: &Load, busy: Option<f64>) {
+    /// The result line; `cpu`: the machine's CPU over the run ([`cpu_share`]).
+    fn print(mut self, load: &Load, cpu: Option<CpuShare>) {
         self.latencies.sort_unstable();
         let latencies = &self.latencies;
         let n = latencies.len();
@@ -464,7 +464,7 @@ impl Tally {
             latencies.last().copied().unwrap_or(0),
             self.non_2xx,
             self.socket_errors,
-            busy.map(|b| format!(" cpu_busy={b:.0}%"))
+            cpu.map(|c| format!(" cpu_busy={:.0}% steal={:.1}%", c.busy, c.steal))
                 .unwrap_or_default(),
             self.first_socket_error
                 .map(|e| format!(" first_socket_error={e:?}"))
@@ -473,10 +473,26 @@ impl Tally {
     }
 }
 
-/// The machine's CPU time counters (`/proc/stat`'s first line): (busy, total), in ticks. Busy is
-/// all but idle and iowait: user, nice, system, and the interrupts (loopback traffic is mostly
-/// softirq time).
-fn cpu_ticks() -> Option<(u64, u64)> {
+/// The machine's CPU time counters (`/proc/stat`'s first line), in ticks.
+#[derive(Clone, Copy, Debug)]
+struct CpuTicks {
+    /// All but idle and iowait: user, nice, system, the interrupts (loopback traffic is mostly
+    /// softirq time), and steal.
+    busy: u64,
+    /// Time the hypervisor gave to others while this machine's CPUs had work: a latency spike no
+    /// process here caused.
+    steal: u64,
+    total: u64,
+}
+
+/// Percent of the machine's CPU (all cores) between two [`cpu_ticks`] readings.
+#[derive(Clone, Copy, Debug)]
+struct CpuShare {
+    busy: f64,
+    steal: f64,
+}
+
+fn cpu_ticks() -> Option<CpuTicks> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let fields: Vec<u64> = stat
         .lines()
@@ -487,13 +503,20 @@ fn cpu_ticks() -> Option<(u64, u64)> {
         .collect();
     let total: u64 = fields.iter().take(8).sum();
     let idle = fields.get(3)? + fields.get(4)?;
-    Some((total - idle, total))
+    Some(CpuTicks {
+        busy: total - idle,
+        steal: *fields.get(7)?,
+        total,
+    })
 }
 
-/// Percent of the machine's CPU (all cores) busy between two [`cpu_ticks`] readings.
-fn cpu_busy(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
-    let ((b0, t0), (b1, t1)) = (before?, after?);
-    (t1 > t0).then(|| (b1 - b0) as f64 * 100.0 / (t1 - t0) as f64)
+fn cpu_share(before: Option<CpuTicks>, after: Option<CpuTicks>) -> Option<CpuShare> {
+    let (a, b) = (before?, after?);
+    let total = b.total.checked_sub(a.total).filter(|t| *t > 0)? as f64;
+    Some(CpuShare {
+        busy: b.busy.saturating_sub(a.busy) as f64 * 100.0 / total,
+        steal: b.steal.saturating_sub(a.steal) as f64 * 100.0 / total,
+    })
 }
 
 /// One keep-alive connection sending requests back to back until `deadline`; a broken
