@@ -421,7 +421,11 @@ mod tests {
             // A thread started after the wake-up starts as it is.
             let woken = faults_in_a_new_thread(warm_thread_heap);
             println!("faults: while waiting {warming:?}, after the wake-up {woken:?}");
-            assert!(warming[0] >= pages * 3 / 4, "{warming:?} of {pages} pages");
+            // With transparent huge pages always on, an arena's 2 MiB may come in one fault.
+            let huge = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+                .is_ok_and(|t| t.contains("[always]"));
+            let first = if huge { 1 } else { pages * 3 / 4 };
+            assert!(warming[0] >= first, "{warming:?} of {pages} pages");
             assert!(
                 warming[1] <= pages / 8,
                 "the warmed heap was not kept: {warming:?}"
