@@ -300,7 +300,7 @@ pub fn warm_thread_heap() {
 }
 
 /// The same for the spare's main thread, which runs the top of the serving path (`run`) from
-/// the main heap and needs far less of it (20 pages after a wake-up, against about 370 per worker).
+/// the main heap and needs far less of it (20 pages after a wake-up, against about 270 per worker).
 pub fn warm_main_thread() {
     warm_this_thread(256 << 10);
 }
