@@ -378,6 +378,17 @@ mod tests {
             .collect()
     }
 
+    /// Runs one test of this binary again in a process of its own, with `marker` set so that it
+    /// takes its child's part there (for what changes the whole process: priorities, the
+    /// allocator's settings).
+    fn run_in_child(test: &str, marker: &str) -> std::process::Output {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--nocapture"])
+            .env(marker, "1")
+            .output()
+            .unwrap()
+    }
+
     /// Set in the child process [`a_spare_thread_faults_its_heap_in_once_and_keeps_it`] runs: the
     /// allocator's settings are the whole process's.
     const HEAP_CHILD: &str = "PRIVITTY_TEST_SPARE_HEAP_CHILD";
@@ -434,15 +445,10 @@ mod tests {
             println!("heap warmed once and kept");
             return;
         }
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "host::tests::a_spare_thread_faults_its_heap_in_once_and_keeps_it",
-                "--nocapture",
-            ])
-            .env(HEAP_CHILD, "1")
-            .output()
-            .unwrap();
+        let out = run_in_child(
+            "host::tests::a_spare_thread_faults_its_heap_in_once_and_keeps_it",
+            HEAP_CHILD,
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && stdout.contains("heap warmed once and kept"),
@@ -470,15 +476,10 @@ mod tests {
             println!("every thread at nice {LOWEST_PRIORITY}: {nice:?}");
             return;
         }
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "host::tests::lower_priority_lowers_every_thread_of_the_process",
-                "--nocapture",
-            ])
-            .env(PRIORITY_CHILD, "1")
-            .output()
-            .unwrap();
+        let out = run_in_child(
+            "host::tests::lower_priority_lowers_every_thread_of_the_process",
+            PRIORITY_CHILD,
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         if let Some(skipped) = stdout.lines().find(|l| l.starts_with("SKIPPED")) {
             eprintln!("{skipped}");
