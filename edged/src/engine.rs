@@ -309,7 +309,7 @@ impl Engine {
         stop: watch::Receiver<bool>,
         stop_timeout: Duration,
     ) -> Result<(Engine, tokio::task::JoinHandle<()>), EngineError> {
-        let (engine, requests) = Engine::bare(config, released.next_id.max(1));
+        let (engine, requests) = Engine::bare(config, call_id_in_range(released.next_id));
         let pipes = (|| {
             Ok::<_, std::io::Error>((
                 pipe::Sender::from_owned_fd(released.stdin)?,
@@ -399,26 +399,30 @@ impl Engine {
             .expect("current lock")
             .clone()
             .ok_or(EngineError::Unavailable)?;
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut pending = run.pending.lock().expect("pending lock");
+            let Some(map) = pending.as_mut() else {
+                return Err(EngineError::Died);
+            };
+            // Ids wrap (see `MAX_CALL_ID`): one still waiting (the long-poll) is skipped.
+            let id = std::iter::repeat_with(|| take_call_id(&self.inner.next_id))
+                .find(|id| !map.contains_key(id))
+                .expect("the engine answers fewer calls at once than there are ids");
+            map.insert(
+                id,
+                Waiting {
+                    reply: tx,
+                    budget,
+                    poll: method == POLL_METHOD,
+                },
+            );
+            id
+        };
         let line = serde_json::to_string(
             &json!({"jsonrpc":"2.0","method":method,"params":params,"id":id}),
         )
         .expect("request serializes");
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut pending = run.pending.lock().expect("pending lock");
-            match pending.as_mut() {
-                Some(map) => map.insert(
-                    id,
-                    Waiting {
-                        reply: tx,
-                        budget,
-                        poll: method == POLL_METHOD,
-                    },
-                ),
-                None => return Err(EngineError::Died),
-            };
-        }
         // A caller that goes away (client disconnected, batch dropped) must not leave its entry
         // behind: a long-poll the engine never answers would keep it until the engine dies.
         let _entry = PendingEntry { run: &run, id };
@@ -674,6 +678,32 @@ impl Engine {
 
 /// The method of the event long-poll.
 const POLL_METHOD: &str = "get_next_event";
+
+/// The largest call id the engine takes: it reads ids as 32-bit unsigned numbers, and answers a
+/// call with a larger one with a parse error whose id is null, which no caller can be matched to
+/// (2.65.0). The ids run through 1..=MAX_CALL_ID and start again at 1; one engine answers 2^32
+/// calls in under two days at 30 000 a second, and handed-over engines keep their count.
+const MAX_CALL_ID: u64 = u32::MAX as u64;
+
+/// `id` if the engine takes it, else 1 (0, or a count a build without the wrap handed over).
+fn call_id_in_range(id: u64) -> u64 {
+    if (1..=MAX_CALL_ID).contains(&id) {
+        id
+    } else {
+        1
+    }
+}
+
+/// Takes the next call id from `next`, which then holds the one after it (1 after `MAX_CALL_ID`).
+fn take_call_id(next: &AtomicU64) -> u64 {
+    let taken = next
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            let id = call_id_in_range(n);
+            Some(if id == MAX_CALL_ID { 1 } else { id + 1 })
+        })
+        .expect("the update always gives a value");
+    call_id_in_range(taken)
+}
 /// How often an engine that is not our child is looked at while waiting for it to exit.
 const EXIT_POLL: Duration = Duration::from_millis(5);
 
@@ -1077,7 +1107,13 @@ async fn read_answers(
                 }
             };
             let Some(id) = msg.get("id").and_then(Value::as_u64) else {
-                tracing::debug!("engine message without a call id; ignoring it");
+                // An error without an id is the engine refusing a line it could not read as a
+                // call: edged wrote something wrong, and the call it was for never gets an answer.
+                if let Some(error) = msg.get("error") {
+                    tracing::warn!(%error, "the engine could not read a call edged wrote");
+                } else {
+                    tracing::debug!("engine message without a call id; ignoring it");
+                }
                 line.clear();
                 continue;
             };
@@ -1622,5 +1658,88 @@ cat > /dev/null
         }
         assert_eq!(pending(&engine), 0, "the abandoned call's entry is gone");
         running.stop(Duration::from_secs(5)).await;
+    }
+
+    /// The ids of the calls waiting on `engine`'s current run.
+    fn waiting_ids(engine: &Engine) -> Vec<u64> {
+        let current = engine.inner.current.lock().unwrap().clone().unwrap();
+        let pending = current.pending.lock().unwrap();
+        let mut ids: Vec<u64> = pending.as_ref().unwrap().keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn call_ids_wrap_at_the_engines_limit_and_skip_the_one_still_waiting() {
+        // `tail` answers nothing until stdin closes: every call stays waiting with its id.
+        let engine = bare("/usr/bin/tail");
+        let running = engine.spawn_run(1).expect("spawn tail");
+        let call = |engine: &Engine| {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.call("get_next_event", &[]).await })
+        };
+        // A long-poll that waits with id 1, then the count is near the end of the ids.
+        let first = call(&engine);
+        crate::test_util::wait_until(|| waiting_ids(&engine) == [1]).await;
+        engine.inner.next_id.store(MAX_CALL_ID, Ordering::Relaxed);
+        let last = call(&engine);
+        crate::test_util::wait_until(|| waiting_ids(&engine).len() == 2).await;
+        let wrapped = call(&engine);
+        crate::test_util::wait_until(|| waiting_ids(&engine).len() == 3).await;
+        assert_eq!(waiting_ids(&engine), [1, 2, MAX_CALL_ID]);
+        // A count beyond the engine's ids (handed over by a build without the wrap) starts at 1
+        // again, and 1 and 2 are taken.
+        engine
+            .inner
+            .next_id
+            .store(MAX_CALL_ID + 7, Ordering::Relaxed);
+        let beyond = call(&engine);
+        crate::test_util::wait_until(|| waiting_ids(&engine).len() == 4).await;
+        assert_eq!(waiting_ids(&engine), [1, 2, 3, MAX_CALL_ID]);
+        running.stop(Duration::from_secs(5)).await;
+        for c in [first, last, wrapped, beyond] {
+            c.await.unwrap().ok();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_real_engine_answers_every_call_across_the_id_wrap() {
+        let Some(program) = crate::test_util::pinned_engine() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let config = EngineConfig {
+            program,
+            data_dir: dir.path().to_path_buf(),
+            profile: "wrap".into(),
+            max_answer: 1 << 20,
+            realtime_off: true,
+        };
+        let (stop_tx, stop) = watch::channel(false);
+        let (engine, keeper) = Engine::start(config, Hub::new(16), stop, Duration::from_secs(10))
+            .await
+            .expect("the engine starts")
+            .expect("not stopped");
+        // Three calls before the last id the engine takes, so the wrap comes mid-way (the event
+        // pump's long-poll holds an id of its own too).
+        engine
+            .inner
+            .next_id
+            .store(MAX_CALL_ID - 2, Ordering::Relaxed);
+        for n in 0..6 {
+            let answer = tokio::time::timeout(
+                Duration::from_secs(10),
+                engine.call("get_all_account_ids", &[]),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                panic!("call {n} after the id count neared the limit got no answer")
+            });
+            assert_eq!(answer.unwrap(), json!([ACCOUNT_ID]), "call {n}");
+        }
+        let next = engine.inner.next_id.load(Ordering::Relaxed);
+        assert!(next < MAX_CALL_ID - 2, "the ids started again at 1: {next}");
+        stop_tx.send(true).unwrap();
+        keeper.await.unwrap();
     }
 }

@@ -454,25 +454,9 @@ mod tests {
         assert_eq!(Policy::new(&[]).unwrap().decide("nope"), Decision::Unknown);
     }
 
-    /// The pinned engine: `$PRIVITTY_ENGINE`, else `target/engine/deltachat-rpc-server`.
-    fn engine() -> Option<std::path::PathBuf> {
-        let p = std::env::var_os("PRIVITTY_ENGINE")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| {
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../target/engine/deltachat-rpc-server")
-            });
-        p.is_file().then_some(p)
-    }
-
     #[test]
     fn policy_covers_the_engine_exactly() {
-        let Some(engine) = engine() else {
-            assert!(
-                std::env::var_os("PRIVITTY_REQUIRE_ALL_TESTS").is_none(),
-                "the engine is missing: run tests/scripts/fetch-engine.sh"
-            );
-            eprintln!("SKIPPED: the engine is missing (run tests/scripts/fetch-engine.sh)");
+        let Some(engine) = crate::test_util::pinned_engine() else {
             return;
         };
         let out = std::process::Command::new(&engine)
