@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use privitty_base::env;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::unix::pipe;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -119,15 +119,34 @@ impl Budget {
     }
 }
 
-type Reply = oneshot::Sender<Result<Value, EngineError>>;
+/// Where an answer goes.
+#[derive(Debug)]
+enum Reply {
+    /// To a caller in this process.
+    Caller(oneshot::Sender<Result<Value, EngineError>>),
+    /// Back to the previous generation, whose call it is: it handed the engine over before the
+    /// answer came. The line goes as it came (or, over the size limit, as an `over` notice), over
+    /// the back channel; the channel closes once no such call waits any more.
+    Back(mpsc::UnboundedSender<Vec<u8>>),
+}
 
 /// A call waiting for its answer, with the budget its answer must fit in.
 #[derive(Debug)]
 struct Waiting {
     reply: Reply,
     budget: Option<Arc<Budget>>,
-    /// A `get_next_event` long-poll: the one kind of call an engine may be handed over with.
+    /// A `get_next_event` long-poll: its answer is the next owner's event, not a caller's.
     poll: bool,
+}
+
+impl Waiting {
+    /// No answer will come: a caller here gets `Died`; a call of the previous generation gets
+    /// it there, when the back channel closes.
+    fn fail(self) {
+        if let Reply::Caller(reply) = self.reply {
+            let _ = reply.send(Err(EngineError::Died));
+        }
+    }
 }
 
 /// What the stdin writer task is told.
@@ -136,8 +155,9 @@ enum Out {
     Line(String),
     /// Close stdin: the engine exits on its end.
     Close,
-    /// Write out what is queued, then give stdin back without closing it.
-    Release(oneshot::Sender<pipe::Sender>),
+    /// Write out what is queued, then give stdin back without closing it, with the lines that
+    /// were queued after this (never written: their calls get no answer).
+    Release(oneshot::Sender<(pipe::Sender, Vec<String>)>),
 }
 
 /// One running engine process: its stdin queue and the calls waiting for its answers.
@@ -153,7 +173,7 @@ impl EngineRun {
     fn fail_all(&self) {
         let drained = self.pending.lock().expect("pending lock").take();
         for (_, waiting) in drained.into_iter().flatten() {
-            let _ = waiting.reply.send(Err(EngineError::Died));
+            waiting.fail();
         }
     }
 
@@ -199,6 +219,11 @@ pub struct Released {
     pub next_id: u64,
     /// The `get_next_event` call the engine has not answered yet: its answer is an event.
     pub poll_id: Option<u64>,
+    /// Calls the engine has not answered yet whose answers go back, raw, over `back`.
+    pub forward: Vec<u64>,
+    /// The back channel (a unix stream socket) to the generation whose calls `forward` are:
+    /// present when `forward` is not empty.
+    pub back: Option<OwnedFd>,
     /// What the agents working on this engine knew (the peer agent's, opaque here), for the next
     /// owner's agents to start from; None = they start from scratch.
     pub carried: Option<serde_json::Value>,
@@ -227,6 +252,9 @@ struct Inner {
     release: mpsc::UnboundedSender<ReleaseRequest>,
     /// An adopted engine's unanswered `get_next_event`: the event pump waits for it first.
     adopted_poll: Mutex<Option<oneshot::Receiver<Result<Value, EngineError>>>>,
+    /// After a release with calls in flight: the task reading their answers off the back
+    /// channel (it ends when the next owner closes it).
+    forwarded: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Engine {
@@ -246,6 +274,7 @@ impl Engine {
                 restarts: AtomicU64::new(0),
                 release,
                 adopted_poll: Mutex::new(None),
+                forwarded: Mutex::new(None),
             }),
         };
         (engine, requests)
@@ -327,13 +356,35 @@ impl Engine {
             pending.insert(
                 id,
                 Waiting {
-                    reply: tx,
+                    reply: Reply::Caller(tx),
                     budget: None,
                     poll: true,
                 },
             );
             *engine.inner.adopted_poll.lock().expect("adopted poll lock") = Some(rx);
         }
+        // The previous generation's calls still in flight: their answers go back to it.
+        if let Some(back) = released.back.filter(|_| !released.forward.is_empty()) {
+            let (lines, queued) = mpsc::unbounded_channel();
+            match write_back(back, queued) {
+                Ok(()) => {
+                    for &id in &released.forward {
+                        let waiting = Waiting {
+                            reply: Reply::Back(lines.clone()),
+                            budget: None,
+                            poll: false,
+                        };
+                        pending.insert(id, waiting);
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    calls = released.forward.len(),
+                    "cannot answer the previous generation's calls in flight; they fail there"
+                ),
+            }
+        }
+        let forwarded = released.forward.len();
         let running = engine.run_with(
             1,
             Process::Adopted {
@@ -347,6 +398,7 @@ impl Engine {
         tracing::info!(
             pid = released.pid,
             read_ahead = running.read_ahead_len,
+            forwarded,
             "took over the previous generation's engine"
         );
         let keeper =
@@ -380,17 +432,31 @@ impl Engine {
         params: &[Value],
         budget: Option<Arc<Budget>>,
     ) -> Result<Value, EngineError> {
-        // Every line logged while the call runs names it (and, inside a connection's span, the
-        // client it is for).
-        let span = tracing::debug_span!("engine_call", method);
-        tracing::Instrument::instrument(self.call_in_span(method, params, budget), span).await
+        self.call_holding(method, params, budget, ()).await
     }
 
-    async fn call_in_span(
+    /// [`Engine::call_within`] that drops `held` once the call's line is queued for the engine
+    /// (or the call failed before): a swap's work gate ticket ([`crate::work`]), which lets the
+    /// engine go with the call in flight.
+    pub async fn call_holding<T: Send>(
         &self,
         method: &str,
         params: &[Value],
         budget: Option<Arc<Budget>>,
+        held: T,
+    ) -> Result<Value, EngineError> {
+        // Every line logged while the call runs names it (and, inside a connection's span, the
+        // client it is for).
+        let span = tracing::debug_span!("engine_call", method);
+        tracing::Instrument::instrument(self.call_in_span(method, params, budget, held), span).await
+    }
+
+    async fn call_in_span<T: Send>(
+        &self,
+        method: &str,
+        params: &[Value],
+        budget: Option<Arc<Budget>>,
+        held: T,
     ) -> Result<Value, EngineError> {
         let run = self
             .inner
@@ -412,7 +478,7 @@ impl Engine {
             map.insert(
                 id,
                 Waiting {
-                    reply: tx,
+                    reply: Reply::Caller(tx),
                     budget,
                     poll: method == POLL_METHOD,
                 },
@@ -429,7 +495,19 @@ impl Engine {
         if run.lines.send(Out::Line(line)).is_err() {
             return Err(EngineError::Died);
         }
+        // Queued before any release: the line is written to the engine before its stdin goes.
+        drop(held);
         rx.await.unwrap_or(Err(EngineError::Died))
+    }
+
+    /// After a release with calls in flight: waits (up to `timeout`) until their answers came
+    /// back, or no more can come (the next owner closed the back channel).
+    pub async fn forwarded_answered(&self, timeout: Duration) -> bool {
+        let task = self.inner.forwarded.lock().expect("forwarded lock").take();
+        match task {
+            Some(task) => tokio::time::timeout(timeout, task).await.is_ok(),
+            None => true,
+        }
     }
 
     /// The engine's pid, while one runs.
@@ -562,12 +640,17 @@ impl Engine {
         let (release_tx, release) = watch::channel(false);
         let read_ahead_len = read_ahead.len();
         tokio::spawn(write_lines(stdin, lines_rx));
-        let reader = tokio::spawn(read_answers(
-            Prefixed::new(read_ahead, stdout),
-            run.clone(),
-            self.inner.max_line,
-            release.clone(),
-        ));
+        let reader = tokio::spawn({
+            let (run, max_line, release) = (run.clone(), self.inner.max_line, release.clone());
+            async move {
+                let source = Prefixed::new(read_ahead, stdout);
+                let (source, mut rest) =
+                    read_answers(source, run, max_line, Some(release), false).await?;
+                let (pipe, unread) = source.into_parts();
+                rest.extend_from_slice(&unread);
+                Some((pipe, rest))
+            }
+        });
         let stderr = tokio::spawn(log_stderr(stderr, pid, release));
         *self.inner.pid.lock().expect("pid lock") = pid;
         *self.inner.current.lock().expect("current lock") = Some(run.clone());
@@ -616,7 +699,13 @@ impl Engine {
                 }
                 Next::Release(request) => {
                     self.detach(&running.run);
-                    let released = running.release(stop_timeout, &self.inner.next_id).await;
+                    let released = running
+                        .release(stop_timeout, &self.inner.next_id, self.inner.max_line)
+                        .await
+                        .map(|(released, forwarded)| {
+                            *self.inner.forwarded.lock().expect("forwarded lock") = forwarded;
+                            released
+                        });
                     pump.abort();
                     let _ = request.send(released);
                     return;
@@ -800,12 +889,19 @@ impl Running {
         self.run.fail_all();
     }
 
-    /// Takes the process out: waits (up to `timeout`) until only the event long-poll is
-    /// unanswered, takes stdin back from the writer and stdout/stderr from their readers at a
-    /// line boundary. On any failure the engine is stopped instead and `None` returned.
-    async fn release(mut self, timeout: Duration, next_id: &AtomicU64) -> Option<Released> {
+    /// Takes the process out: stdin back from the writer, stdout and stderr from their readers at
+    /// a line boundary. The calls it has not answered yet go with it: their answers come back
+    /// over a new back channel, read by a task of their own (returned), so nobody waits for the
+    /// engine here (more than [`MAX_FORWARD`] of them are waited for first, up to `timeout`). On
+    /// any failure the engine is stopped instead and `None` returned.
+    async fn release(
+        mut self,
+        timeout: Duration,
+        next_id: &AtomicU64,
+        max_line: usize,
+    ) -> Option<(Released, Option<tokio::task::JoinHandle<()>>)> {
         let deadline = Instant::now() + timeout;
-        while self.run.calls_waiting() > 0 {
+        while self.run.calls_waiting() > MAX_FORWARD {
             if Instant::now() >= deadline {
                 tracing::warn!(
                     calls = self.run.calls_waiting(),
@@ -818,7 +914,10 @@ impl Running {
         }
         let (tx, rx) = oneshot::channel();
         let _ = self.run.lines.send(Out::Release(tx));
-        let stdin = rx.await.ok();
+        let (stdin, unwritten) = match rx.await {
+            Ok((stdin, unwritten)) => (Some(stdin), unwritten),
+            Err(_) => (None, Vec::new()),
+        };
         let _ = self.release.send(true);
         let stdout = match self.reader.take() {
             Some(r) => r.await.ok().flatten(),
@@ -828,15 +927,54 @@ impl Running {
             Some(r) => r.await.ok().flatten(),
             None => None,
         };
-        // What is still waiting now is the long-poll (its answer is the next owner's) or a call
-        // that raced the detach (it fails as if the engine had died).
-        let waiting = self.run.pending.lock().expect("pending lock").take();
+        // What is still waiting now: the long-poll (its answer is the next owner's event), calls
+        // whose line was never written (a call that raced the release: it fails as if the
+        // engine had died), and the calls in flight, whose answers the next owner sends back.
+        let unwritten: Vec<u64> = unwritten.iter().filter_map(|l| id_in_request(l)).collect();
+        let (ended, mut forward) = {
+            let mut pending = self.run.pending.lock().expect("pending lock");
+            match pending.as_mut() {
+                Some(map) => {
+                    let ended: Vec<u64> = map
+                        .iter()
+                        .filter(|(id, w)| w.poll || unwritten.contains(id))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    let ended: Vec<(u64, Waiting)> = ended
+                        .into_iter()
+                        .filter_map(|id| Some((id, map.remove(&id)?)))
+                        .collect();
+                    let mut forward: Vec<u64> = map.keys().copied().collect();
+                    forward.sort_unstable();
+                    (ended, forward)
+                }
+                None => (Vec::new(), Vec::new()),
+            }
+        };
         let mut poll_id = None;
-        for (id, w) in waiting.into_iter().flatten() {
+        for (id, w) in ended {
             if w.poll {
                 poll_id = Some(id);
             }
-            let _ = w.reply.send(Err(EngineError::Died));
+            w.fail();
+        }
+        let mut back = None;
+        let mut forwarded = None;
+        if !forward.is_empty() {
+            match back_channel() {
+                Ok((ours, theirs)) => {
+                    back = Some(theirs);
+                    let run = self.run.clone();
+                    forwarded = Some(tokio::spawn(async move {
+                        read_answers(ours, run, max_line, None, true).await;
+                    }));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, calls = forward.len(), "no back channel for the engine calls in flight; they fail");
+                    forward.clear();
+                    self.run.fail_all();
+                }
+            }
         }
         let pid = self.process.pid();
         let start_time = pid.and_then(start_time_of);
@@ -866,9 +1004,10 @@ impl Running {
             pid,
             read_ahead = read_ahead.len(),
             poll_id,
+            in_flight = forward.len(),
             "engine released for the next generation"
         );
-        Some(Released {
+        let released = Released {
             pid,
             start_time,
             stdin,
@@ -877,9 +1016,49 @@ impl Running {
             read_ahead,
             next_id: next_id.load(Ordering::Relaxed),
             poll_id,
+            forward,
+            back,
             carried: None,
-        })
+        };
+        Some((released, forwarded))
     }
+}
+
+/// Most calls in flight a release takes along (their ids travel in the engine message); with more,
+/// it waits until no more are left.
+const MAX_FORWARD: usize = 1024;
+
+/// A unix stream socket pair for the answers to calls in flight at a release: this end (read
+/// here), and the one that goes with the engine.
+fn back_channel() -> std::io::Result<(tokio::net::UnixStream, OwnedFd)> {
+    let (ours, theirs) = tokio::net::UnixStream::pair()?;
+    Ok((ours, OwnedFd::from(theirs.into_std()?)))
+}
+
+/// Writes the previous generation's answers to its back channel until no call of it waits here
+/// any more (every sender is gone), then closes it: there, that is the end of the answers.
+fn write_back(back: OwnedFd, mut lines: mpsc::UnboundedReceiver<Vec<u8>>) -> std::io::Result<()> {
+    let stream = std::os::unix::net::UnixStream::from(back);
+    stream.set_nonblocking(true)?;
+    let mut stream = tokio::net::UnixStream::from_std(stream)?;
+    tokio::spawn(async move {
+        while let Some(line) = lines.recv().await {
+            if stream.write_all(&line).await.is_err() {
+                return;
+            }
+        }
+        let _ = stream.shutdown().await;
+    });
+    Ok(())
+}
+
+/// The id of a call line edged wrote (`{"jsonrpc":"2.0","method":…,"params":…,"id":N}`).
+fn id_in_request(line: &str) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: u64,
+    }
+    serde_json::from_str::<Id>(line).ok().map(|i| i.id)
 }
 
 /// Stops an engine that was released but could not be passed on: closes its stdin and waits
@@ -1036,7 +1215,14 @@ async fn write_lines(stdin: pipe::Sender, mut lines: mpsc::UnboundedReceiver<Out
                 }
                 Out::Release(back) => {
                     if out.flush().await.is_ok() {
-                        let _ = back.send(out.into_inner());
+                        lines.close();
+                        let mut unwritten = Vec::new();
+                        while let Ok(item) = lines.try_recv() {
+                            if let Out::Line(line) = item {
+                                unwritten.push(line);
+                            }
+                        }
+                        let _ = back.send((out.into_inner(), unwritten));
                     }
                     return;
                 }
@@ -1050,21 +1236,29 @@ async fn write_lines(stdin: pipe::Sender, mut lines: mpsc::UnboundedReceiver<Out
     let _ = out.shutdown().await;
 }
 
-async fn read_answers(
-    stdout: Prefixed<pipe::Receiver>,
+/// Reads the engine's answers from `source` (its stdout, or, with `back_channel`, a later owner's
+/// back channel) and delivers each to the call waiting for it, until `source` ends (every call
+/// still waiting then fails) or `release` turns true: then `source` comes back at a line boundary,
+/// with the bytes read of an unfinished line.
+async fn read_answers<R: AsyncRead + Unpin>(
+    source: R,
     run: Arc<EngineRun>,
     max_line: usize,
-    mut release: watch::Receiver<bool>,
-) -> Option<StdoutBack> {
-    let mut reader = BufReader::new(stdout);
+    mut release: Option<watch::Receiver<bool>>,
+    back_channel: bool,
+) -> Option<(R, Vec<u8>)> {
+    let mut reader = BufReader::new(source);
     let mut line = LineState::default();
     loop {
         // Stopping between lines or in the middle of one loses nothing: the partial line stays
         // in `line`, the rest in the reader's buffer, and both go with the pipe.
-        let read = tokio::select! {
-            biased;
-            _ = crate::stopped(&mut release) => None,
-            r = read_line_capped(&mut reader, max_line, &mut line) => Some(r),
+        let read = match release.as_mut() {
+            Some(release) => tokio::select! {
+                biased;
+                _ = crate::stopped(release) => None,
+                r = read_line_capped(&mut reader, max_line, &mut line) => Some(r),
+            },
+            None => Some(read_line_capped(&mut reader, max_line, &mut line).await),
         };
         let Some(read) = read else {
             if line.over {
@@ -1073,9 +1267,7 @@ async fn read_answers(
             }
             let mut rest = std::mem::take(&mut line.buf);
             rest.extend_from_slice(reader.buffer());
-            let (pipe, unread) = reader.into_inner().into_parts();
-            rest.extend_from_slice(&unread);
-            return Some((pipe, rest));
+            return Some((reader.into_inner(), rest));
         };
         match read {
             Ok(true) => {}
@@ -1117,9 +1309,12 @@ async fn read_answers(
                 line.clear();
                 continue;
             };
-            (id, Ok((msg, line.buf.len())))
+            // A later owner's notice of an answer it dropped as over-long (see `Reply::Back`).
+            match msg.get(OVER_NOTICE).and_then(Value::as_u64) {
+                Some(size) if back_channel => (id, Err(size as usize)),
+                _ => (id, Ok((msg, line.buf.len()))),
+            }
         };
-        line.clear();
         let waiting = run
             .pending
             .lock()
@@ -1128,17 +1323,34 @@ async fn read_answers(
             .and_then(|m| m.remove(&id));
         let Some(waiting) = waiting else {
             tracing::debug!(id, "engine answer to a call nobody waits for; dropped it");
+            line.clear();
             continue;
         };
+        let reply = match waiting.reply {
+            Reply::Caller(reply) => reply,
+            Reply::Back(back) => {
+                let mut raw = match outcome {
+                    Err(size) => format!(r#"{{"jsonrpc":"2.0","id":{id},"{OVER_NOTICE}":{size}}}"#)
+                        .into_bytes(),
+                    Ok(_) => std::mem::take(&mut line.buf),
+                };
+                raw.push(b'\n');
+                let _ = back.send(raw);
+                line.clear();
+                continue;
+            }
+        };
+        line.clear();
+        let budget = waiting.budget;
         let outcome = match outcome {
             Err(size) => Err(EngineError::TooLarge {
                 size,
-                limit: waiting.budget.as_ref().map_or(max_line, |b| b.limit()),
+                limit: budget.as_ref().map_or(max_line, |b| b.limit()),
             }),
-            Ok((_, size)) if waiting.budget.as_ref().is_some_and(|b| !b.take(size)) => {
+            Ok((_, size)) if budget.as_ref().is_some_and(|b| !b.take(size)) => {
                 Err(EngineError::TooLarge {
                     size,
-                    limit: waiting.budget.as_ref().map_or(max_line, |b| b.limit()),
+                    limit: budget.as_ref().map_or(max_line, |b| b.limit()),
                 })
             }
             Ok((msg, _)) => match msg {
@@ -1150,12 +1362,16 @@ async fn read_answers(
                 _ => Ok(Value::Null),
             },
         };
-        let _ = waiting.reply.send(outcome);
+        let _ = reply.send(outcome);
     }
     // No answer can come any more: fail what is still waiting now, not when the exit is noticed.
     run.fail_all();
     None
 }
+
+/// The field of a back-channel line that says the engine's answer was over the size limit (its
+/// size): the later owner dropped it unread, as this generation would have.
+const OVER_NOTICE: &str = "privittyOver";
 
 /// The line being read from the engine, kept outside the read so that stopping in the middle
 /// of one loses nothing.
@@ -1483,6 +1699,8 @@ cat > /dev/null
             read_ahead: read_ahead.to_vec(),
             next_id,
             poll_id,
+            forward: Vec::new(),
+            back: None,
             carried: None,
         };
         let stand = Stand {
@@ -1578,6 +1796,133 @@ cat > /dev/null
         keeper.await.unwrap();
         assert!(engine.pid().is_none(), "no engine here any more");
         drop(stop_tx);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_in_flight_at_a_release_get_their_answers_through_the_next_owner() {
+        use std::io::Write;
+        let (stand, released) = stand_in(b"", 20, None);
+        let hub = Hub::new(16);
+        let (_stop_tx, stop) = watch::channel(false);
+        let mut config = bare("/nonexistent").inner.config.clone();
+        config.max_answer = 200;
+        let (old, old_keeper) = Engine::adopt(
+            config.clone(),
+            released,
+            hub.clone(),
+            stop.clone(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        // Three calls of the old owner are in flight (the stand-in answers nothing by itself).
+        let mut calls = Vec::new();
+        for method in ["one", "two", "three"] {
+            let old = old.clone();
+            calls.push(tokio::spawn(async move { old.call(method, &[]).await }));
+        }
+        let (mut stand, requests) = tokio::task::spawn_blocking(move || {
+            let mut requests = Vec::new();
+            let mut stand = stand;
+            // The pump's long-poll comes first or in between: keep only the calls.
+            while requests.len() < 3 {
+                let r = next_request(&mut stand);
+                if r["method"] != "get_next_event" {
+                    requests.push(r);
+                }
+            }
+            (stand, requests)
+        })
+        .await
+        .unwrap();
+        let id_of = |method: &str| {
+            requests
+                .iter()
+                .find(|r| r["method"] == method)
+                .and_then(|r| r["id"].as_u64())
+                .unwrap()
+        };
+        // Released with them in flight; the first is answered before the next owner has it.
+        stand
+            .stdout
+            .write_all(
+                format!(
+                    "{{\"jsonrpc\":\"2.0\",\"id\":{},\"result\":1}}\n",
+                    id_of("one")
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        let released = tokio::time::timeout(Duration::from_secs(10), old.release())
+            .await
+            .expect("released at once, not after the answers")
+            .expect("a clean release");
+        old_keeper.await.unwrap();
+        // The calls still waiting went along ("one" too, unless its answer was read first).
+        let (one, two, three) = (id_of("one"), id_of("two"), id_of("three"));
+        assert!(
+            released.forward.contains(&two) && released.forward.contains(&three),
+            "{:?}",
+            released.forward
+        );
+        assert!(
+            released
+                .forward
+                .iter()
+                .all(|id| [one, two, three].contains(id))
+        );
+        assert!(released.back.is_some());
+        // No new call starts on the old owner.
+        assert!(matches!(
+            old.call("four", &[]).await,
+            Err(EngineError::Unavailable)
+        ));
+        // The next owner takes it; the answers to the old owner's calls reach their callers there,
+        // one of them over the size limit, and its own call goes on as usual.
+        let (new, new_keeper) =
+            Engine::adopt(config, released, hub, stop, Duration::from_secs(5)).unwrap();
+        let own = tokio::spawn({
+            let new = new.clone();
+            async move { new.call("five", &[]).await }
+        });
+        let (mut stand, own_request) = tokio::task::spawn_blocking(move || {
+            loop {
+                let r = next_request(&mut stand);
+                if r["method"] == "five" {
+                    break (stand, r);
+                }
+            }
+        })
+        .await
+        .unwrap();
+        let big = "x".repeat(300);
+        let answers = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{},\"result\":\"{big}\"}}\n{{\"jsonrpc\":\"2.0\",\"id\":{},\"result\":{{\"ok\":2}}}}\n{{\"jsonrpc\":\"2.0\",\"id\":{},\"result\":5}}\n",
+            id_of("three"),
+            id_of("two"),
+            own_request["id"]
+        );
+        stand.stdout.write_all(answers.as_bytes()).unwrap();
+        let mut results = Vec::new();
+        for call in calls {
+            results.push(
+                tokio::time::timeout(Duration::from_secs(10), call)
+                    .await
+                    .expect("an answer")
+                    .unwrap(),
+            );
+        }
+        assert_eq!(results[0].as_ref().unwrap(), &json!(1));
+        assert_eq!(results[1].as_ref().unwrap(), &json!({"ok": 2}));
+        assert!(
+            matches!(results[2], Err(EngineError::TooLarge { limit: 200, .. })),
+            "{:?}",
+            results[2]
+        );
+        assert_eq!(own.await.unwrap().unwrap(), json!(5));
+        // Every forwarded call is answered: the back channel closed, and the old owner knows.
+        assert!(old.forwarded_answered(Duration::from_secs(10)).await);
+        drop(new);
+        drop(new_keeper);
     }
 
     #[test]

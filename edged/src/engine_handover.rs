@@ -36,9 +36,10 @@ const STANDBY_MAGIC: &[u8; 8] = b"PVEDSB01";
 const ENGINE_MAGIC: &[u8; 8] = b"PVEDEN01";
 /// Most bytes read ahead of the engine's stdout that travel with it (the start of one answer).
 const MAX_READ_AHEAD: usize = 1024 * 1024;
-/// Most bytes of the JSON part (the peer agent's knowledge is most of it: up to 1000 instance
-/// ids; more than fits here is not sent, and the next generation looks them up itself).
-const MAX_META: usize = 16 * 1024;
+/// Most bytes of the JSON part (the peer agent's knowledge and the calls in flight are most of
+/// it: up to 1000 instance ids, up to 1024 call ids; knowledge that does not fit is not sent, and
+/// the next generation looks it up itself).
+const MAX_META: usize = 32 * 1024;
 
 /// The engine pair's two ends, inherited from privitty-init.
 #[derive(Debug)]
@@ -63,6 +64,11 @@ struct Meta {
     start_time: u64,
     next_id: u64,
     poll_id: Option<u64>,
+    /// [`Released::forward`]: the calls in flight, answered over the fourth descriptor (the back
+    /// channel). Absent when there are none; a build without it refuses a message with four
+    /// descriptors, closing them all, so those calls fail at once in the sender.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    forward: Vec<u64>,
     /// [`Released::carried`]; absent in a message from a build without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     carried: Option<serde_json::Value>,
@@ -138,21 +144,30 @@ impl EnginePair {
 
     /// Passes `released` to whichever generation reads the other end next. On failure the
     /// engine comes back, for the caller to stop.
-    pub fn send(&self, released: Released) -> Result<(), (Released, io::Error)> {
+    pub fn send(&self, released: Released) -> Result<(), Box<(Released, io::Error)>> {
         if released.read_ahead.len() > MAX_READ_AHEAD {
             let n = released.read_ahead.len();
-            return Err((
+            return Err(Box::new((
                 released,
                 io::Error::other(format!(
                     "{n} bytes read ahead is more than a hand-over carries"
                 )),
-            ));
+            )));
         }
+        // The calls in flight go only with their back channel.
+        let back = released
+            .back
+            .as_ref()
+            .filter(|_| !released.forward.is_empty());
         let mut meta = Meta {
             pid: released.pid,
             start_time: released.start_time,
             next_id: released.next_id,
             poll_id: released.poll_id,
+            forward: match back {
+                Some(_) => released.forward.clone(),
+                None => Vec::new(),
+            },
             carried: released.carried.clone(),
         };
         let mut bytes = serde_json::to_vec(&meta).expect("meta serializes");
@@ -171,11 +186,14 @@ impl EnginePair {
         head.extend_from_slice(&(meta.len() as u32).to_be_bytes());
         head.extend_from_slice(&meta);
         let iov = [IoSlice::new(&head), IoSlice::new(&released.read_ahead)];
-        let fds = [
+        let mut fds = vec![
             released.stdin.as_raw_fd(),
             released.stdout.as_raw_fd(),
             released.stderr.as_raw_fd(),
         ];
+        if let Some(back) = &back {
+            fds.push(back.as_raw_fd());
+        }
         let cmsg = [ControlMessage::ScmRights(&fds)];
         match sendmsg::<()>(
             self.send.as_raw_fd(),
@@ -186,7 +204,7 @@ impl EnginePair {
         ) {
             // Our copies close with `released`; the message holds the engine now.
             Ok(_) => Ok(()),
-            Err(e) => Err((released, io::Error::from(e))),
+            Err(e) => Err(Box::new((released, io::Error::from(e)))),
         }
     }
 
@@ -232,7 +250,16 @@ fn decode(msg: &[u8], fds: Vec<OwnedFd>) -> Option<Released> {
     }
     let (meta, read_ahead) = rest.split_at(len);
     let meta: Meta = serde_json::from_slice(meta).ok()?;
-    let [stdin, stdout, stderr]: [OwnedFd; 3] = fds.try_into().ok()?;
+    let mut fds = fds.into_iter();
+    let (Some(stdin), Some(stdout), Some(stderr), back, None) =
+        (fds.next(), fds.next(), fds.next(), fds.next(), fds.next())
+    else {
+        return None;
+    };
+    // A back channel comes with calls in flight, and only then.
+    if back.is_some() == meta.forward.is_empty() {
+        return None;
+    }
     Some(Released {
         pid: meta.pid,
         start_time: meta.start_time,
@@ -242,6 +269,8 @@ fn decode(msg: &[u8], fds: Vec<OwnedFd>) -> Option<Released> {
         read_ahead: read_ahead.to_vec(),
         next_id: meta.next_id,
         poll_id: meta.poll_id,
+        forward: meta.forward,
+        back,
         carried: meta.carried,
     })
 }
@@ -341,20 +370,23 @@ mod tests {
             read_ahead: Vec::new(),
             next_id: 10,
             poll_id: None,
+            forward: Vec::new(),
+            back: None,
             carried: Some(serde_json::json!({ "instances": instances })),
         };
-        old.send(released).map_err(|(_, e)| e).unwrap();
+        old.send(released).map_err(|failed| failed.1).unwrap();
         let got = new.receive().expect("the engine message");
         assert_eq!((got.pid, got.next_id), (42, 10));
         assert_eq!(got.carried, None);
     }
 
     #[test]
-    fn an_engine_arrives_with_its_pipes_read_ahead_and_call_state() {
+    fn an_engine_arrives_with_its_pipes_read_ahead_call_state_and_back_channel() {
         let (old, new) = pair();
         let (in_r, in_w) = pipe();
         let (mut out_r, mut out_w) = pipe();
         let (_err_r, err_w) = pipe();
+        let (mut back_here, back_there) = std::os::unix::net::UnixStream::pair().unwrap();
         let released = Released {
             pid: 42,
             start_time: 7,
@@ -364,9 +396,11 @@ mod tests {
             read_ahead: b"{\"jsonrpc\":\"2.0\",\"id\":9,".to_vec(),
             next_id: 10,
             poll_id: Some(9),
+            forward: vec![7, 8],
+            back: Some(OwnedFd::from(back_there)),
             carried: Some(serde_json::json!({"instances": [12, 40], "addr": "a@example.org"})),
         };
-        old.send(released).map_err(|(_, e)| e).unwrap();
+        old.send(released).map_err(|failed| failed.1).unwrap();
         let got = new.receive().expect("the engine message");
         assert_eq!(
             (got.pid, got.start_time, got.next_id, got.poll_id),
@@ -386,7 +420,53 @@ mod tests {
         std::fs::File::from(got.stdout).read_exact(&mut b).unwrap();
         assert_eq!(&b, b"y");
         drop(out_r.read(&mut []));
+        // The calls in flight, and the back channel their answers go over.
+        assert_eq!(got.forward, [7, 8]);
+        std::os::unix::net::UnixStream::from(got.back.expect("the back channel"))
+            .write_all(b"z")
+            .unwrap();
+        back_here.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"z");
         assert!(new.receive().is_none(), "one message, taken once");
+    }
+
+    #[test]
+    fn calls_in_flight_without_their_back_channel_or_the_reverse_are_refused() {
+        let (old, new) = pair();
+        let send = |meta: &str, with_back: bool| {
+            let (in_r, in_w) = pipe();
+            let (out_r, _out_w) = pipe();
+            let (_err_r, err_w) = pipe();
+            let (back, _back_there) = std::os::unix::net::UnixStream::pair().unwrap();
+            let mut fds = vec![in_w.as_raw_fd(), out_r.as_raw_fd(), err_w.as_raw_fd()];
+            if with_back {
+                fds.push(back.as_raw_fd());
+            }
+            let mut msg = ENGINE_MAGIC.to_vec();
+            msg.extend_from_slice(&(meta.len() as u32).to_be_bytes());
+            msg.extend_from_slice(meta.as_bytes());
+            sendmsg::<()>(
+                old.send.as_raw_fd(),
+                &[IoSlice::new(&msg)],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::empty(),
+                None,
+            )
+            .unwrap();
+            in_r
+        };
+        let good = r#"{"pid":1,"start_time":2,"next_id":3,"poll_id":null}"#;
+        let with_calls = r#"{"pid":1,"start_time":2,"next_id":3,"poll_id":null,"forward":[2]}"#;
+        for (meta, with_back) in [(with_calls, false), (good, true)] {
+            let stdin = send(meta, with_back);
+            assert!(new.receive().is_none(), "{meta} with_back={with_back}");
+            // Its stdin was closed: that engine would see the end of its input and stop.
+            let mut rest = Vec::new();
+            (&stdin).read_to_end(&mut rest).unwrap();
+        }
+        send(with_calls, true);
+        let got = new.receive().expect("calls with their back channel");
+        assert_eq!(got.forward, [2]);
     }
 
     #[test]

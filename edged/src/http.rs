@@ -42,6 +42,7 @@ use crate::handover;
 use crate::rpc::{self, Body, Item, RpcError};
 use crate::service::Service;
 use crate::viewer::{STREAM_PREFIX, Viewer, ViewerBody};
+use crate::work::{Ticket, WorkGate};
 
 /// Why a response body ended before it was complete (the connection is then cut, so the client
 /// never takes a partial body for a whole one).
@@ -66,6 +67,10 @@ pub struct HttpConfig {
     pub stop_timeout: Duration,
     /// The viewer session and its streams.
     pub viewer: Arc<Viewer>,
+    /// The work gate a swap closes before the engine goes: every request takes a ticket when
+    /// hyper hands it over, and once the gate is closed a request is not started here but passed,
+    /// unanswered, to the next generation ("requeue").
+    pub work: Arc<WorkGate>,
 }
 
 /// What answers requests once this generation has it: `None` while it starts (it waits for the
@@ -123,6 +128,9 @@ pub async fn serve(
         }
         None => (None, None),
     };
+    if sender.is_some() {
+        config.work.requeue_possible();
+    }
     let shared = Arc::new(Shared {
         service,
         sse_slots: Arc::new(Semaphore::new(config.sse_max_clients)),
@@ -291,8 +299,17 @@ async fn serve_connection(
         let shared = svc_shared.clone();
         let service = service.clone();
         let guard = ActiveGuard::new(svc_active.clone());
+        let requeue_to = svc_active.clone();
         Box::pin(async move {
-            let resp = route(req, shared, service).await;
+            let resp = match route(req, shared, service).await {
+                Ok(resp) => resp,
+                Err(Requeue(request)) => {
+                    // Nothing of it was answered: the connection goes to the next generation now
+                    // with this request first (see `serve_connection`); this one answers never.
+                    requeue_to.requeue(request);
+                    return std::future::pending().await;
+                }
+            };
             // The guard lives as long as the body: hyper drops the body once it wrote it.
             Ok::<_, Infallible>(resp.map(move |body| {
                 BoxBody::new(Guarded {
@@ -325,8 +342,19 @@ async fn serve_connection(
     }
     if shared.handover.is_some() {
         // Finish what is in flight, then hand over between two requests.
-        while !active.idle() {
+        loop {
             let notified = active.notify.notified();
+            if let Some(request) = active.requeued() {
+                // A request this generation did not start: hyper has written nothing for it, so
+                // the next generation reads it first, then what hyper read after it.
+                let parts = conn.into_parts();
+                let (stream, rest) = parts.io.into_inner().into_parts();
+                let mut buffered = request;
+                buffered.extend_from_slice(&parts.read_buf);
+                buffered.extend_from_slice(&rest);
+                hand_on_or_close(&shared, stream, peer, &buffered, Ok(())).await;
+                return;
+            }
             if active.idle() {
                 break;
             }
@@ -395,11 +423,22 @@ async fn hand_on_or_close(
 struct Active {
     count: std::sync::atomic::AtomicUsize,
     notify: tokio::sync::Notify,
+    /// A request not started here, as bytes for the next generation (see [`Requeue`]).
+    requeue: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
 impl Active {
     fn idle(&self) -> bool {
         self.count.load(Ordering::Acquire) == 0
+    }
+
+    fn requeue(&self, request: Vec<u8>) {
+        *self.requeue.lock().expect("requeue lock") = Some(request);
+        self.notify.notify_one();
+    }
+
+    fn requeued(&self) -> Option<Vec<u8>> {
+        self.requeue.lock().expect("requeue lock").take()
     }
 }
 
@@ -491,13 +530,22 @@ impl FirstRequest {
     }
 }
 
+/// A request this generation does not start because its engine went to the next generation (the
+/// work gate is closed): the request's bytes, made again from what hyper parsed (method, target,
+/// version, headers, and the body read whole, with `Content-Length`), for the next generation to
+/// read before anything else of the connection.
+struct Requeue(Vec<u8>);
+
 async fn route(
     req: Request<Incoming>,
     shared: Arc<Shared>,
     service: Arc<Service>,
-) -> Response<ResponseBody> {
-    shared.requests.fetch_add(1, Ordering::Relaxed);
+) -> Result<Response<ResponseBody>, Requeue> {
     let config = &shared.config;
+    let Some(work) = config.work.enter() else {
+        return requeue(req, config).await;
+    };
+    shared.requests.fetch_add(1, Ordering::Relaxed);
     let origin = req
         .headers()
         .get(header::ORIGIN)
@@ -529,7 +577,11 @@ async fn route(
     } else if path.starts_with(STREAM_PREFIX) {
         // The viewer's own token, not the API token: the viewer checks it.
         match *req.method() {
-            Method::GET => viewer(config.viewer.stream(&req, &service).await),
+            Method::GET => {
+                let resp = config.viewer.stream(&req, &service).await;
+                drop(work);
+                viewer(resp)
+            }
             _ => not_allowed("GET"),
         }
     } else if let Some(refused) = check_token(&req, config) {
@@ -539,14 +591,18 @@ async fn route(
             (&Method::POST, "/rpc") if origin.is_some() && allowed_origin.is_none() => {
                 from_a_web_page(config.cors.enabled())
             }
-            (&Method::POST, "/rpc") => rpc_request(req, &shared, &service).await,
+            (&Method::POST, "/rpc") => rpc_request(req, &shared, &service, work).await,
             (&Method::POST, "/auth") if origin.is_some() && allowed_origin.is_none() => {
                 json_status(
                     StatusCode::FORBIDDEN,
                     &json!({"error": "requests from web pages (with an Origin header) are refused unless the page's origin is in --cors / PRIVITTY_CORS"}),
                 )
             }
-            (&Method::POST, "/auth") => viewer(config.viewer.auth(req).await),
+            (&Method::POST, "/auth") => {
+                let resp = config.viewer.auth(req).await;
+                drop(work);
+                viewer(resp)
+            }
             (&Method::GET, "/events") => events(&shared, &service),
             (_, "/rpc" | "/auth") => not_allowed("POST"),
             (_, "/health" | "/events") => not_allowed("GET"),
@@ -565,7 +621,74 @@ async fn route(
             headers.insert(header::VARY, HeaderValue::from_static("Origin"));
         }
     }
-    resp
+    Ok(resp)
+}
+
+/// [`Requeue`]s `req`, or answers it when that cannot be done: its body could not be read (the
+/// usual answer to that), or the request is too big to travel with its connection.
+async fn requeue(
+    req: Request<Incoming>,
+    config: &HttpConfig,
+) -> Result<Response<ResponseBody>, Requeue> {
+    let (parts, body) = req.into_parts();
+    let body = match read_body(&parts.headers, body, config).await {
+        Ok(body) => body,
+        Err(refused) => return Ok(refused),
+    };
+    let request = request_bytes(&parts, &body);
+    if request.len() > handover::MAX_BUFFERED {
+        tracing::warn!(
+            bytes = request.len(),
+            "a request that came during a swap is too big to pass to the next generation; answered 503"
+        );
+        let mut resp = json_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": format!(
+                "privitty-edged was handing over to a new generation (license change) when this {} byte request came, and a request that big cannot follow its connection; send it again",
+                request.len()
+            )}),
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Ok(resp);
+    }
+    tracing::debug!(
+        bytes = request.len(),
+        "request passed on unanswered to the next generation"
+    );
+    Err(Requeue(request))
+}
+
+/// A request as HTTP/1.1 bytes again: request line, the headers as they came (but the body's
+/// framing, and `Expect`, which was answered already), `Content-Length`, the body.
+fn request_bytes(parts: &http::request::Parts, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512 + body.len());
+    let version = if parts.version == http::Version::HTTP_10 {
+        "HTTP/1.0"
+    } else {
+        "HTTP/1.1"
+    };
+    out.extend_from_slice(format!("{} {} {version}\r\n", parts.method, parts.uri).as_bytes());
+    let framed = parts.headers.contains_key(header::CONTENT_LENGTH)
+        || parts.headers.contains_key(header::TRANSFER_ENCODING);
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::EXPECT
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if framed || !body.is_empty() {
+        out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
 }
 
 /// `Some(401)` when the request does not carry the token it needs.
@@ -764,42 +887,53 @@ fn too_large() -> Response<ResponseBody> {
     )
 }
 
-async fn rpc_request(
-    req: Request<Incoming>,
-    shared: &Arc<Shared>,
-    service: &Arc<Service>,
-) -> Response<ResponseBody> {
-    let declared = req
-        .headers()
+/// A request's body, whole, within the size cap and the body timeout; else the answer to that.
+async fn read_body(
+    headers: &http::HeaderMap,
+    body: Incoming,
+    config: &HttpConfig,
+) -> Result<Bytes, Response<ResponseBody>> {
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return too_large();
+        return Err(too_large());
     }
-    let collect = Limited::new(req.into_body(), MAX_BODY_BYTES).collect();
-    let body = match tokio::time::timeout(shared.config.body_timeout, collect).await {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+    let collect = Limited::new(body, MAX_BODY_BYTES).collect();
+    match tokio::time::timeout(config.body_timeout, collect).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "reading a request body failed");
-            return rpc_error_response(
+            Err(rpc_error_response(
                 StatusCode::BAD_REQUEST,
                 RpcError::new(rpc::INVALID_REQUEST, "the request body could not be read"),
-            );
+            ))
         }
-        Err(_) => {
-            return rpc_error_response(
-                StatusCode::REQUEST_TIMEOUT,
-                RpcError::new(
-                    rpc::INVALID_REQUEST,
-                    format!(
-                        "the request body did not arrive within {:?}",
-                        shared.config.body_timeout
-                    ),
+        Err(_) => Err(rpc_error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            RpcError::new(
+                rpc::INVALID_REQUEST,
+                format!(
+                    "the request body did not arrive within {:?}",
+                    config.body_timeout
                 ),
-            );
-        }
+            ),
+        )),
+    }
+}
+
+async fn rpc_request(
+    req: Request<Incoming>,
+    shared: &Arc<Shared>,
+    service: &Arc<Service>,
+    work: Ticket,
+) -> Response<ResponseBody> {
+    let (parts, body) = req.into_parts();
+    let body = match read_body(&parts.headers, body, &shared.config).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
     };
     match rpc::parse(&body) {
         Body::Broken(err) => {
@@ -817,7 +951,13 @@ async fn rpc_request(
         Body::Single(Item::Call(call)) => {
             tracing::debug!(method = %call.method, "rpc call");
             let outcome = service
-                .call_until_stop(&call.method, call.params, None, shared.stop.clone())
+                .call_until_stop(
+                    &call.method,
+                    call.params,
+                    None,
+                    Some(work),
+                    shared.stop.clone(),
+                )
                 .await;
             match (call.id, outcome) {
                 // A notification, or a method that returns nothing: HTTP 204 (documented).
@@ -842,7 +982,7 @@ async fn rpc_request(
                 ),
             )
         }
-        Body::Batch(items) => batch(items, shared, service).await,
+        Body::Batch(items) => batch(items, shared, service, work).await,
     }
 }
 
@@ -851,7 +991,10 @@ async fn batch(
     items: Vec<Item>,
     shared: &Arc<Shared>,
     service: &Arc<Service>,
+    work: Ticket,
 ) -> Response<ResponseBody> {
+    let calls = items.iter().filter(|i| matches!(i, Item::Call(_))).count();
+    let mut work = work.split(calls).into_iter();
     let mut answers: Vec<Option<String>> = vec![None; items.len()];
     let mut running = JoinSet::new();
     // One budget for the whole batch: the answers held for this response stay under the cap.
@@ -870,9 +1013,10 @@ async fn batch(
                 let service = service.clone();
                 let stop = shared.stop.clone();
                 let budget = budget.clone();
+                let work = work.next();
                 running.spawn(async move {
                     let outcome = service
-                        .call_until_stop(&call.method, call.params, Some(budget), stop)
+                        .call_until_stop(&call.method, call.params, Some(budget), work, stop)
                         .await;
                     (i, call.id.map(|id| rpc::response(&id, &outcome)))
                 });
@@ -890,4 +1034,54 @@ async fn batch(
         return no_content();
     }
     json_text(StatusCode::OK, format!("[{}]", parts.join(",")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(req: Request<()>) -> http::request::Parts {
+        req.into_parts().0
+    }
+
+    #[test]
+    fn a_request_passed_on_is_made_again_with_its_body_length_and_without_its_framing() {
+        let req = Request::post("/rpc?x=1")
+            .header(header::HOST, "127.0.0.1:7200")
+            .header(header::AUTHORIZATION, "Bearer t")
+            .header(header::TRANSFER_ENCODING, "chunked")
+            .header(header::EXPECT, "100-continue")
+            .header("x-two", "a")
+            .header("x-two", "b")
+            .body(())
+            .unwrap();
+        let bytes = request_bytes(&parts(req), br#"{"id":1}"#);
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            "POST /rpc?x=1 HTTP/1.1\r\nhost: 127.0.0.1:7200\r\nauthorization: Bearer t\r\n\
+             x-two: a\r\nx-two: b\r\ncontent-length: 8\r\n\r\n{\"id\":1}"
+        );
+    }
+
+    #[test]
+    fn a_request_without_a_body_gets_no_length_and_keeps_its_version() {
+        let req = Request::get("/health")
+            .version(http::Version::HTTP_10)
+            .header(header::CONNECTION, "keep-alive")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(request_bytes(&parts(req), b"")).unwrap(),
+            "GET /health HTTP/1.0\r\nconnection: keep-alive\r\n\r\n"
+        );
+        // An empty body that was framed keeps saying so.
+        let req = Request::post("/rpc")
+            .header(header::CONTENT_LENGTH, "0")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(request_bytes(&parts(req), b"")).unwrap(),
+            "POST /rpc HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
+        );
+    }
 }

@@ -33,6 +33,7 @@ pub mod spare;
 #[cfg(test)]
 mod test_util;
 pub mod viewer;
+pub mod work;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -249,7 +250,10 @@ pub async fn run(
         expires_at = eval.expires_at,
         "license loaded"
     );
+    // Closed by a swap once no request has work left that needs the engine or the lock here.
+    let work = work::WorkGate::new();
     let http_config = http::HttpConfig {
+        work: work.clone(),
         cors: config.cors.clone(),
         auth: auth.clone(),
         metrics_auth: config.metrics_auth,
@@ -379,12 +383,14 @@ pub async fn run(
     let standby_limit = config.stop_timeout / 10;
     shutdown.await;
     let mut swap = false;
+    let mut standby = false;
     if let (Some(pair), Some(g)) = (&engine_pair, config.generation) {
         let seen = pair.read_stop_messages(g.number);
         swap = seen.swap;
+        standby = seen.standby;
         if seen.swap && !seen.standby {
             let waited = std::time::Instant::now();
-            let standby = pair.wait_for_standby(g.number, standby_limit).await;
+            standby = pair.wait_for_standby(g.number, standby_limit).await;
             tracing::info!(
                 standby,
                 waited_ms = waited.elapsed().as_secs_f64() * 1000.0,
@@ -393,7 +399,28 @@ pub async fn run(
         }
     }
     let _ = http_stop_tx.send(true);
-    if let Err(e) = http.await {
+    let mut http = http;
+    // With the next generation on standby, the engine goes as soon as no request here has work
+    // left that needs it, the lock or the agents (usually at once): the calls in flight go
+    // with it, their answers come back through the next generation, and requests that come after
+    // are passed to it unanswered. Otherwise, or when the HTTP side is done first, the engine
+    // goes once every connection here is answered and handed over.
+    let mut http_done = false;
+    let early = swap
+        && standby
+        && tokio::select! {
+            closed = work.close_when_quiet(config.stop_timeout / 2) => closed,
+            result = &mut http => {
+                http_done = true;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "the HTTP server failed inside privitty-edged");
+                }
+                false
+            }
+        };
+    if early {
+        tracing::debug!("swap: no request works with the engine here any more; it goes now");
+    } else if !http_done && let Err(e) = (&mut http).await {
         tracing::error!(error = %e, "the HTTP server failed inside privitty-edged");
     }
     host::notify_stopping();
@@ -405,13 +432,14 @@ pub async fn run(
     // other stop, or a hand-over that cannot be done, stops it.
     if swap && let Some(pair) = &engine_pair {
         if let Some(mut released) = engine.release().await
-            && let Err((released, error)) = {
+            && let Err(failed) = {
                 // Only now: no event arrives after the release, so the peer agent's knowledge is
                 // known to be complete or not.
                 released.carried = peer_stopped.and_then(peer::Stopped::hand_over);
                 pair.send(released)
             }
         {
+            let (released, error) = *failed;
             tracing::warn!(%error, "cannot hand the engine over; stopping it");
             engine::stop_released(released, engine_deadline).await;
         }
@@ -429,6 +457,20 @@ pub async fn run(
     // generation, waiting for it, starts serving now rather than after the write-back (which has
     // its own lock: usage is added, never overwritten).
     drop(lock);
+    if early {
+        // The requests in flight are answered as their engine answers come back, and their
+        // connections handed over; the requests that came after are with the next generation.
+        if let Err(e) = http.await {
+            tracing::error!(error = %e, "the HTTP server failed inside privitty-edged");
+        }
+    }
+    // Calls that went along with the engine (this generation's, or a previous one's still
+    // passing through here) are answered before this process goes.
+    if swap && !engine.forwarded_answered(engine_deadline).await {
+        tracing::warn!(
+            "engine answers to calls handed over with the engine did not all come back in time"
+        );
+    }
     if swap {
         // What is left (the write-back, the runtime's and the process's end: about a millisecond
         // of CPU) runs while the next generation works off the requests that waited for the swap:

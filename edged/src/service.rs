@@ -22,6 +22,7 @@ use crate::metrics::{Class, Metrics};
 use crate::peer::Peer;
 use crate::policy::{self, Decision, PathArg, Policy};
 use crate::rpc::{Outcome, RpcError};
+use crate::work::Ticket;
 
 /// Methods served by a module inside edged with blocking file I/O (the Privitty file methods).
 /// Every method it names is licensed.
@@ -86,12 +87,15 @@ enum Route {
 
 impl Service {
     /// Runs one call to its outcome; its answer must fit in `budget` (a batch shares one), or in
-    /// a budget of its own when `None`.
+    /// a budget of its own when `None`. `work` is held until the call no longer needs this
+    /// generation's engine connection, lock or agents: an engine call drops it once its line is
+    /// queued, everything else when it is done (see [`crate::work`]).
     pub async fn call(
         &self,
         method: &str,
         params: Vec<Value>,
         budget: Option<Arc<Budget>>,
+        work: Option<Ticket>,
     ) -> Outcome {
         let licensed = match gate::check(method, &*self.license, SystemTime::now()) {
             Ok(licensed) => licensed,
@@ -105,7 +109,7 @@ impl Service {
         // Long polls wait for something to happen: their time says nothing about the service.
         let started =
             (self.metrics.recording() && !LONG_POLL_METHODS.contains(&method)).then(Instant::now);
-        let (class, outcome) = self.run(method, params, budget).await;
+        let (class, outcome) = self.run(method, params, budget, work).await;
         if licensed && outcome.is_ok() {
             self.license.record_use(method);
         }
@@ -143,6 +147,7 @@ impl Service {
         method: &str,
         params: Vec<Value>,
         budget: Option<Arc<Budget>>,
+        work: Option<Ticket>,
     ) -> (Class, Outcome) {
         match self.route(method) {
             Route::Own => {
@@ -186,7 +191,7 @@ impl Service {
                     let budget = budget.unwrap_or_else(|| Budget::new(self.max_response));
                     let answer = self
                         .engine
-                        .call_within(method, &params, Some(budget))
+                        .call_holding(method, &params, Some(budget), work)
                         .await
                         .map_err(|e| e.to_rpc());
                     (Class::Engine, answer)
@@ -271,13 +276,14 @@ impl Service {
         method: &str,
         params: Vec<Value>,
         budget: Option<Arc<Budget>>,
+        work: Option<Ticket>,
         mut stop: watch::Receiver<bool>,
     ) -> Outcome {
         if !LONG_POLL_METHODS.contains(&method) {
-            return self.call(method, params, budget).await;
+            return self.call(method, params, budget, work).await;
         }
         tokio::select! {
-            outcome = self.call(method, params, budget) => outcome,
+            outcome = self.call(method, params, budget, work) => outcome,
             _ = crate::stopped(&mut stop) => Err(RpcError::internal(format!(
                 "privitty-edged is stopping, so {method} ends without a result; call it again once the service is back"
             ))),

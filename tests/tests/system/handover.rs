@@ -266,6 +266,32 @@ fn keep_alive_clients_that_never_retry_see_no_failure_across_swaps() {
         .map(|l| l["connections_taken_over"].as_u64().expect("counted"))
         .collect();
     assert_eq!(taken.len() as u64, SWAPS, "one ready line per swap");
+    // The engine goes with the calls still in flight (their answers come back through the next
+    // generation), and requests that reach a generation after its engine went are passed on
+    // unanswered: the clients above got every answer in order either way.
+    let log = stack.log();
+    let with_calls = log
+        .iter()
+        .filter(|l| {
+            l["message"] == "engine released for the next generation"
+                && l["in_flight"].as_u64().is_some_and(|n| n > 0)
+        })
+        .count() as u64;
+    let passed_on = log
+        .iter()
+        .filter(|l| l["message"] == "request passed on unanswered to the next generation")
+        .count() as u64;
+    eprintln!(
+        "engine handed over with calls in flight in {with_calls} of {SWAPS} swaps; {passed_on} requests passed on unanswered"
+    );
+    assert!(
+        with_calls > 0,
+        "no swap handed the engine over with calls in flight: the old generation waited for them"
+    );
+    assert!(
+        passed_on > 0,
+        "no request was passed on unanswered: pipelined requests behind a swap were all answered by the old generation"
+    );
     let early = taken.iter().filter(|n| **n > 0).count() as u64;
     assert!(
         early >= SWAPS / 2,
