@@ -305,25 +305,39 @@ pub fn warm_main_thread() {
     warm_this_thread(256 << 10);
 }
 
-fn warm_this_thread(heap: usize) {
+/// Returns the bytes of heap it wrote (fewer than `heap` when the spare was woken meanwhile).
+fn warm_this_thread(heap: usize) -> usize {
     if !WARMING.load(std::sync::atomic::Ordering::Relaxed) {
-        return;
+        return 0;
     }
     // The deepest the serving path goes on a thread's stack, in round figures: its pages too.
     let mut stack = [0u8; 64 << 10];
     std::hint::black_box(&mut stack);
     const PIECE: usize = 64 << 10;
-    let pieces: Vec<Vec<u8>> = (0..heap / PIECE)
-        .map(|_| {
-            let mut piece = Vec::with_capacity(PIECE);
-            // Written, not just reserved: a fresh page is faulted in at its first write.
-            piece.resize(PIECE, 0xA5);
-            piece
-        })
-        .collect();
+    let mut pieces: Vec<Vec<u8>> = Vec::with_capacity(heap / PIECE);
+    for n in 0..heap / PIECE {
+        // Paced: one piece (16 page faults, about 40 µs of CPU here) per millisecond, so the
+        // spare's warm-up is a trickle beside the serving generation rather than a burst of a
+        // few milliseconds that requests queue behind; and it stops when the spare is woken.
+        if n > 0 {
+            std::thread::sleep(WARM_PACE);
+            if !WARMING.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+        }
+        let mut piece = Vec::with_capacity(PIECE);
+        // Written, not just reserved: a fresh page is faulted in at its first write.
+        piece.resize(PIECE, 0xA5);
+        pieces.push(piece);
+    }
+    let warmed = pieces.len() * PIECE;
     // Not optimised away: the writes are what the warm-up is for.
     drop(std::hint::black_box(pieces));
+    warmed
 }
+
+/// The pause between two pieces of a spare thread's warm-up (32 pieces per worker).
+const WARM_PACE: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Raises the C library's trim threshold: freed memory at the top of a heap is kept up to `bytes`
 /// instead of returned at 128 KiB (this also fixes the direct-mapping threshold at its 128 KiB
@@ -395,7 +409,12 @@ mod tests {
 
     /// Page faults of the calling thread so far (field 10 of `/proc/thread-self/stat`).
     fn faults_of_this_thread() -> u64 {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        faults_of("/proc/thread-self/stat")
+    }
+
+    /// Minor page faults of a thread, from its `stat` file.
+    fn faults_of(stat: &str) -> u64 {
+        let stat = std::fs::read_to_string(stat).unwrap();
         let after_comm = &stat[stat.rfind(") ").unwrap() + 2..];
         after_comm
             .split_whitespace()
@@ -442,7 +461,31 @@ mod tests {
                 "the warmed heap was not kept: {warming:?}"
             );
             assert!(woken.iter().all(|f| *f <= pages / 8), "{woken:?}");
-            println!("heap warmed once and kept");
+            // A warm-up under way when the spare is woken stops at its next piece: the swap does
+            // not wait for the rest (8 MiB would take 127 paced pieces).
+            prepare_spare_heap();
+            let (tid_tx, tid) = std::sync::mpsc::channel();
+            let warming = std::thread::spawn(move || {
+                tid_tx.send(nix::unistd::gettid()).unwrap();
+                warm_this_thread(8 << 20)
+            });
+            // Woken once the warm-up is seen writing (its thread faults pages in).
+            let stat = format!("/proc/self/task/{}/stat", tid.recv().unwrap());
+            let started = faults_of(&stat);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while faults_of(&stat) < started + 16 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the warm-up never started"
+                );
+                std::thread::yield_now();
+            }
+            spare_woken();
+            let warmed = warming.join().unwrap();
+            assert!(warmed < 8 << 20, "the warm-up went on after the wake-up");
+            println!(
+                "heap warmed once and kept; a warm-up stopped at the wake-up after {warmed} bytes"
+            );
             return;
         }
         let out = run_in_child(
