@@ -935,14 +935,8 @@ impl Running {
             let mut pending = self.run.pending.lock().expect("pending lock");
             match pending.as_mut() {
                 Some(map) => {
-                    let ended: Vec<u64> = map
-                        .iter()
-                        .filter(|(id, w)| w.poll || unwritten.contains(id))
-                        .map(|(id, _)| *id)
-                        .collect();
-                    let ended: Vec<(u64, Waiting)> = ended
-                        .into_iter()
-                        .filter_map(|id| Some((id, map.remove(&id)?)))
+                    let ended: Vec<(u64, Waiting)> = map
+                        .extract_if(|id, w| w.poll || unwritten.contains(id))
                         .collect();
                     let mut forward: Vec<u64> = map.keys().copied().collect();
                     forward.sort_unstable();

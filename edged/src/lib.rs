@@ -281,7 +281,7 @@ pub async fn run(
     let (service_slot, service_rx) = watch::channel(None);
     let taken_early = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (http_stop_tx, mut http_stop) = watch::channel(false);
-    let http = tokio::spawn(tracing::Instrument::in_current_span(http::serve(
+    let mut http = tokio::spawn(tracing::Instrument::in_current_span(http::serve(
         listener,
         service_rx,
         http_config,
@@ -399,7 +399,6 @@ pub async fn run(
         }
     }
     let _ = http_stop_tx.send(true);
-    let mut http = http;
     // With the next generation on standby, the engine goes as soon as no request here has work
     // left that needs it, the lock or the agents (usually at once): the calls in flight go
     // with it, their answers come back through the next generation, and requests that come after
