@@ -768,6 +768,17 @@ impl Engine {
 /// The method of the event long-poll.
 const POLL_METHOD: &str = "get_next_event";
 
+/// The long-poll a release hands on, among the calls it ended (`(id, is the long-poll)`): only
+/// one the engine has. A long-poll queued just after the release (the pump asked again as its
+/// engine went) was never written: the engine would never answer it, and the next owner's pump
+/// would wait for it for ever, so the next owner asks for itself instead.
+fn poll_to_hand_on(ended: impl IntoIterator<Item = (u64, bool)>, unwritten: &[u64]) -> Option<u64> {
+    ended
+        .into_iter()
+        .find(|&(id, poll)| poll && !unwritten.contains(&id))
+        .map(|(id, _)| id)
+}
+
 /// The largest call id the engine takes: it reads ids as 32-bit unsigned numbers, and answers a
 /// call with a larger one with a parse error whose id is null, which no caller can be matched to
 /// (2.65.0). The ids run through 1..=MAX_CALL_ID and start again at 1; one engine answers 2^32
@@ -945,11 +956,8 @@ impl Running {
                 None => (Vec::new(), Vec::new()),
             }
         };
-        let mut poll_id = None;
-        for (id, w) in ended {
-            if w.poll {
-                poll_id = Some(id);
-            }
+        let poll_id = poll_to_hand_on(ended.iter().map(|(id, w)| (*id, w.poll)), &unwritten);
+        for (_, w) in ended {
             w.fail();
         }
         let mut back = None;
@@ -1917,6 +1925,15 @@ cat > /dev/null
         assert!(old.forwarded_answered(Duration::from_secs(10)).await);
         drop(new);
         drop(new_keeper);
+    }
+
+    #[test]
+    fn a_long_poll_the_engine_never_got_is_not_handed_on() {
+        // Written: it goes on in the next owner.
+        assert_eq!(poll_to_hand_on([(3, false), (5, true)], &[3]), Some(5));
+        // Queued after the release, never written: the next owner asks for itself.
+        assert_eq!(poll_to_hand_on([(3, false), (6, true)], &[6]), None);
+        assert_eq!(poll_to_hand_on([(3, false)], &[]), None);
     }
 
     #[test]

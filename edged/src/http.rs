@@ -345,14 +345,7 @@ async fn serve_connection(
         loop {
             let notified = active.notify.notified();
             if let Some(request) = active.requeued() {
-                // A request this generation did not start: hyper has written nothing for it, so
-                // the next generation reads it first, then what hyper read after it.
-                let parts = conn.into_parts();
-                let (stream, rest) = parts.io.into_inner().into_parts();
-                let mut buffered = request;
-                buffered.extend_from_slice(&parts.read_buf);
-                buffered.extend_from_slice(&rest);
-                hand_on_or_close(&shared, stream, peer, &buffered, Ok(())).await;
+                hand_on_requeued(conn.into_parts(), request, &shared, peer).await;
                 return;
             }
             if active.idle() {
@@ -383,10 +376,20 @@ async fn serve_connection(
     // In-flight requests are answered first; then hyper gives the connection back, with any bytes
     // it read ahead (a pipelined request, the first half of one).
     std::pin::Pin::new(&mut conn).graceful_shutdown();
-    let drained = {
+    let drained = loop {
+        // hyper closes at once only a connection that has answered a request or read nothing.
+        // One whose first request has begun to arrive (a connection accepted, or handed over,
+        // with half a head) goes on to that request: after the engine went, it is requeued here
+        // and the connection handed on with it, or it would wait for the kill.
+        let notified = active.notify.notified();
+        if let Some(request) = active.requeued() {
+            hand_on_requeued(conn.into_parts(), request, &shared, peer).await;
+            return;
+        }
         let serving = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx));
         tokio::select! {
-            r = serving => r,
+            r = serving => break r,
+            _ = notified => {}
             // Dropping the connection closes it.
             _ = crate::stopped(&mut kill) => return,
         }
@@ -396,6 +399,22 @@ async fn serve_connection(
     let mut buffered = parts.read_buf.to_vec();
     buffered.extend_from_slice(&rest);
     hand_on_or_close(&shared, stream, peer, &buffered, drained).await;
+}
+
+/// Passes a connection to the next generation with a request this generation did not start:
+/// hyper has written nothing for it, so the next generation reads it first, then what hyper read
+/// after it.
+async fn hand_on_requeued<S>(
+    parts: hyper::server::conn::http1::Parts<TokioIo<handover::Prefixed<tokio::net::TcpStream>>, S>,
+    request: Vec<u8>,
+    shared: &Shared,
+    peer: std::net::SocketAddr,
+) {
+    let (stream, rest) = parts.io.into_inner().into_parts();
+    let mut buffered = request;
+    buffered.extend_from_slice(&parts.read_buf);
+    buffered.extend_from_slice(&rest);
+    hand_on_or_close(shared, stream, peer, &buffered, Ok(())).await;
 }
 
 /// Passes a connection hyper is not (or no longer) serving to the next generation, with the bytes

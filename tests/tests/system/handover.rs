@@ -300,6 +300,88 @@ fn keep_alive_clients_that_never_retry_see_no_failure_across_swaps() {
     assert!(!stack.exited());
 }
 
+/// The bytes the server side of a loopback connection has not read yet (`/proc/net/tcp`'s
+/// `rx_queue` of the socket bound to `server` and connected to `client`).
+fn unread_by_server(server: SocketAddr, client: SocketAddr) -> Option<u64> {
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(a) => format!(
+            "{:08X}:{:04X}",
+            u32::from_ne_bytes(a.ip().octets()),
+            a.port()
+        ),
+        SocketAddr::V6(_) => panic!("the stack listens on IPv4 loopback"),
+    };
+    let (local, remote) = (hex(server), hex(client));
+    std::fs::read_to_string("/proc/net/tcp")
+        .expect("/proc/net/tcp")
+        .lines()
+        .skip(1)
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&local.as_str()) && f.get(2) == Some(&remote.as_str()))
+                .then(|| u64::from_str_radix(f[4].split(':').nth(1)?, 16).ok())
+                .flatten()
+        })
+}
+
+#[test]
+fn a_first_request_half_arrived_when_the_engine_goes_is_passed_on_not_left_hanging() {
+    let dirs = TestDirs::new();
+    let stack = Stack::start(
+        "init",
+        &dirs,
+        StackSpec::default().env("PRIVITTY_LOG", "info,supervisor=debug,edged::http=debug"),
+    );
+    stack.wait_generation(1);
+    // A new connection whose first request has only half arrived: hyper has read that half (so
+    // a graceful shutdown does not close the connection: it waits for the rest of the request).
+    let stream = TcpStream::connect(stack.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let client = w.local_addr().unwrap();
+    let request = rpc_request(7);
+    let (head, tail) = request.split_at(30);
+    w.write_all(head).unwrap();
+    support::eventually(support::DEADLINE, "the first half read by edged", || {
+        (unread_by_server(stack.addr(), client)? == 0).then_some(())
+    });
+    // The swap: generation 1 hands its engine over before the rest arrives, so the request can
+    // no longer start there.
+    stack.signal(Signal::SIGHUP);
+    stack.wait_generation(2);
+    w.write_all(tail).unwrap();
+    let answer = read_response(&mut r).map(|(status, body)| {
+        (
+            status,
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()["id"].clone(),
+        )
+    });
+    assert_eq!(
+        answer,
+        Ok((200, serde_json::json!(7))),
+        "the request half arrived before the swap is answered"
+    );
+    assert_eq!(
+        stack
+            .lines("request passed on unanswered to the next generation")
+            .len(),
+        1,
+        "generation 1 passed it on unanswered (its engine had gone)"
+    );
+    // The connection lives on in generation 2.
+    w.write_all(&rpc_request(8)).unwrap();
+    let (status, body) = read_response(&mut r).expect("the next request on it");
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["id"],
+        8
+    );
+    assert!(!stack.exited());
+}
+
 #[test]
 fn when_the_next_generation_cannot_start_handed_connections_are_closed_not_left_hanging() {
     let dirs = TestDirs::new();
