@@ -324,6 +324,29 @@ fn unread_by_server(server: SocketAddr, client: SocketAddr) -> Option<u64> {
         })
 }
 
+/// A stack whose generation 1 has a new connection with the first `HALF` bytes of a request
+/// read (so a graceful shutdown does not close it: hyper waits for the rest of that request),
+/// then swapped: generation 1 handed its engine over before the rest arrives, so the request can
+/// no longer start there. Returns the connection's two halves.
+fn swapped_with_a_request_half_read(stack: &Stack) -> (TcpStream, BufReader<TcpStream>) {
+    let stream = TcpStream::connect(stack.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let client = w.local_addr().unwrap();
+    w.write_all(&rpc_request(7)[..HALF]).unwrap();
+    support::eventually(support::DEADLINE, "the first half read by edged", || {
+        (unread_by_server(stack.addr(), client)? == 0).then_some(())
+    });
+    stack.signal(Signal::SIGHUP);
+    stack.wait_generation(2);
+    (w, BufReader::new(stream))
+}
+
+/// Bytes of a request written before the swap: inside its head.
+const HALF: usize = 30;
+
 #[test]
 fn a_first_request_half_arrived_when_the_engine_goes_is_passed_on_not_left_hanging() {
     let dirs = TestDirs::new();
@@ -333,26 +356,8 @@ fn a_first_request_half_arrived_when_the_engine_goes_is_passed_on_not_left_hangi
         StackSpec::default().env("PRIVITTY_LOG", "info,supervisor=debug,edged::http=debug"),
     );
     stack.wait_generation(1);
-    // A new connection whose first request has only half arrived: hyper has read that half (so
-    // a graceful shutdown does not close the connection: it waits for the rest of the request).
-    let stream = TcpStream::connect(stack.addr()).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut w = stream.try_clone().unwrap();
-    let mut r = BufReader::new(stream);
-    let client = w.local_addr().unwrap();
-    let request = rpc_request(7);
-    let (head, tail) = request.split_at(30);
-    w.write_all(head).unwrap();
-    support::eventually(support::DEADLINE, "the first half read by edged", || {
-        (unread_by_server(stack.addr(), client)? == 0).then_some(())
-    });
-    // The swap: generation 1 hands its engine over before the rest arrives, so the request can
-    // no longer start there.
-    stack.signal(Signal::SIGHUP);
-    stack.wait_generation(2);
-    w.write_all(tail).unwrap();
+    let (mut w, mut r) = swapped_with_a_request_half_read(&stack);
+    w.write_all(&rpc_request(7)[HALF..]).unwrap();
     let answer = read_response(&mut r).map(|(status, body)| {
         (
             status,
@@ -379,6 +384,68 @@ fn a_first_request_half_arrived_when_the_engine_goes_is_passed_on_not_left_hangi
         serde_json::from_slice::<serde_json::Value>(&body).unwrap()["id"],
         8
     );
+    assert!(!stack.exited());
+}
+
+#[test]
+fn a_request_too_big_to_pass_on_after_the_engine_went_is_answered_503_retry_after() {
+    let dirs = TestDirs::new();
+    let stack = Stack::start("init", &dirs, StackSpec::default());
+    stack.wait_generation(1);
+    let (mut w, mut r) = swapped_with_a_request_half_read(&stack);
+    // The rest of a request whose body (600 KiB, within edged's 1 MiB) makes it too big for a
+    // hand-over message (512 KiB).
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":7,"method":"get_config","params":[1,"displayname"],"padding":"{}"}}"#,
+        "x".repeat(600 * 1024)
+    );
+    let request = format!(
+        "POST /rpc HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(&request.as_bytes()[..HALF], &rpc_request(7)[..HALF]);
+    w.write_all(&request.as_bytes()[HALF..]).unwrap();
+    let mut head = String::new();
+    let mut retry_after = None;
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).expect("the answer's head");
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("retry-after:") {
+            retry_after = Some(v.trim().to_string());
+        }
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+        head.push_str(&line);
+    }
+    let mut text = vec![0u8; length];
+    r.read_exact(&mut text).unwrap();
+    let text = String::from_utf8_lossy(&text);
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert_eq!(retry_after.as_deref(), Some("1"), "{head}");
+    assert!(
+        text.contains("send it again") && !text.contains('x'.to_string().repeat(64).as_str()),
+        "says what to do, without echoing the request: {text}"
+    );
+    assert_eq!(
+        stack
+            .lines("a request that came during a swap is too big to pass to the next generation")
+            .len(),
+        1
+    );
+    // Sent again, on a new connection, it is answered by generation 2.
+    let mut again = TcpStream::connect(stack.addr()).unwrap();
+    again
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    again.write_all(request.as_bytes()).unwrap();
+    let (status, body) = read_response(&mut BufReader::new(again)).expect("an answer");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert!(!stack.exited());
 }
 
