@@ -283,13 +283,14 @@ async fn serve_connection(
         hand_on_or_close(&shared, stream, peer, &buffered, Ok(())).await;
         return;
     };
-    // A connection accepted just before a stop has usually had its request sent already, but hyper
-    // counts a connection whose first request it has not read yet as idle, and a graceful shutdown
-    // would close it unanswered. So without a hand-over a connection waits for its first request
-    // before it is shut.
+    // A connection accepted just before a stop has usually had its request sent already, but a
+    // graceful shutdown closes a connection of which hyper has read nothing yet, unanswered. So
+    // without a hand-over a connection waits for its first request before it is shut.
     let first_request = Arc::new(FirstRequest::default());
     // Requests whose response is not completely written yet: a hand-over waits for none (a
-    // request boundary), so hyper never has to answer with `Connection: close`.
+    // request boundary), so hyper does not answer them with `Connection: close`. A connection
+    // hyper ends after an answer for the client's sake (see `Active::ends`) is closed, not
+    // handed over.
     let active = Arc::new(Active::default());
     let svc_shared = shared.clone();
     let svc_first = first_request.clone();
@@ -300,9 +301,25 @@ async fn serve_connection(
         let service = service.clone();
         let guard = ActiveGuard::new(svc_active.clone());
         let requeue_to = svc_active.clone();
+        // Whether hyper ends the connection after this request's answer: it asked to, or its
+        // body is left unread (see `RequestBody`). (One that came after the graceful shutdown
+        // began is answered with `Connection: close` too; it is handed over all the same, so a
+        // client that keeps using it is served on. The client asked for nothing else.)
+        let ends = asks_to_close(&req);
+        svc_active.ends.store(false, Ordering::Release);
+        let req = req.map(|inner| RequestBody {
+            inner,
+            ended: false,
+            active: svc_active.clone(),
+        });
         Box::pin(async move {
             let resp = match route(req, shared, service).await {
-                Ok(resp) => resp,
+                Ok(resp) => {
+                    if ends {
+                        requeue_to.ends.store(true, Ordering::Release);
+                    }
+                    resp
+                }
                 Err(Requeue(request)) => {
                     // Nothing of it was answered: the connection goes to the next generation now
                     // with this request first (see `serve_connection`); this one answers never.
@@ -396,6 +413,13 @@ async fn serve_connection(
     };
     let parts = conn.into_parts();
     let (stream, rest) = parts.io.into_inner().into_parts();
+    if active.ends.load(Ordering::Acquire) {
+        // hyper ended it after its last answer: closed, as it would have been without a stop.
+        // Handed over, the next generation would wait for a request the client will not send,
+        // or read the rest of an unread body as one.
+        close(handover::Prefixed::new(Vec::new(), stream), peer, drained).await;
+        return;
+    }
     let mut buffered = parts.read_buf.to_vec();
     buffered.extend_from_slice(&rest);
     hand_on_or_close(&shared, stream, peer, &buffered, drained).await;
@@ -444,6 +468,69 @@ struct Active {
     notify: tokio::sync::Notify,
     /// A request not started here, as bytes for the next generation (see [`Requeue`]).
     requeue: std::sync::Mutex<Option<Vec<u8>>>,
+    /// hyper ends the connection after the answer to the latest request (which then is no
+    /// request boundary to hand over at).
+    ends: std::sync::atomic::AtomicBool,
+}
+
+/// Whether a request asks for its connection to end with its answer (HTTP/1.1 `Connection:
+/// close`; HTTP/1.0 without `Connection: keep-alive`), as hyper reads it.
+fn asks_to_close<B>(req: &Request<B>) -> bool {
+    let has = |token: &str| {
+        req.headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if req.version() == http::Version::HTTP_10 {
+        !has("keep-alive")
+    } else {
+        has("close")
+    }
+}
+
+/// A request's body as the handlers get it: hyper's, noting whether it was read to its end.
+/// hyper ends a connection whose request was answered with the body left unread (unless the rest
+/// had already arrived, which cannot be told from here): the rest may still be on its way, and
+/// the next generation would read it as a request of its own. Its drop tells the connection.
+pub(crate) struct RequestBody {
+    inner: Incoming,
+    ended: bool,
+    active: Arc<Active>,
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let frame = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = frame {
+            self.ended = true;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if !hyper::body::Body::is_end_stream(self) {
+            self.active.ends.store(true, Ordering::Release);
+        }
+    }
 }
 
 impl Active {
@@ -556,7 +643,7 @@ impl FirstRequest {
 struct Requeue(Vec<u8>);
 
 async fn route(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     shared: Arc<Shared>,
     service: Arc<Service>,
 ) -> Result<Response<ResponseBody>, Requeue> {
@@ -646,7 +733,7 @@ async fn route(
 /// [`Requeue`]s `req`, or answers it when that cannot be done: its body could not be read (the
 /// usual answer to that), or the request is too big to travel with its connection.
 async fn requeue(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     config: &HttpConfig,
 ) -> Result<Response<ResponseBody>, Requeue> {
     let (parts, body) = req.into_parts();
@@ -711,7 +798,7 @@ fn request_bytes(parts: &http::request::Parts, body: &[u8]) -> Vec<u8> {
 }
 
 /// `Some(401)` when the request does not carry the token it needs.
-fn check_token(req: &Request<Incoming>, config: &HttpConfig) -> Option<Response<ResponseBody>> {
+fn check_token<B>(req: &Request<B>, config: &HttpConfig) -> Option<Response<ResponseBody>> {
     let problem = match config.auth.check(req.headers()) {
         Verdict::Pass => return None,
         Verdict::Missing => {
@@ -909,7 +996,7 @@ fn too_large() -> Response<ResponseBody> {
 /// A request's body, whole, within the size cap and the body timeout; else the answer to that.
 async fn read_body(
     headers: &http::HeaderMap,
-    body: Incoming,
+    body: RequestBody,
     config: &HttpConfig,
 ) -> Result<Bytes, Response<ResponseBody>> {
     let declared = headers
@@ -944,7 +1031,7 @@ async fn read_body(
 }
 
 async fn rpc_request(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     shared: &Arc<Shared>,
     service: &Arc<Service>,
     work: Ticket,
@@ -1102,5 +1189,106 @@ mod tests {
             String::from_utf8(request_bytes(&parts(req), b"")).unwrap(),
             "POST /rpc HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_request_asks_to_close_as_hyper_reads_it() {
+        let req = |version, connection: Option<&str>| {
+            let mut b = Request::get("/health").version(version);
+            if let Some(c) = connection {
+                b = b.header(header::CONNECTION, c);
+            }
+            b.body(()).unwrap()
+        };
+        const HTTP_10: http::Version = http::Version::HTTP_10;
+        const HTTP_11: http::Version = http::Version::HTTP_11;
+        assert!(!asks_to_close(&req(HTTP_11, None)));
+        assert!(asks_to_close(&req(HTTP_11, Some("Close"))));
+        assert!(asks_to_close(&req(HTTP_11, Some("upgrade, close"))));
+        assert!(!asks_to_close(&req(HTTP_11, Some("keep-alive"))));
+        assert!(asks_to_close(&req(HTTP_10, None)));
+        assert!(!asks_to_close(&req(HTTP_10, Some("Keep-Alive"))));
+    }
+
+    /// Serves one connection with hyper; each request's body goes to `handle` as a
+    /// [`RequestBody`] of `active`.
+    async fn one_connection<F, Fut>(active: Arc<Active>, handle: F) -> std::net::SocketAddr
+    where
+        F: Fn(RequestBody) -> Fut + Send + Sync + Clone + 'static,
+        Fut: Future<Output = StatusCode> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let body = RequestBody {
+                    inner: req.into_body(),
+                    ended: false,
+                    active: active.clone(),
+                };
+                let handle = handle.clone();
+                async move {
+                    let status = handle(body).await;
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .status(status)
+                            .body(Full::new(Bytes::new()))
+                            .unwrap(),
+                    )
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+        addr
+    }
+
+    async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut got = vec![0u8; 1024];
+        let n = s.read(&mut got).await.unwrap();
+        String::from_utf8_lossy(&got[..n]).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_body_answered_unread_ends_the_connection_and_one_read_to_its_end_does_not() {
+        let request = b"POST /rpc HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"half\":";
+        // Refused before its body is read, with the rest still on its way.
+        let active = Arc::new(Active::default());
+        let addr = one_connection(active.clone(), |body| async move {
+            drop(body);
+            StatusCode::PAYLOAD_TOO_LARGE
+        })
+        .await;
+        assert!(exchange(addr, request).await.starts_with("HTTP/1.1 413"));
+        assert!(active.ends.load(Ordering::Acquire), "hyper ends this one");
+        // Read to its end.
+        let active = Arc::new(Active::default());
+        let addr = one_connection(active.clone(), |body| async move {
+            let read = body.collect().await.unwrap().to_bytes();
+            assert_eq!(read.len(), 3);
+            StatusCode::OK
+        })
+        .await;
+        let full = b"POST /rpc HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\n{}\n";
+        assert!(exchange(addr, full).await.starts_with("HTTP/1.1 200"));
+        assert!(!active.ends.load(Ordering::Acquire), "kept alive");
+        // No body at all.
+        let active = Arc::new(Active::default());
+        let addr = one_connection(active.clone(), |body| async move {
+            drop(body);
+            StatusCode::OK
+        })
+        .await;
+        assert!(
+            exchange(addr, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+        assert!(!active.ends.load(Ordering::Acquire), "kept alive");
     }
 }

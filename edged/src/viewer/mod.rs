@@ -26,7 +26,6 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, watch};
@@ -198,7 +197,11 @@ impl Viewer {
     }
 
     /// `POST /auth` (the caller checked the Host and, when required, the API token).
-    pub async fn auth(&self, req: Request<Incoming>) -> Response<ViewerBody> {
+    pub async fn auth<B>(&self, req: Request<B>) -> Response<ViewerBody>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -265,7 +268,7 @@ impl Viewer {
     }
 
     /// `GET /stream/:msg_id` (the caller checked the Host).
-    pub async fn stream(&self, req: &Request<Incoming>, service: &Service) -> Response<ViewerBody> {
+    pub async fn stream<B>(&self, req: &Request<B>, service: &Service) -> Response<ViewerBody> {
         let session = match self.session(req.headers()) {
             Ok(n) => n,
             Err(why) => {

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -51,8 +51,8 @@ type Item = Result<Frame<Bytes>, StreamAborted>;
 
 /// Checks access, opens the file and starts the pump and the watcher; answers with the response
 /// head and the streaming body, or with the refusal.
-pub(super) async fn start(
-    req: &Request<Incoming>,
+pub(super) async fn start<B>(
+    req: &Request<B>,
     msg_id: u32,
     peer: Peer,
     service: &Service,

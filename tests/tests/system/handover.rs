@@ -450,6 +450,41 @@ fn a_request_too_big_to_pass_on_after_the_engine_went_is_answered_503_retry_afte
 }
 
 #[test]
+fn a_request_body_left_unread_at_a_swap_is_never_read_as_a_request_by_the_next_generation() {
+    let dirs = TestDirs::new();
+    let stack = Stack::start("init", &dirs, StackSpec::default());
+    stack.wait_generation(1);
+    let (mut w, mut r) = swapped_with_a_request_half_read(&stack);
+    // The rest of the head of a request refused by its declared length (2 MiB, over edged's
+    // 1 MiB) before its body is read. hyper ends the connection after the refusal, as it would
+    // without a swap: the body is still on its way.
+    let mut rest = format!(
+        "POST /rpc HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        2 * 1024 * 1024
+    )
+    .into_bytes();
+    assert_eq!(&rest[..HALF], &rpc_request(7)[..HALF]);
+    rest.drain(..HALF);
+    w.write_all(&rest).unwrap();
+    let (status, _) = read_response(&mut r).expect("the refusal");
+    assert_eq!(status, 413);
+    // Then comes the body, and it is a request of its own. Handed over, the connection would
+    // take it to the next generation, which would answer it: a client (or a proxy that shares
+    // the connection) would take that answer for its next request's. (The write may already
+    // find the connection closed.)
+    let _ = w.write_all(&health_request());
+    let after = read_response(&mut r)
+        .map(|(status, body)| (status, String::from_utf8_lossy(&body).into_owned()));
+    assert!(
+        after
+            .as_ref()
+            .is_err_and(|e| e.contains("closed") || e.contains("reset")),
+        "nothing but the refusal on that connection, then its end: {after:?}"
+    );
+    assert!(!stack.exited());
+}
+
+#[test]
 fn when_the_next_generation_cannot_start_handed_connections_are_closed_not_left_hanging() {
     let dirs = TestDirs::new();
     // privitty-edged starts once; every later generation exits at once, so the generation a swap
