@@ -466,6 +466,9 @@ impl Engine {
             .clone()
             .ok_or(EngineError::Unavailable)?;
         let (tx, rx) = oneshot::channel();
+        // Serialized outside the lock; the id is put in under it.
+        let method_json = serde_json::to_string(method).expect("a string serializes");
+        let params_json = serde_json::to_string(params).expect("JSON values serialize");
         let id = {
             let mut pending = run.pending.lock().expect("pending lock");
             let Some(map) = pending.as_mut() else {
@@ -475,6 +478,15 @@ impl Engine {
             let id = std::iter::repeat_with(|| take_call_id(&self.inner.next_id))
                 .find(|id| !map.contains_key(id))
                 .expect("the engine answers fewer calls at once than there are ids");
+            // Entered and queued under one lock: a release (which takes the calls still waiting
+            // under it, after the writer stopped) sees every call it finds either queued for the
+            // engine or not at all, never one whose line is still to come.
+            let line = format!(
+                r#"{{"jsonrpc":"2.0","method":{method_json},"params":{params_json},"id":{id}}}"#
+            );
+            if run.lines.send(Out::Line(line)).is_err() {
+                return Err(EngineError::Died);
+            }
             map.insert(
                 id,
                 Waiting {
@@ -485,16 +497,9 @@ impl Engine {
             );
             id
         };
-        let line = serde_json::to_string(
-            &json!({"jsonrpc":"2.0","method":method,"params":params,"id":id}),
-        )
-        .expect("request serializes");
         // A caller that goes away (client disconnected, batch dropped) must not leave its entry
         // behind: a long-poll the engine never answers would keep it until the engine dies.
         let _entry = PendingEntry { run: &run, id };
-        if run.lines.send(Out::Line(line)).is_err() {
-            return Err(EngineError::Died);
-        }
         // Queued before any release: the line is written to the engine before its stdin goes.
         drop(held);
         rx.await.unwrap_or(Err(EngineError::Died))
@@ -767,6 +772,11 @@ impl Engine {
 
 /// The method of the event long-poll.
 const POLL_METHOD: &str = "get_next_event";
+
+/// How long a release waits for the rest of an engine answer it was reading: the engine writes
+/// an answer at once, so this is the time a big one (up to `PRIVITTY_RPC_MAX_RESPONSE`) takes
+/// through the pipe; one not finished by then goes with the pipe as it is.
+const FINISH_LINE: Duration = Duration::from_millis(100);
 
 /// The long-poll a release hands on, among the calls it ended (`(id, is the long-poll)`): only
 /// one the engine has. A long-poll queued just after the release (the pump asked again as its
@@ -1251,9 +1261,19 @@ async fn read_answers<R: AsyncRead + Unpin>(
 ) -> Option<(R, Vec<u8>)> {
     let mut reader = BufReader::new(source);
     let mut line = LineState::default();
+    let mut released = false;
     loop {
-        // Stopping between lines or in the middle of one loses nothing: the partial line stays
-        // in `line`, the rest in the reader's buffer, and both go with the pipe.
+        if released {
+            // Stopping between lines or in the middle of one loses nothing: the partial line
+            // stays in `line`, the rest in the reader's buffer, and both go with the pipe.
+            if line.over {
+                tracing::warn!("released in the middle of an over-long engine answer");
+                return None;
+            }
+            let mut rest = std::mem::take(&mut line.buf);
+            rest.extend_from_slice(reader.buffer());
+            return Some((reader.into_inner(), rest));
+        }
         let read = match release.as_mut() {
             Some(release) => tokio::select! {
                 biased;
@@ -1262,14 +1282,26 @@ async fn read_answers<R: AsyncRead + Unpin>(
             },
             None => Some(read_line_capped(&mut reader, max_line, &mut line).await),
         };
-        let Some(read) = read else {
-            if line.over {
-                tracing::warn!("released in the middle of an over-long engine answer");
-                return None;
+        let read = match read {
+            Some(read) => read,
+            None => {
+                released = true;
+                if line.size == 0 {
+                    continue;
+                }
+                // An answer begun is read to its end first (briefly) and handled here: what
+                // goes with the pipe is then at most the reader's buffer, which always fits the
+                // engine message (an answer can be far bigger than one message).
+                match tokio::time::timeout(
+                    FINISH_LINE,
+                    read_line_capped(&mut reader, max_line, &mut line),
+                )
+                .await
+                {
+                    Ok(read) => read,
+                    Err(_) => continue,
+                }
             }
-            let mut rest = std::mem::take(&mut line.buf);
-            rest.extend_from_slice(reader.buffer());
-            return Some((reader.into_inner(), rest));
         };
         match read {
             Ok(true) => {}
@@ -1925,6 +1957,92 @@ cat > /dev/null
         assert!(old.forwarded_answered(Duration::from_secs(10)).await);
         drop(new);
         drop(new_keeper);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_being_read_at_a_release_is_finished_and_answered_not_carried_over() {
+        use std::io::Write;
+        let (stand, released) = stand_in(b"", 20, None);
+        // A one-page pipe: once a write into it returns, the reader has taken all but a page.
+        nix::fcntl::fcntl(&stand.stdout, nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096)).unwrap();
+        let hub = Hub::new(16);
+        let (_stop_tx, stop) = watch::channel(false);
+        let mut config = bare("/nonexistent").inner.config.clone();
+        config.max_answer = 1024 * 1024;
+        let (engine, keeper) =
+            Engine::adopt(config, released, hub, stop, Duration::from_secs(5)).unwrap();
+        let call = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.call("big", &[]).await }
+        });
+        let (mut stand, id) = tokio::task::spawn_blocking(move || {
+            let mut stand = stand;
+            loop {
+                let r = next_request(&mut stand);
+                if r["method"] == "big" {
+                    break (stand, r["id"].as_u64().unwrap());
+                }
+            }
+        })
+        .await
+        .unwrap();
+        // 250 KiB of its answer are read (more than one engine message holds) when the release
+        // comes; the rest comes after it.
+        let big = "x".repeat(256 * 1024);
+        let answer = format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":\"{big}\"}}\n");
+        let (first, rest) = answer.as_bytes().split_at(250 * 1024);
+        let rest = rest.to_vec();
+        let mut stand = tokio::task::spawn_blocking({
+            let first = first.to_vec();
+            move || {
+                stand.stdout.write_all(&first).unwrap();
+                stand
+            }
+        })
+        .await
+        .unwrap();
+        let release = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.release().await }
+        });
+        eventually(|| engine.pid().is_none()).await;
+        // Not awaited before the release: if nobody reads the rest, the release's pipe closes.
+        let rest = tokio::task::spawn_blocking(move || {
+            let written = stand.stdout.write_all(&rest);
+            (stand, written)
+        });
+        let released = tokio::time::timeout(Duration::from_secs(10), release)
+            .await
+            .expect("released")
+            .unwrap()
+            .expect("a clean release");
+        keeper.await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("the call ended")
+            .unwrap()
+            .expect("answered by the owner it was made to");
+        assert_eq!(got.as_str().map(str::len), Some(big.len()));
+        assert!(
+            released.read_ahead.is_empty(),
+            "{} bytes carried over",
+            released.read_ahead.len()
+        );
+        assert!(!released.forward.contains(&id));
+        drop(released);
+        let (_stand, written) = rest.await.unwrap();
+        written.expect("the rest of the answer was read");
+    }
+
+    /// Waits (up to 10 s) until `done`.
+    async fn eventually(done: impl Fn() -> bool) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !done() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("in time");
     }
 
     #[test]
