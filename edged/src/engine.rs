@@ -1762,6 +1762,20 @@ cat > /dev/null
         serde_json::from_str(&line).unwrap()
     }
 
+    /// The next request for `method` the stand-in gets (the others before it are passed over).
+    async fn request_for(mut stand: Stand, method: &'static str) -> (Stand, Value) {
+        tokio::task::spawn_blocking(move || {
+            loop {
+                let r = next_request(&mut stand);
+                if r["method"] == method {
+                    break (stand, r);
+                }
+            }
+        })
+        .await
+        .unwrap()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_adopted_engine_answers_its_old_poll_and_goes_on_then_is_released_again() {
         use std::io::Write;
@@ -1918,16 +1932,7 @@ cat > /dev/null
             let new = new.clone();
             async move { new.call("five", &[]).await }
         });
-        let (mut stand, own_request) = tokio::task::spawn_blocking(move || {
-            loop {
-                let r = next_request(&mut stand);
-                if r["method"] == "five" {
-                    break (stand, r);
-                }
-            }
-        })
-        .await
-        .unwrap();
+        let (mut stand, own_request) = request_for(stand, "five").await;
         let big = "x".repeat(300);
         let answers = format!(
             "{{\"jsonrpc\":\"2.0\",\"id\":{},\"result\":\"{big}\"}}\n{{\"jsonrpc\":\"2.0\",\"id\":{},\"result\":{{\"ok\":2}}}}\n{{\"jsonrpc\":\"2.0\",\"id\":{},\"result\":5}}\n",
@@ -1975,17 +1980,8 @@ cat > /dev/null
             let engine = engine.clone();
             async move { engine.call("big", &[]).await }
         });
-        let (mut stand, id) = tokio::task::spawn_blocking(move || {
-            let mut stand = stand;
-            loop {
-                let r = next_request(&mut stand);
-                if r["method"] == "big" {
-                    break (stand, r["id"].as_u64().unwrap());
-                }
-            }
-        })
-        .await
-        .unwrap();
+        let (mut stand, request) = request_for(stand, "big").await;
+        let id = request["id"].as_u64().unwrap();
         // 250 KiB of its answer are read (more than one engine message holds) when the release
         // comes; the rest comes after it.
         let big = "x".repeat(256 * 1024);
@@ -2005,7 +2001,7 @@ cat > /dev/null
             let engine = engine.clone();
             async move { engine.release().await }
         });
-        eventually(|| engine.pid().is_none()).await;
+        crate::test_util::wait_until(|| engine.pid().is_none()).await;
         // Not awaited before the release: if nobody reads the rest, the release's pipe closes.
         let rest = tokio::task::spawn_blocking(move || {
             let written = stand.stdout.write_all(&rest);
@@ -2032,17 +2028,6 @@ cat > /dev/null
         drop(released);
         let (_stand, written) = rest.await.unwrap();
         written.expect("the rest of the answer was read");
-    }
-
-    /// Waits (up to 10 s) until `done`.
-    async fn eventually(done: impl Fn() -> bool) {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while !done() {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("in time");
     }
 
     #[test]

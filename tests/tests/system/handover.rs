@@ -24,6 +24,13 @@ const SPARE_ENDED: &str =
 
 /// One response: status and body.
 fn read_response(r: &mut BufReader<TcpStream>) -> Result<(u16, Vec<u8>), String> {
+    read_response_with_headers(r).map(|(status, _, body)| (status, body))
+}
+
+/// One response: status, header lines (as sent, without their line ends) and body.
+fn read_response_with_headers(
+    r: &mut BufReader<TcpStream>,
+) -> Result<(u16, Vec<String>, Vec<u8>), String> {
     let mut line = String::new();
     r.read_line(&mut line)
         .map_err(|e| format!("status line: {e}"))?;
@@ -36,6 +43,7 @@ fn read_response(r: &mut BufReader<TcpStream>) -> Result<(u16, Vec<u8>), String>
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("bad status line {line:?}"))?;
     let mut len = 0usize;
+    let mut headers = Vec::new();
     loop {
         let mut h = String::new();
         r.read_line(&mut h).map_err(|e| format!("header: {e}"))?;
@@ -45,19 +53,24 @@ fn read_response(r: &mut BufReader<TcpStream>) -> Result<(u16, Vec<u8>), String>
         if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
             len = v.trim().parse().map_err(|_| format!("bad length {h:?}"))?;
         }
+        headers.push(h.trim_end().to_string());
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).map_err(|e| format!("body: {e}"))?;
-    Ok((status, body))
+    Ok((status, headers, body))
 }
 
 fn rpc_request(id: u64) -> Vec<u8> {
     let body = format!(
         r#"{{"jsonrpc":"2.0","id":{id},"method":"get_config","params":[1,"displayname"]}}"#
     );
+    post_rpc(body.len(), &body)
+}
+
+/// A `POST /rpc` declaring `content_length` bytes of body, with `body` after its head.
+fn post_rpc(content_length: usize, body: &str) -> Vec<u8> {
     format!(
-        "POST /rpc HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+        "POST /rpc HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {content_length}\r\n\r\n{body}"
     )
     .into_bytes()
 }
@@ -399,35 +412,18 @@ fn a_request_too_big_to_pass_on_after_the_engine_went_is_answered_503_retry_afte
         r#"{{"jsonrpc":"2.0","id":7,"method":"get_config","params":[1,"displayname"],"padding":"{}"}}"#,
         "x".repeat(600 * 1024)
     );
-    let request = format!(
-        "POST /rpc HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    assert_eq!(&request.as_bytes()[..HALF], &rpc_request(7)[..HALF]);
-    w.write_all(&request.as_bytes()[HALF..]).unwrap();
-    let mut head = String::new();
-    let mut retry_after = None;
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line).expect("the answer's head");
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        let lower = line.to_ascii_lowercase();
-        if let Some(v) = lower.strip_prefix("retry-after:") {
-            retry_after = Some(v.trim().to_string());
-        }
-        if let Some(v) = lower.strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap();
-        }
-        head.push_str(&line);
-    }
-    let mut text = vec![0u8; length];
-    r.read_exact(&mut text).unwrap();
+    let request = post_rpc(body.len(), &body);
+    assert_eq!(&request[..HALF], &rpc_request(7)[..HALF]);
+    w.write_all(&request[HALF..]).unwrap();
+    let (status, headers, text) = read_response_with_headers(&mut r).expect("the answer");
     let text = String::from_utf8_lossy(&text);
-    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
-    assert_eq!(retry_after.as_deref(), Some("1"), "{head}");
+    assert_eq!(status, 503, "{headers:?}");
+    let retry_after = headers.iter().find_map(|h| {
+        let (name, value) = h.split_once(':')?;
+        name.eq_ignore_ascii_case("retry-after")
+            .then(|| value.trim().to_string())
+    });
+    assert_eq!(retry_after.as_deref(), Some("1"), "{headers:?}");
     assert!(
         text.contains("send it again") && !text.contains('x'.to_string().repeat(64).as_str()),
         "says what to do, without echoing the request: {text}"
@@ -443,7 +439,7 @@ fn a_request_too_big_to_pass_on_after_the_engine_went_is_answered_503_retry_afte
     again
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    again.write_all(request.as_bytes()).unwrap();
+    again.write_all(&request).unwrap();
     let (status, body) = read_response(&mut BufReader::new(again)).expect("an answer");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert!(!stack.exited());
@@ -458,11 +454,7 @@ fn a_request_body_left_unread_at_a_swap_is_never_read_as_a_request_by_the_next_g
     // The rest of the head of a request refused by its declared length (2 MiB, over edged's
     // 1 MiB) before its body is read. hyper ends the connection after the refusal, as it would
     // without a swap: the body is still on its way.
-    let mut rest = format!(
-        "POST /rpc HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        2 * 1024 * 1024
-    )
-    .into_bytes();
+    let mut rest = post_rpc(2 * 1024 * 1024, "");
     assert_eq!(&rest[..HALF], &rpc_request(7)[..HALF]);
     rest.drain(..HALF);
     w.write_all(&rest).unwrap();
