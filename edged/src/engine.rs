@@ -255,6 +255,10 @@ struct Inner {
     /// After a release with calls in flight: the task reading their answers off the back
     /// channel (it ends when the next owner closes it).
     forwarded: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// An adopted engine's write-back to the previous generation (see [`write_back`]): waited
+    /// for before this process goes, so an answer on its way to an older generation is not lost
+    /// when this one ends right after handing the engine on.
+    back: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Engine {
@@ -275,6 +279,7 @@ impl Engine {
                 release,
                 adopted_poll: Mutex::new(None),
                 forwarded: Mutex::new(None),
+                back: Mutex::new(None),
             }),
         };
         (engine, requests)
@@ -367,7 +372,8 @@ impl Engine {
         if let Some(back) = released.back.filter(|_| !released.forward.is_empty()) {
             let (lines, queued) = mpsc::unbounded_channel();
             match write_back(back, queued) {
-                Ok(()) => {
+                Ok(task) => {
+                    *engine.inner.back.lock().expect("back lock") = Some(task);
                     for &id in &released.forward {
                         let waiting = Waiting {
                             reply: Reply::Back(lines.clone()),
@@ -506,13 +512,22 @@ impl Engine {
     }
 
     /// After a release with calls in flight: waits (up to `timeout`) until their answers came
-    /// back, or no more can come (the next owner closed the back channel).
+    /// back, or no more can come (the next owner closed the back channel), and until the answers
+    /// to the previous generation's calls that passed through here are written back to it.
     pub async fn forwarded_answered(&self, timeout: Duration) -> bool {
-        let task = self.inner.forwarded.lock().expect("forwarded lock").take();
-        match task {
-            Some(task) => tokio::time::timeout(timeout, task).await.is_ok(),
-            None => true,
-        }
+        let forwarded = self.inner.forwarded.lock().expect("forwarded lock").take();
+        let back = self.inner.back.lock().expect("back lock").take();
+        // The write-back ends once no call of the previous generation waits here, which the
+        // forwarded answers decide: it is waited for after them.
+        let both = async {
+            if let Some(task) = forwarded {
+                let _ = task.await;
+            }
+            if let Some(task) = back {
+                let _ = task.await;
+            }
+        };
+        tokio::time::timeout(timeout, both).await.is_ok()
     }
 
     /// The engine's pid, while one runs.
@@ -723,32 +738,57 @@ impl Engine {
             tracing::warn!(engine_run = running.run.number, %status, "engine exited; restarting");
             pacing.note_uptime(running.started.elapsed());
             // Restart after the backoff unless asked to stop; give up never: the service depends on it.
+            // A stop or a release is seen in every wait on the way (the backoff is up to 10 s,
+            // a set-up up to START_TIMEOUT): a release has no engine to hand over then, and says so
+            // at once, so the next generation starts its own instead of waiting for the lock.
             loop {
                 let backoff = pacing.next_delay();
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = crate::stopped(&mut stop) => { let _ = pump.await; return; }
+                let waited = async {
+                    tokio::time::sleep(backoff).await;
+                    end_leftover_engines(&self.accounts_path(), LEFTOVER_GRACE).await;
+                };
+                match interruptible(waited, &mut stop, &mut releases).await {
+                    Ok(()) => {}
+                    Err(Interrupted::Stop) => {
+                        let _ = pump.await;
+                        return;
+                    }
+                    Err(Interrupted::Release(request)) => {
+                        tracing::info!(
+                            "asked for the engine while it is restarting: none to hand over"
+                        );
+                        pump.abort();
+                        let _ = request.send(None);
+                        return;
+                    }
                 }
                 let number = *self.inner.run.borrow() + 1;
-                end_leftover_engines(&self.accounts_path(), LEFTOVER_GRACE).await;
                 match self.spawn_run(number) {
                     Ok(r) => {
                         running = r;
                         self.inner.restarts.fetch_add(1, Ordering::Relaxed);
                         // An engine that does not answer must not keep a stop from being seen:
                         // the loop above stops it.
-                        tokio::select! {
-                            set_up = tokio::time::timeout(START_TIMEOUT, self.set_up_account()) => {
-                                let error = match set_up {
-                                    Ok(Ok(())) => None,
-                                    Ok(Err(e)) => Some(e.to_string()),
-                                    Err(_) => Some(format!("no answer within {START_TIMEOUT:?}")),
-                                };
-                                if let Some(error) = error {
-                                    tracing::warn!(engine_run = number, %error, "restarted engine failed account set-up");
-                                }
+                        let set_up = tokio::time::timeout(START_TIMEOUT, self.set_up_account());
+                        let error = match interruptible(set_up, &mut stop, &mut releases).await {
+                            Ok(Ok(Ok(()))) | Err(Interrupted::Stop) => None,
+                            Ok(Ok(Err(e))) => Some(e.to_string()),
+                            Ok(Err(_)) => Some(format!("no answer within {START_TIMEOUT:?}")),
+                            Err(Interrupted::Release(request)) => {
+                                // Not set up: not an engine the next generation can take.
+                                tracing::info!(
+                                    engine_run = number,
+                                    "asked for the engine while it is being set up: stopping it instead"
+                                );
+                                self.detach(&running.run);
+                                running.stop(stop_timeout).await;
+                                pump.abort();
+                                let _ = request.send(None);
+                                return;
                             }
-                            _ = crate::stopped(&mut stop) => {}
+                        };
+                        if let Some(error) = error {
+                            tracing::warn!(engine_run = number, %error, "restarted engine failed account set-up");
                         }
                         break;
                     }
@@ -767,6 +807,25 @@ impl Engine {
             *current = None;
             *self.inner.pid.lock().expect("pid lock") = None;
         }
+    }
+}
+
+/// What ended a wait of the engine keeper's restart before it was over.
+enum Interrupted {
+    Stop,
+    Release(ReleaseRequest),
+}
+
+/// Runs `work` unless a stop or a release request comes first.
+async fn interruptible<F: std::future::Future>(
+    work: F,
+    stop: &mut watch::Receiver<bool>,
+    releases: &mut mpsc::UnboundedReceiver<ReleaseRequest>,
+) -> Result<F::Output, Interrupted> {
+    tokio::select! {
+        done = work => Ok(done),
+        _ = crate::stopped(stop) => Err(Interrupted::Stop),
+        Some(request) = releases.recv() => Err(Interrupted::Release(request)),
     }
 }
 
@@ -1048,20 +1107,23 @@ fn back_channel() -> std::io::Result<(tokio::net::UnixStream, OwnedFd)> {
 }
 
 /// Writes the previous generation's answers to its back channel until no call of it waits here
-/// any more (every sender is gone), then closes it: there, that is the end of the answers.
-fn write_back(back: OwnedFd, mut lines: mpsc::UnboundedReceiver<Vec<u8>>) -> std::io::Result<()> {
+/// any more (every sender is gone), then closes it: there, that is the end of the answers. The
+/// task doing it is returned.
+fn write_back(
+    back: OwnedFd,
+    mut lines: mpsc::UnboundedReceiver<Vec<u8>>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let stream = std::os::unix::net::UnixStream::from(back);
     stream.set_nonblocking(true)?;
     let mut stream = tokio::net::UnixStream::from_std(stream)?;
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         while let Some(line) = lines.recv().await {
             if stream.write_all(&line).await.is_err() {
                 return;
             }
         }
         let _ = stream.shutdown().await;
-    });
-    Ok(())
+    }))
 }
 
 /// The id of a call line edged wrote (`{"jsonrpc":"2.0","method":…,"params":…,"id":N}`).
@@ -2200,5 +2262,148 @@ cat > /dev/null
         assert!(next < MAX_CALL_ID - 2, "the ids started again at 1: {next}");
         stop_tx.send(true).unwrap();
         keeper.await.unwrap();
+    }
+
+    /// An engine that answers on its first run and, once restarted, exits at once.
+    const CRASHES_ONCE_RESTARTED: &str = r#"#!/bin/sh
+m="$DC_ACCOUNTS_PATH.started"
+if [ -e "$m" ]; then exit 1; fi
+: > "$m"
+while IFS= read -r line; do
+  id=$(printf '%s' "$line" | sed -n 's/.*"id":\([0-9]*\).*/\1/p')
+  case "$line" in
+    *get_next_event*) continue ;;
+    *get_all_account_ids*) r='[1]' ;;
+    *) r=null ;;
+  esac
+  printf '{"jsonrpc":"2.0","id":%s,"result":%s}\n' "$id" "$r"
+done
+"#;
+
+    /// The engine keeper restarting a dead engine (`script`), once it has restarted it `restarts`
+    /// times: a release is answered at once with no engine (the next generation starts its own
+    /// rather than wait for the restart), the keeper ends, no engine runs and none starts after.
+    async fn released_while_restarting(script: &str, restarts: u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = script_engine(dir.path(), script);
+        let (_stop_tx, stop) = watch::channel(false);
+        let (engine, keeper) = Engine::start(config, Hub::new(4), stop, Duration::from_millis(200))
+            .await
+            .expect("the first engine answers")
+            .expect("no stop was asked for");
+        let first = engine.pid().expect("running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(first as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        crate::test_util::wait_until(|| engine.restarts() == restarts).await;
+        let released = tokio::time::timeout(Duration::from_secs(20), engine.release())
+            .await
+            .expect("a release while the engine restarts is answered, not left until it is up");
+        assert!(released.is_none(), "a restarting engine was handed over");
+        tokio::time::timeout(Duration::from_secs(10), keeper)
+            .await
+            .expect("the keeper ends after the release")
+            .unwrap();
+        assert_eq!(engine.pid(), None);
+        assert_eq!(
+            engine.restarts(),
+            restarts,
+            "the engine was restarted after the release"
+        );
+        assert!(leftover_engines(&engine.accounts_path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_release_during_a_restarted_engines_set_up_stops_it_and_hands_over_none() {
+        // The restarted engine never answers: its set-up would wait START_TIMEOUT (60 s).
+        released_while_restarting(ANSWERS_ONCE, 1).await;
+    }
+
+    #[tokio::test]
+    async fn a_release_during_the_restart_backoff_hands_over_none_at_once() {
+        // The restarted engine exits at once, again and again: after the third restart the
+        // keeper waits 800 ms, then 1.6 s, before the next.
+        released_while_restarting(CRASHES_ONCE_RESTARTED, 3).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_passing_through_a_middle_generation_reaches_the_first_before_the_middle_one_ends()
+     {
+        use std::io::Write;
+        let (stand, released) = stand_in(b"", 20, None);
+        let mut config = bare("/nonexistent").inner.config.clone();
+        config.max_answer = 8 * 1024 * 1024;
+        let (_stop_tx, stop) = watch::channel(false);
+        // The first generation hands the engine on with a call in flight.
+        let (first, first_keeper) = Engine::adopt(
+            config.clone(),
+            released,
+            Hub::new(16),
+            stop.clone(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let call = tokio::spawn({
+            let first = first.clone();
+            async move { first.call("big", &[]).await }
+        });
+        let (mut stand, request) = request_for(stand, "big").await;
+        let id = request["id"].as_u64().unwrap();
+        let released = first.release().await.expect("a clean release");
+        first_keeper.await.unwrap();
+        assert_eq!(released.forward, vec![id]);
+        // The middle one, a process of its own (a runtime of its own, dropped as the process
+        // would end), takes the engine and hands it on at once, the call still in flight; then
+        // it does what edged does before it exits at a swap.
+        let (to_last, from_middle) = tokio::sync::oneshot::channel();
+        let middle = std::thread::spawn({
+            let config = config.clone();
+            let stop = stop.clone();
+            move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    let (middle, keeper) =
+                        Engine::adopt(config, released, Hub::new(16), stop, Duration::from_secs(5))
+                            .unwrap();
+                    let released = middle.release().await.expect("a clean release");
+                    keeper.await.unwrap();
+                    assert_eq!(released.forward, vec![id]);
+                    to_last.send(released).unwrap();
+                    middle.forwarded_answered(Duration::from_secs(20)).await
+                })
+            }
+        });
+        let released = from_middle.await.unwrap();
+        let (last, last_keeper) =
+            Engine::adopt(config, released, Hub::new(16), stop, Duration::from_secs(5)).unwrap();
+        // The answer comes to the last one: far bigger than a socket's buffer, so it takes the
+        // middle one several writes to pass it on.
+        let big = "x".repeat(4 * 1024 * 1024);
+        let answer = format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":\"{big}\"}}\n");
+        let stand = tokio::task::spawn_blocking(move || {
+            stand.stdout.write_all(answer.as_bytes()).unwrap();
+            stand
+        })
+        .await
+        .unwrap();
+        let middle_answered = tokio::task::spawn_blocking(move || middle.join().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            middle_answered,
+            "the middle generation did not see its forwarded calls answered"
+        );
+        let result = tokio::time::timeout(Duration::from_secs(20), call)
+            .await
+            .expect("the call ended")
+            .unwrap();
+        assert_eq!(result.unwrap().as_str().map(str::len), Some(big.len()));
+        assert!(first.forwarded_answered(Duration::from_secs(10)).await);
+        drop((last, last_keeper, stand));
     }
 }
