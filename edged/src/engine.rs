@@ -743,11 +743,20 @@ impl Engine {
             // at once, so the next generation starts its own instead of waiting for the lock.
             loop {
                 let backoff = pacing.next_delay();
-                let waited = async {
-                    tokio::time::sleep(backoff).await;
-                    end_leftover_engines(&self.accounts_path(), LEFTOVER_GRACE).await;
-                };
-                match interruptible(waited, &mut stop, &mut releases).await {
+                let mut waited =
+                    interruptible(tokio::time::sleep(backoff), &mut stop, &mut releases).await;
+                if waited.is_ok() {
+                    // A stop does not cut this short (a leftover engine, in a process group of
+                    // its own, would outlive edged; it is bounded); a release does: the next
+                    // generation, starting its own engine, ends leftovers first itself.
+                    let accounts = self.accounts_path();
+                    let leftovers = end_leftover_engines(&accounts, LEFTOVER_GRACE);
+                    waited = tokio::select! {
+                        () = leftovers => Ok(()),
+                        Some(request) = releases.recv() => Err(Interrupted::Release(request)),
+                    };
+                }
+                match waited {
                     Ok(()) => {}
                     Err(Interrupted::Stop) => {
                         let _ = pump.await;
@@ -2281,9 +2290,14 @@ done
 "#;
 
     /// The engine keeper restarting a dead engine (`script`), once it has restarted it `restarts`
-    /// times: a release is answered at once with no engine (the next generation starts its own
-    /// rather than wait for the restart), the keeper ends, no engine runs and none starts after.
-    async fn released_while_restarting(script: &str, restarts: u64) {
+    /// times and `ready` holds: a release is answered with no engine, without waiting for the
+    /// restart (the next generation starts its own), the keeper ends, no engine runs and none
+    /// starts after.
+    async fn released_while_restarting(
+        script: &str,
+        restarts: u64,
+        ready: impl Fn(&Engine) -> bool,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let config = script_engine(dir.path(), script);
         let (_stop_tx, stop) = watch::channel(false);
@@ -2297,7 +2311,9 @@ done
             nix::sys::signal::Signal::SIGKILL,
         )
         .unwrap();
-        crate::test_util::wait_until(|| engine.restarts() == restarts).await;
+        // In the backoff or the set-up that follows it: the restarted engine exited (it is
+        // detached then) or it was started (and not yet given up).
+        crate::test_util::wait_until(|| engine.restarts() == restarts && ready(&engine)).await;
         let released = tokio::time::timeout(Duration::from_secs(20), engine.release())
             .await
             .expect("a release while the engine restarts is answered, not left until it is up");
@@ -2318,14 +2334,15 @@ done
     #[tokio::test]
     async fn a_release_during_a_restarted_engines_set_up_stops_it_and_hands_over_none() {
         // The restarted engine never answers: its set-up would wait START_TIMEOUT (60 s).
-        released_while_restarting(ANSWERS_ONCE, 1).await;
+        released_while_restarting(ANSWERS_ONCE, 1, |engine| engine.pid().is_some()).await;
     }
 
     #[tokio::test]
     async fn a_release_during_the_restart_backoff_hands_over_none_at_once() {
         // The restarted engine exits at once, again and again: after the third restart the
-        // keeper waits 800 ms, then 1.6 s, before the next.
-        released_while_restarting(CRASHES_ONCE_RESTARTED, 3).await;
+        // keeper waits 800 ms, then 1.6 s, before the next. Once it has seen the third one
+        // exit (no engine then), it is in the backoff.
+        released_while_restarting(CRASHES_ONCE_RESTARTED, 3, |engine| engine.pid().is_none()).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,12 +5,16 @@
 #   - SIGHUP -> new generation ready (median, max)
 #   - request latency p50/p99/max in steady state and during swaps, and the failed-request count
 #   - privitty-load at 8 and 64 keep-alive connections (/health, /rpc): closed-loop capacity, then
-#     paced at half of it: hyper alone (privitty-load's baseline server, the machine's floor at
-#     that rate), steady, and across 100 swaps (p50/p99/max, non-2xx, socket errors, and how busy
-#     the machine's cores were, and the share of them the hypervisor took: steal)
+#     paced at half of it, 21 s each: hyper alone (privitty-load's baseline server, the machine's
+#     floor at that rate), steady, and across 100 swaps (p50/p99/max, non-2xx, socket errors, and
+#     how busy the machine's cores were, and the share of them the hypervisor took: steal); then a
+#     `goal` line: the swapping p99 and max against the goal (5 ms, 25 ms), beside steady's and
+#     hyper alone's
 # Usage: tests/bench/swap-bench.sh [--release] [SWAPS]   (default 20 swaps, debug build)
 # Environment: SWAP_BENCH_LOAD (paced rate as a fraction of capacity, default 0.5),
 #   SWAP_BENCH_CONNECTIONS (8 or 64 only), SWAP_BENCH_ROUTE (/health or /rpc only),
+#   SWAP_BENCH_INTERVAL_MS (time between two swaps, default 200; the paced phases last 100 of it
+#   and a second),
 #   SWAP_BENCH_TRACE=DIR (the swapping runs' requests over 2 ms and the stack's log go there; the
 #   bench then runs tests/bench/swap-trace.py on them: per swap, the slowest request, and the time
 #   from the old generation's last accept to the new one's ready),
