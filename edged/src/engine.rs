@@ -1682,9 +1682,18 @@ mod tests {
     }
 
     /// An engine that answers on its first run and, once restarted, never answers at all.
-    const ANSWERS_ONCE: &str = r#"#!/bin/sh
+    fn answers_once() -> String {
+        answers_first_run("exec sleep 1000")
+    }
+
+    /// An engine that answers on its first run and, once restarted, runs `then` (shell).
+    fn answers_first_run(then: &str) -> String {
+        ANSWERS_FIRST_RUN.replace("THEN", then)
+    }
+
+    const ANSWERS_FIRST_RUN: &str = r#"#!/bin/sh
 m="$DC_ACCOUNTS_PATH.started"
-if [ -e "$m" ]; then exec sleep 1000; fi
+if [ -e "$m" ]; then THEN; fi
 : > "$m"
 while IFS= read -r line; do
   id=$(printf '%s' "$line" | sed -n 's/.*"id":\([0-9]*\).*/\1/p')
@@ -1746,10 +1755,18 @@ cat > /dev/null
         );
     }
 
-    #[tokio::test]
-    async fn a_stop_during_a_restarted_engines_set_up_is_not_ignored() {
+    /// The engine `script` started by a keeper (stop timeout 200 ms), its first run SIGKILLed:
+    /// the keeper is restarting it. The data directory and the stop flag are kept by the caller.
+    async fn first_engine_killed(
+        script: &str,
+    ) -> (
+        tempfile::TempDir,
+        watch::Sender<bool>,
+        Engine,
+        tokio::task::JoinHandle<()>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
-        let config = script_engine(dir.path(), ANSWERS_ONCE);
+        let config = script_engine(dir.path(), script);
         let (stop_tx, stop) = watch::channel(false);
         let (engine, keeper) = Engine::start(config, Hub::new(4), stop, Duration::from_millis(200))
             .await
@@ -1761,6 +1778,12 @@ cat > /dev/null
             nix::sys::signal::Signal::SIGKILL,
         )
         .unwrap();
+        (dir, stop_tx, engine, keeper)
+    }
+
+    #[tokio::test]
+    async fn a_stop_during_a_restarted_engines_set_up_is_not_ignored() {
+        let (_dir, stop_tx, engine, keeper) = first_engine_killed(&answers_once()).await;
         crate::test_util::wait_until(|| engine.restarts() == 1).await;
         stop_tx.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(30), keeper)
@@ -2273,22 +2296,6 @@ cat > /dev/null
         keeper.await.unwrap();
     }
 
-    /// An engine that answers on its first run and, once restarted, exits at once.
-    const CRASHES_ONCE_RESTARTED: &str = r#"#!/bin/sh
-m="$DC_ACCOUNTS_PATH.started"
-if [ -e "$m" ]; then exit 1; fi
-: > "$m"
-while IFS= read -r line; do
-  id=$(printf '%s' "$line" | sed -n 's/.*"id":\([0-9]*\).*/\1/p')
-  case "$line" in
-    *get_next_event*) continue ;;
-    *get_all_account_ids*) r='[1]' ;;
-    *) r=null ;;
-  esac
-  printf '{"jsonrpc":"2.0","id":%s,"result":%s}\n' "$id" "$r"
-done
-"#;
-
     /// The engine keeper restarting a dead engine (`script`), once it has restarted it `restarts`
     /// times and `ready` holds: a release is answered with no engine, without waiting for the
     /// restart (the next generation starts its own), the keeper ends, no engine runs and none
@@ -2298,19 +2305,7 @@ done
         restarts: u64,
         ready: impl Fn(&Engine) -> bool,
     ) {
-        let dir = tempfile::tempdir().unwrap();
-        let config = script_engine(dir.path(), script);
-        let (_stop_tx, stop) = watch::channel(false);
-        let (engine, keeper) = Engine::start(config, Hub::new(4), stop, Duration::from_millis(200))
-            .await
-            .expect("the first engine answers")
-            .expect("no stop was asked for");
-        let first = engine.pid().expect("running");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(first as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        let (_dir, _stop_tx, engine, keeper) = first_engine_killed(script).await;
         // In the backoff or the set-up that follows it: the restarted engine exited (it is
         // detached then) or it was started (and not yet given up).
         crate::test_util::wait_until(|| engine.restarts() == restarts && ready(&engine)).await;
@@ -2334,7 +2329,7 @@ done
     #[tokio::test]
     async fn a_release_during_a_restarted_engines_set_up_stops_it_and_hands_over_none() {
         // The restarted engine never answers: its set-up would wait START_TIMEOUT (60 s).
-        released_while_restarting(ANSWERS_ONCE, 1, |engine| engine.pid().is_some()).await;
+        released_while_restarting(&answers_once(), 1, |engine| engine.pid().is_some()).await;
     }
 
     #[tokio::test]
@@ -2342,7 +2337,10 @@ done
         // The restarted engine exits at once, again and again: after the third restart the
         // keeper waits 800 ms, then 1.6 s, before the next. Once it has seen the third one
         // exit (no engine then), it is in the backoff.
-        released_while_restarting(CRASHES_ONCE_RESTARTED, 3, |engine| engine.pid().is_none()).await;
+        released_while_restarting(&answers_first_run("exit 1"), 3, |engine| {
+            engine.pid().is_none()
+        })
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
