@@ -219,14 +219,13 @@ mod tests {
     fn hands_over_listen_fds_with_the_childs_own_pid() {
         use std::os::fd::AsRawFd;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let (pid, line) = shell_report(
-            "$LISTEN_PID $$ $LISTEN_FDS $LISTEN_FDNAMES $(readlink /proc/$$/fd/3) \
-             $(ls /proc/$$/fd | wc -l)",
+        let (pid, line, fds) = shell_report(
+            "$LISTEN_PID $$ $LISTEN_FDS $LISTEN_FDNAMES $(readlink /proc/$$/fd/3)",
             listener.as_raw_fd(),
             "spawn",
         );
         let f: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(f.len(), 6, "{line}");
+        assert_eq!(f.len(), 5, "{line}");
         assert_eq!(f[0], f[1], "LISTEN_PID is not the child's pid: {line}");
         assert_eq!(f[0], pid.to_string(), "{line}");
         assert_eq!(&f[2..4], ["1", "http"], "{line}");
@@ -234,8 +233,7 @@ mod tests {
             f[4].starts_with("socket:"),
             "fd 3 is not the socket: {line}"
         );
-        // 0, 1, 2 and 3; `ls` itself may hold one more while listing.
-        assert!(f[5] == "4" || f[5] == "5", "unexpected fds: {line}");
+        assert_eq!(fds, handed_over_fds(), "unexpected fds");
     }
 
     /// Runs `test` again in a process of its own with `PRIVITTY_SPAWN_FD_CASE` set: the cases lay
@@ -259,11 +257,17 @@ mod tests {
 
     const FD_CASE: &str = "PRIVITTY_SPAWN_FD_CASE";
 
-    /// Spawns `sh` with `listen_fd` handed over, has it echo `fields` (shell words) into a file,
-    /// waits for it to exit 0, and returns its pid and the line it wrote.
-    fn shell_report(fields: &str, listen_fd: RawFd, tag: &str) -> (Pid, String) {
+    /// Spawns `sh` with `listen_fd` handed over, has it echo `fields` (shell words) into a file
+    /// and then become `ls` of its own fds, waits for it to exit 0, and returns its pid, the line
+    /// it echoed and the fds `ls` listed. The listing is taken after `exec`, so no fd of the
+    /// shell's own (a command substitution's pipe, whose write end the shell closes only after its
+    /// fork) is in it: only the handed-over fds and `ls`'s own directory, the lowest free fd.
+    fn shell_report(fields: &str, listen_fd: RawFd, tag: &str) -> (Pid, String, Vec<String>) {
         let out = std::env::temp_dir().join(format!("privitty-{tag}-{}", std::process::id()));
-        let script = format!("echo \"{fields}\" > {}", out.display());
+        let script = format!(
+            "echo \"{fields}\" > {out}; exec ls /proc/self/fd >> {out}",
+            out = out.display()
+        );
         let spec = SpawnSpec {
             program: "sh".into(),
             args: vec!["-c".into(), script.into()],
@@ -273,26 +277,38 @@ mod tests {
         let pid = spawn(&spec).expect("spawn sh");
         let status = nix::sys::wait::waitpid(pid, None).expect("waitpid");
         assert_eq!(status, nix::sys::wait::WaitStatus::Exited(pid, 0));
-        let line = std::fs::read_to_string(&out).expect("sh's report");
+        let text = std::fs::read_to_string(&out).expect("sh's report");
         let _ = std::fs::remove_file(&out);
-        (pid, line)
+        let mut lines = text.lines();
+        let line = lines.next().unwrap_or_default().to_string();
+        (pid, line, lines.map(str::to_string).collect())
+    }
+
+    /// The fds `ls` must list in the child: this process's open stdio (inherited), the socket on
+    /// 3, and `ls`'s own directory on the lowest number left free. Anything more leaked through.
+    fn handed_over_fds() -> Vec<String> {
+        let mut fds: Vec<RawFd> = (0..3)
+            .filter(|fd| std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists())
+            .chain([3])
+            .collect();
+        let lowest_free = (0..).find(|fd| !fds.contains(fd)).expect("a free fd");
+        fds.push(lowest_free);
+        fds.sort_unstable();
+        fds.iter().map(RawFd::to_string).collect()
     }
 
     /// Spawns a shell that reports its fd 3 and fds; checks fd 3 is `listener`'s socket.
     fn check_hand_over(listen_fd: RawFd, expected_socket: &str) {
-        let (_, line) = shell_report(
-            "$LISTEN_FDS $(readlink /proc/$$/fd/3) $(ls /proc/$$/fd | wc -l)",
-            listen_fd,
-            "fdcase",
-        );
+        let (_, line, fds) =
+            shell_report("$LISTEN_FDS $(readlink /proc/$$/fd/3)", listen_fd, "fdcase");
         let f: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(f.len(), 3, "{line}");
+        assert_eq!(f.len(), 2, "{line}");
         assert_eq!(f[0], "1", "{line}");
         assert_eq!(
             f[1], expected_socket,
             "fd 3 is not the listening socket: {line}"
         );
-        assert!(f[2] == "4" || f[2] == "5", "unexpected fds: {line}");
+        assert_eq!(fds, handed_over_fds(), "unexpected fds");
     }
 
     fn socket_name(fd: RawFd) -> String {
