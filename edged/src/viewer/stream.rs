@@ -175,8 +175,9 @@ pub(super) async fn start<B>(
         .expect("valid response")
 }
 
-/// How long the bytes sent before a failure get to leave before the transfer is cut.
-pub const ABORT_LINGER: Duration = Duration::from_millis(50);
+/// How long the bytes sent before a failure get to leave before the transfer is cut: ample for
+/// a client that reads, with room for this process being off the CPU for a moment meanwhile.
+pub const ABORT_LINGER: Duration = Duration::from_millis(250);
 
 /// The body's frames, with an abort held back for [`ABORT_LINGER`]. hyper drops what it has
 /// buffered but not yet written when a body fails, and a failure queued right behind the last
