@@ -302,10 +302,19 @@ fn refused_and_unreachable_exit_5_and_6() {
     );
     assert_eq!(code(&out), 6, "{}", stderr(&out));
 
-    let closed = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // A port bound but never listening: connections are refused, and no server started by a
+    // test running beside this one can take the port meanwhile.
+    let reserved =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    reserved
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    let closed = reserved.local_addr().unwrap().as_socket().unwrap().port();
     let url = format!("http://127.0.0.1:{closed}/v1/license/{TOKEN}");
     assert_eq!(
         code(&run(tmp.path(), Some(&key), &["license", "activate", &url])),

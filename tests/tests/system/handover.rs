@@ -314,7 +314,8 @@ fn keep_alive_clients_that_never_retry_see_no_failure_across_swaps() {
 }
 
 /// The bytes the server side of a loopback connection has not read yet (`/proc/net/tcp`'s
-/// `rx_queue` of the socket bound to `server` and connected to `client`).
+/// `rx_queue` of the socket bound to `server` and connected to `client`). Only an established
+/// socket counts: a half-open one (its handshake not yet completed) also shows 0.
 fn unread_by_server(server: SocketAddr, client: SocketAddr) -> Option<u64> {
     let hex = |a: SocketAddr| match a {
         SocketAddr::V4(a) => format!(
@@ -331,9 +332,11 @@ fn unread_by_server(server: SocketAddr, client: SocketAddr) -> Option<u64> {
         .skip(1)
         .find_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(1) == Some(&local.as_str()) && f.get(2) == Some(&remote.as_str()))
-                .then(|| u64::from_str_radix(f[4].split(':').nth(1)?, 16).ok())
-                .flatten()
+            (f.get(1) == Some(&local.as_str())
+                && f.get(2) == Some(&remote.as_str())
+                && f.get(3) == Some(&"01"))
+            .then(|| u64::from_str_radix(f[4].split(':').nth(1)?, 16).ok())
+            .flatten()
         })
 }
 

@@ -988,10 +988,11 @@ fn background_activation_stops_once_a_license_was_installed_by_other_means() {
     let configured = new_license(&server);
     let other = new_license(&server);
     // The supervisor's first attempt is told to come back later; meanwhile the operator installs
-    // another license with the CLI. Coming back must not take a second seat and replace it.
+    // another license with the CLI. Coming back must not take a second seat and replace it. The
+    // wait leaves the CLI (a debug build, on a busy machine) ample time to go first.
     server.fault(
         Fault::TooManyRequests {
-            retry_after: Duration::from_secs(5),
+            retry_after: Duration::from_secs(15),
         },
         1,
     );

@@ -15,7 +15,7 @@ use privitty_tests::init_harness::{
     DEADLINE, Init, InitSpec, can_unshare, has_command, lines, skip, testproc, wait_line,
     wait_lines_starting,
 };
-use privitty_tests::support::{DumpDirOnFailure, eventually};
+use privitty_tests::support::{DumpDirOnFailure, eventually, poll_until};
 
 /// Signals plain mode forwards to the child's process group.
 const FORWARDED: [Signal; 16] = [
@@ -279,7 +279,7 @@ fn stop_escalates_to_sigkill_after_the_timeout() {
     // The child records SIGTERM but never exits on it.
     let mut init = Init::start(
         "init-escalate",
-        InitSpec::plain(&["record-signals", path_str(&file)]).env("PRIVITTY_STOP_TIMEOUT", "300ms"),
+        InitSpec::plain(&["record-signals", path_str(&file)]).env("PRIVITTY_STOP_TIMEOUT", "1s"),
         dir.path(),
     );
     lines_ready(&file, 1);
@@ -355,7 +355,7 @@ fn stop_waits_for_group_members_that_outlive_the_child_then_kills_them() {
             "--group-exit-on",
             "none",
         ])
-        .env("PRIVITTY_STOP_TIMEOUT", "300ms"),
+        .env("PRIVITTY_STOP_TIMEOUT", "1s"),
         dir.path(),
     );
     lines_ready(&file, 3);
@@ -613,13 +613,17 @@ fn reaps_orphans_of_exec_sessions() {
         .status()
         .expect("running nsenter");
     assert!(status.success(), "nsenter … orphan-parent: {status}");
-    // The orphan-parent has been reaped by nsenter, so its 50 leaves now belong to init.
-    eventually(DEADLINE, "the exec session's orphans to be reaped", || {
-        (init.children().len() == 1).then_some(())
+    // The orphan-parent has been reaped by nsenter, so its 50 leaves now belong to init. Init
+    // reports a reaped batch after reaping it, so the lines may trail `/proc` by a moment.
+    let reported = || init.proc.stderr().matches("reaped orphan").count();
+    let gone = poll_until(DEADLINE, || {
+        (init.children().len() == 1 && reported() >= 50).then_some(())
     });
     assert!(
-        init.proc.stderr().matches("reaped orphan").count() >= 50,
-        "init did not report reaping the 50 orphans:\n{}",
+        gone.is_some(),
+        "init did not reap and report the 50 orphans ({} children left, {} reported):\n{}",
+        init.children().len(),
+        reported(),
         init.proc.stderr()
     );
     init.signal(Signal::SIGTERM);
@@ -739,7 +743,7 @@ fn stop_kills_a_descendant_that_left_for_its_own_session() {
             .to_vec(),
         ..InitSpec::plain(&[]).without_namespace()
     }
-    .env("PRIVITTY_STOP_TIMEOUT", "300ms");
+    .env("PRIVITTY_STOP_TIMEOUT", "1s");
     let mut init = Init::start("init-setsid", spec, dir.path());
     lines_ready(&file, 1);
     let daemon: i32 = eventually(DEADLINE, "the daemon's pid", || {
@@ -832,7 +836,7 @@ fn a_stop_signal_goes_on_as_itself_and_the_stop_still_escalates() {
     let mut init = Init::start(
         "init-int-escalate",
         InitSpec::plain(&["record-signals", path_str(&file), "--group", "1"])
-            .env("PRIVITTY_STOP_TIMEOUT", "300ms"),
+            .env("PRIVITTY_STOP_TIMEOUT", "1s"),
         dir.path(),
     );
     lines_ready(&file, 2);

@@ -512,7 +512,7 @@ fn cli_offline_license_is_usable_but_cannot_sync() {
 fn cli_status_moves_active_grace_expired_as_time_passes() {
     let w = world();
     let url = w.server.create_license(&LicenseSpec {
-        entitlement: Duration::from_secs(4),
+        entitlement: Duration::from_secs(8),
         grace: Duration::from_secs(3),
         ..LicenseSpec::default()
     });
@@ -542,7 +542,7 @@ fn cli_setting_the_clock_back_never_extends_a_license() {
     // entitlement ends soon; the grace period is long, so a sync inside it brings a license whose
     // sync_by is already reached
     let url = w.server.create_license(&LicenseSpec {
-        entitlement: Duration::from_secs(4),
+        entitlement: Duration::from_secs(8),
         grace: Duration::from_secs(3600),
         ..LicenseSpec::default()
     });

@@ -314,7 +314,7 @@ fn server_faults_apply_to_the_next_protocol_calls_only() {
 fn server_license_with_ended_entitlement_is_refused() {
     let w = world();
     let url = w.server.create_license(&LicenseSpec {
-        entitlement: Duration::from_secs(2),
+        entitlement: Duration::from_secs(5),
         grace: Duration::from_secs(1),
         ..LicenseSpec::default()
     });
