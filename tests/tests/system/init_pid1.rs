@@ -134,12 +134,13 @@ fn forwards_every_forwardable_signal_to_the_childs_group() {
             wait_line(&file, &format!("{role} {}", sig.as_str()));
         }
     }
-    // Not forwarded: TTIN/TTOU. Init handles events in order, so once the USR2 sent after them
-    // has arrived everywhere, they would have arrived too.
+    // Not forwarded: TTIN/TTOU. Init handles its signals in order, and of signals pending
+    // together the kernel hands out the lower numbers first: once a realtime signal (numbered
+    // above every standard one) sent after them has arrived everywhere, they would have too.
     let before = lines(&file).len();
     init.signal(Signal::SIGTTIN);
     init.signal(Signal::SIGTTOU);
-    init.signal(Signal::SIGUSR2);
+    init.signal_number(nix::libc::SIGRTMIN());
     wait_lines_starting(&file, "", before + 3);
     let after = lines(&file);
     assert!(
@@ -433,9 +434,10 @@ fn job_control_signals_never_stop_init() {
     for sig in [Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU] {
         init.signal(sig);
     }
-    // USR1 is handled after the three: once the child has it, init went past them unstopped.
-    init.signal(Signal::SIGUSR1);
-    wait_line(&file, "main SIGUSR1");
+    // A realtime signal is handled after the three (sent after them, and numbered above them
+    // should all be pending together): once the child has it, init went past them unstopped.
+    init.signal_number(nix::libc::SIGRTMIN());
+    wait_line(&file, "main SIGRTMIN+0");
     wait_line(&file, "main SIGTSTP");
     assert_ne!(init.state(), 'T', "init was stopped");
     init.signal(Signal::SIGTERM);
