@@ -307,12 +307,7 @@ fn refused_and_unreachable_exit_5_and_6() {
     let reserved =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     reserved
-        .bind(
-            &"127.0.0.1:0"
-                .parse::<std::net::SocketAddr>()
-                .unwrap()
-                .into(),
-        )
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
         .unwrap();
     let closed = reserved.local_addr().unwrap().as_socket().unwrap().port();
     let url = format!("http://127.0.0.1:{closed}/v1/license/{TOKEN}");

@@ -17,6 +17,10 @@ use privitty_tests::init_harness::{
 };
 use privitty_tests::support::{DumpDirOnFailure, eventually, poll_until};
 
+/// The stop timeout of the tests that see a stop escalate to SIGKILL: short, yet long enough for
+/// every recorder to log the signal before the SIGKILL on a busy machine.
+const ESCALATING_STOP_TIMEOUT: &str = "1s";
+
 /// Signals plain mode forwards to the child's process group.
 const FORWARDED: [Signal; 16] = [
     Signal::SIGHUP,
@@ -280,7 +284,8 @@ fn stop_escalates_to_sigkill_after_the_timeout() {
     // The child records SIGTERM but never exits on it.
     let mut init = Init::start(
         "init-escalate",
-        InitSpec::plain(&["record-signals", path_str(&file)]).env("PRIVITTY_STOP_TIMEOUT", "1s"),
+        InitSpec::plain(&["record-signals", path_str(&file)])
+            .env("PRIVITTY_STOP_TIMEOUT", ESCALATING_STOP_TIMEOUT),
         dir.path(),
     );
     lines_ready(&file, 1);
@@ -356,7 +361,7 @@ fn stop_waits_for_group_members_that_outlive_the_child_then_kills_them() {
             "--group-exit-on",
             "none",
         ])
-        .env("PRIVITTY_STOP_TIMEOUT", "1s"),
+        .env("PRIVITTY_STOP_TIMEOUT", ESCALATING_STOP_TIMEOUT),
         dir.path(),
     );
     lines_ready(&file, 3);
@@ -745,7 +750,7 @@ fn stop_kills_a_descendant_that_left_for_its_own_session() {
             .to_vec(),
         ..InitSpec::plain(&[]).without_namespace()
     }
-    .env("PRIVITTY_STOP_TIMEOUT", "1s");
+    .env("PRIVITTY_STOP_TIMEOUT", ESCALATING_STOP_TIMEOUT);
     let mut init = Init::start("init-setsid", spec, dir.path());
     lines_ready(&file, 1);
     let daemon: i32 = eventually(DEADLINE, "the daemon's pid", || {
@@ -838,7 +843,7 @@ fn a_stop_signal_goes_on_as_itself_and_the_stop_still_escalates() {
     let mut init = Init::start(
         "init-int-escalate",
         InitSpec::plain(&["record-signals", path_str(&file), "--group", "1"])
-            .env("PRIVITTY_STOP_TIMEOUT", "1s"),
+            .env("PRIVITTY_STOP_TIMEOUT", ESCALATING_STOP_TIMEOUT),
         dir.path(),
     );
     lines_ready(&file, 2);
